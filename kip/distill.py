@@ -1,0 +1,152 @@
+"""Kernel Inducing Points (KIP) and Label Solve (Nguyen, Chen, Lee, ICLR 2021), as pure functions.
+
+A KIP step: draw a class-balanced target batch on the device, predict it by KRR from the
+support set, and take an optax step on the support images (and labels, if learned).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from kip import data, krr
+
+Array = jax.Array
+
+
+class KipState(NamedTuple):
+    """Everything a KIP run needs to continue: saving it makes a run resumable."""
+
+    params: dict  # {'images': (n_s, H, W, C), 'labels': (n_s, C)}
+    opt_state: optax.OptState
+    key: Array  # base key; step t uses fold_in(key, t)
+    step: Array  # int32 scalar
+
+
+class TrainData(NamedTuple):
+    """The training set on the device, with the class index table for sampling."""
+
+    images: Array  # (N, H, W, C)
+    targets: Array  # (N, C) centred one-hot
+    class_table: Array  # (C, max_count) int32
+    class_counts: Array  # (C,) int32
+
+
+def kip_loss(
+    kernel_fn: krr.KernelMatrixFn,
+    params: dict,
+    x_target: Array,
+    y_target: Array,
+    reg: float = krr.DEFAULT_REG,
+    learn_labels: bool = False,
+) -> tuple[Array, Array]:
+    """0.5 * mean((K_ts (K_ss + ridge)^-1 y_s - y_t)^2), and the argmax accuracy (aux).
+
+    params: {'images': (n_s, ...), 'labels': (n_s, C)}; x_target (n_t, ...), y_target (n_t, C).
+    """
+    x_s = params["images"]
+    y_s = params["labels"] if learn_labels else jax.lax.stop_gradient(params["labels"])
+    alpha = krr.solve(kernel_fn(x_s, None), y_s, reg)
+    pred = kernel_fn(x_target, x_s) @ alpha
+    loss = 0.5 * jnp.mean((pred - y_target) ** 2)
+    acc = jnp.mean(jnp.argmax(pred, axis=1) == jnp.argmax(y_target, axis=1))
+    return loss.astype(x_s.dtype), acc
+
+
+def init_state(images: Array, labels: Array, optimizer: optax.GradientTransformation, key: Array) -> KipState:
+    """Start of a run from an initial support set (n_s, ...) with labels (n_s, C)."""
+    params = {"images": jnp.asarray(images), "labels": jnp.asarray(labels)}
+    return KipState(params, optimizer.init(params), key, jnp.zeros((), jnp.int32))
+
+
+def train_data(images, labels, num_classes: int, dtype) -> TrainData:
+    """Puts the training set on the device as `TrainData` (images cast to dtype)."""
+    table, counts = data.class_table(labels, num_classes)
+    return TrainData(
+        jnp.asarray(images, dtype),
+        data.one_hot(labels, num_classes, dtype=dtype),
+        jnp.asarray(table),
+        jnp.asarray(counts),
+    )
+
+
+def make_step(
+    kernel_fn: krr.KernelMatrixFn,
+    optimizer: optax.GradientTransformation,
+    target_batch: int,
+    reg: float = krr.DEFAULT_REG,
+    learn_labels: bool = False,
+) -> Callable[[KipState, TrainData], tuple[KipState, dict]]:
+    """One KIP step `(state, train) -> (state, {'loss', 'accuracy'})`, pure and jittable.
+
+    The target batch (`target_batch` images, class-balanced, fresh each step) is drawn on
+    the device; when it is at least the training set, the whole set is the target.
+    """
+
+    def step(state: KipState, train: TrainData) -> tuple[KipState, dict]:
+        n_train = train.images.shape[0]
+        if target_batch >= n_train:
+            x_t, y_t = train.images, train.targets
+        else:
+            key = jax.random.fold_in(state.key, state.step)
+            idx = data.balanced_sample(key, train.class_table, train.class_counts, target_batch)
+            x_t, y_t = train.images[idx], train.targets[idx]
+        (loss, acc), grads = jax.value_and_grad(kip_loss, argnums=1, has_aux=True)(
+            kernel_fn, state.params, x_t, y_t, reg, learn_labels
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return KipState(params, opt_state, state.key, state.step + 1), {"loss": loss, "accuracy": acc}
+
+    return step
+
+
+def make_multi_step(step: Callable, num_steps: int) -> Callable[[KipState, TrainData], tuple[KipState, dict]]:
+    """`num_steps` steps in one jitted call (lax.scan); metrics come back stacked."""
+
+    @jax.jit
+    def run(state: KipState, train: TrainData):
+        return jax.lax.scan(lambda s, _: step(s, train), state, None, length=num_steps)
+
+    return run
+
+
+def label_solve(
+    kernel_fn: krr.KernelMatrixFn,
+    x_support: Array,
+    x_target: Array,
+    y_target: Array,
+    reg: float = krr.DEFAULT_REG,
+    block_size: int = krr.DEFAULT_BLOCK,
+) -> Array:
+    """Labels for a fixed support set that best fit the targets through KRR.
+
+    With K_st (n_s, n_t): M = K_st K_st^T + reg/n_s I, z = M^-1 K_st y_t, and
+    y_s* = (K_ss + reg/n_s I) z: the least-squares solution of K_ts (K_ss + reg/n_s I)^-1 y_s
+    ~ y_t (ridge reg/n_s on z, not trace-scaled, as in the authors' notebook).
+    K_st is never formed whole: M and K_st y_t are summed over target blocks.
+    x_support (n_s, ...), x_target (n_t, ...), y_target (n_t, C) -> (n_s, C).
+    """
+    n_s = x_support.shape[0]
+    dtype = jnp.result_type(x_support.dtype, jnp.float64)
+
+    def block_stats(xy):
+        x_b, y_b, w_b = xy
+        k_sb = kernel_fn(x_support, x_b).astype(dtype) * w_b[None, :]
+        return k_sb @ k_sb.T, k_sb @ y_b.astype(dtype)
+
+    n_t = x_target.shape[0]
+    num_blocks = -(-n_t // block_size)
+    pad = num_blocks * block_size - n_t
+    # Padding rows get weight 0, so they add nothing to M or K_st y_t.
+    weights = jnp.concatenate([jnp.ones(n_t, dtype), jnp.zeros(pad, dtype)])
+    xp = jnp.concatenate([x_target, jnp.broadcast_to(x_target[:1], (pad,) + x_target.shape[1:])])
+    yp = jnp.concatenate([y_target, jnp.zeros((pad,) + y_target.shape[1:], y_target.dtype)])
+    shape = lambda a: a.reshape((num_blocks, block_size) + a.shape[1:])  # noqa: E731
+    m_blocks, b_blocks = jax.lax.map(block_stats, (shape(xp), shape(yp), shape(weights)))
+    eye = jnp.eye(n_s, dtype=dtype)
+    z = jnp.linalg.solve(m_blocks.sum(0) + (reg / n_s) * eye, b_blocks.sum(0))
+    return (kernel_fn(x_support, None).astype(dtype) + (reg / n_s) * eye) @ z

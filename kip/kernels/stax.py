@@ -1,0 +1,451 @@
+"""Infinite-width NNGP/NTK kernels in neural-tangents' `stax` combinator language.
+
+Each layer is the triple `(init_fn, apply_fn, kernel_fn)`: the finite network and the
+kernel of its infinite-width limit come from the same description, as in neural-tangents.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# How much of the position-position covariance a kernel keeps (images only).
+FLAT = 0  # no spatial axes: inputs are flattened, (n1, n2)
+DIAG = 1  # same position in both images only, (n1, n2, H, W)
+FULL = 2  # every pair of positions, (n1, n2, H, H, W, W) as in neural-tangents
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """Covariances of one layer's pre-activations, the state `kernel_fn`s fold over.
+
+    Shapes by `spatial` (FLAT / DIAG / FULL):
+      nngp, ntk: (n1, n2) / (n1, n2, H, W) / (n1, n2, H, H, W, W); ntk may be None.
+      cov1: the same for x1 with x1 (batch diagonal only): (n1,) / (n1, H, W) / (n1, H, H, W, W).
+      cov2: likewise for x2.
+    `channels` is the finite width feeding the next layer (only the standard
+    parameterization depends on it).
+    """
+
+    nngp: Array
+    ntk: Array | None
+    cov1: Array
+    cov2: Array
+    channels: int
+    spatial: int
+
+    def replace(self, **changes: Any) -> "Kernel":
+        return dataclasses.replace(self, **changes)
+
+
+jax.tree_util.register_dataclass(
+    Kernel, data_fields=["nngp", "ntk", "cov1", "cov2"], meta_fields=["channels", "spatial"]
+)
+
+
+class Layer(NamedTuple):
+    """`(init_fn, apply_fn, kernel_fn)`, unpackable like a neural-tangents layer."""
+
+    init_fn: Callable[[Array, tuple[int, ...]], tuple[tuple[int, ...], Any]]
+    apply_fn: Callable[[Any, Array], Array]
+    kernel_fn: "KernelFn"
+
+
+_GET_FIELDS = ("nngp", "ntk", "cov1", "cov2")
+
+
+class KernelFn:
+    """`kernel_fn(x1, x2=None, get=None)`: the infinite-width kernel of a network.
+
+    Args:
+      x1: (n1, d) vectors or (n1, H, W, C) images (channels last); or a `Kernel`,
+        which is transformed by this layer and returned (for composition).
+      x2: (n2, ...) with the same trailing shape as x1, or None for x2 = x1.
+      get: 'nngp', 'ntk', a tuple of field names, or None for the whole `Kernel`.
+    Returns:
+      For a string `get`, the (n1, n2) matrix (or (n1, n2, ...spatial) if the network
+      ends on a spatial layer); for a tuple, a namedtuple of those matrices.
+    """
+
+    def __init__(self, transform: Callable[[Kernel], Kernel], input_req: Callable[[int], int]):
+        self.transform = transform
+        # Given the spatial structure wanted above this layer, what it needs below.
+        self.input_req = input_req
+
+    def __call__(self, x1, x2=None, get=None):
+        if isinstance(x1, Kernel):
+            return self.transform(x1)
+        fields = _parse_get(get)
+        k = input_kernel(x1, x2, self.input_req(FLAT), compute_ntk="ntk" in fields)
+        k = self.transform(k)
+        if get is None:
+            return k
+        if isinstance(get, str):
+            return getattr(k, get)
+        return collections.namedtuple("AnalyticKernel", fields)(*(getattr(k, f) for f in fields))
+
+
+def _parse_get(get) -> tuple[str, ...]:
+    if get is None:
+        return ("nngp", "ntk")
+    fields = (get,) if isinstance(get, str) else tuple(get)
+    for f in fields:
+        if f not in _GET_FIELDS:
+            raise ValueError(f"get={get!r}: each entry must be one of {_GET_FIELDS}")
+    return fields
+
+
+def input_kernel(x1: Array, x2: Array | None, spatial: int, compute_ntk: bool) -> Kernel:
+    """Covariances of the inputs, averaged over channels: x1 . x2 / C (per position for images).
+
+    `spatial` is what the network needs: FLAT averages over all features at once (what a
+    network that starts with Flatten sees), DIAG keeps positions, FULL keeps position pairs.
+    """
+    x1 = jnp.asarray(x1)
+    x2 = x1 if x2 is None else jnp.asarray(x2)
+    if x1.ndim not in (2, 4) or x1.shape[1:] != x2.shape[1:]:
+        raise ValueError(
+            f"inputs must be (n, d) or (n, H, W, C) with equal trailing shapes; got {x1.shape} and {x2.shape}"
+        )
+    if x1.ndim == 2 or spatial == FLAT:
+        f1, f2 = x1.reshape(x1.shape[0], -1), x2.reshape(x2.shape[0], -1)
+        d = f1.shape[1]
+        nngp = gram(f1, f2) / d
+        cov1 = jnp.sum(f1 * f1, axis=1) / d
+        cov2 = cov1 if x2 is x1 else jnp.sum(f2 * f2, axis=1) / d
+        spatial, channels = FLAT, d
+    else:
+        c = x1.shape[-1]
+        channels = c
+        if spatial == DIAG:
+            nngp = jnp.einsum("ahwc,bhwc->abhw", x1, x2, precision=_HIGHEST) / c
+            cov1 = jnp.sum(x1 * x1, axis=-1) / c
+            cov2 = cov1 if x2 is x1 else jnp.sum(x2 * x2, axis=-1) / c
+        else:
+            nngp = jnp.einsum("ahwc,bgvc->abhgwv", x1, x2, precision=_HIGHEST) / c
+            cov1 = jnp.einsum("ahwc,agvc->ahgwv", x1, x1, precision=_HIGHEST) / c
+            cov2 = cov1 if x2 is x1 else jnp.einsum("ahwc,agvc->ahgwv", x2, x2, precision=_HIGHEST) / c
+    ntk = jnp.zeros_like(nngp) if compute_ntk else None
+    return Kernel(nngp, ntk, cov1, cov2, channels, spatial)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@jax.custom_vjp
+def gram(f1: Array, f2: Array) -> Array:
+    """f1 @ f2.T for (n1, d), (n2, d) -> (n1, n2)."""
+    return jnp.matmul(f1, f2.T, precision=_HIGHEST)
+
+
+def _gram_fwd(f1, f2):
+    return gram(f1, f2), (f1, f2)
+
+
+def _gram_bwd(residuals, g):
+    f1, f2 = residuals
+    # XLA's CPU float64 matmul is ~2.5x slower when it contracts the leading axes (g.T @ f1)
+    # than on a materialised transpose; the barrier keeps XLA from folding the transpose back.
+    g_t = jax.lax.optimization_barrier(g.T)
+    return jnp.matmul(g, f2, precision=_HIGHEST), jnp.matmul(g_t, f1, precision=_HIGHEST)
+
+
+gram.defvjp(_gram_fwd, _gram_bwd)
+
+
+def _positionwise(req: int) -> int:
+    """Layers acting on each position alone need per-position covariances (at least DIAG)."""
+    return max(req, DIAG)
+
+
+def _variances(cov: Array, spatial: int) -> Array:
+    """Per-position variances from a batch-diagonal covariance: (n,) or (n, H, W)."""
+    if spatial == FULL:
+        return jnp.einsum("ahhww->ahw", cov)
+    return cov
+
+
+def _outer(v1: Array, v2: Array, spatial: int) -> Array:
+    """v1[a, p] * v2[b, q] laid out like nngp for the given spatial structure."""
+    if spatial == FLAT:
+        return v1[:, None] * v2[None, :]
+    if spatial == DIAG:
+        return v1[:, None] * v2[None, :]
+    return jnp.einsum("ahw,bgv->abhgwv", v1, v2)
+
+
+def _self_outer(v: Array) -> Array:
+    """v[a, p] * v[a, q] laid out like a FULL cov: (n, H, H, W, W)."""
+    return jnp.einsum("ahw,agv->ahgwv", v, v)
+
+
+def _where_positive_sqrt(x: Array, floor: Array) -> Array:
+    return _clamped_sqrt(x, jax.lax.stop_gradient(floor))
+
+
+@jax.custom_jvp
+def _clamped_sqrt(x: Array, floor: Array) -> Array:
+    """sqrt(max(x, 0)), whose derivative is taken as 0 where x <= floor.
+
+    x = prod - nngp**2 is exactly 0 for a point paired with itself, where the true
+    derivative is 0 but a naive one divides rounding noise by ~0.
+    """
+    return jnp.sqrt(jnp.maximum(x, 0))
+
+
+@_clamped_sqrt.defjvp
+def _clamped_sqrt_jvp(primals, tangents):
+    x, floor = primals
+    dx, _ = tangents
+    y = jnp.sqrt(jnp.maximum(x, 0))
+    above = x > floor
+    return y, jnp.where(above, dx / (2 * jnp.where(above, y, 1)), 0)
+
+
+def _safe_arctan2(y: Array, x: Array, fill: float) -> Array:
+    """arctan2 with `fill` (and zero gradient) where both arguments are 0."""
+    both_zero = (x == 0) & (y == 0)
+    return jnp.where(both_zero, fill, jnp.arctan2(jnp.where(both_zero, 1, y), jnp.where(both_zero, 1, x)))
+
+
+def _rounding_floor(prod: Array) -> Array:
+    return 8 * jnp.finfo(prod.dtype).eps * prod
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _arc_cosine(nngp: Array, prod: Array, ntk: Array | None, factor: float, gain: float):
+    """ABRelu's map (K, P, Θ) -> (f s + d K, d Θ), s = sqrt(P - K^2), d = gain - f θ,
+    θ = arctan2(s, K); P = K11 K22. Written with its derivative because the arc-cosine
+    kernel's is closed-form and cheap (no arctan2 on the way back):
+    dK'/dK = d, dK'/dP = f s / (2P), dΘ'/dΘ = d, dΘ'/dK = f Θ / s, dΘ'/dP = -f Θ K / (2 P s).
+    """
+    return _arc_cosine_fwd(nngp, prod, ntk, factor, gain)[0]
+
+
+def _arc_cosine_fwd(nngp, prod, ntk, factor, gain):
+    root = jnp.sqrt(jnp.maximum(prod - nngp**2, 0))
+    angle = _safe_arctan2(root, nngp, fill=math.pi / 2)
+    dot_sigma = gain - factor * angle
+    out = (factor * root + dot_sigma * nngp, None if ntk is None else ntk * dot_sigma)
+    return out, (nngp, prod, ntk, root, dot_sigma)
+
+
+def _arc_cosine_bwd(factor, gain, residuals, cotangents):
+    nngp, prod, ntk, root, dot_sigma = residuals
+    g_nngp, g_ntk = cotangents
+    safe_prod = jnp.where(prod > 0, prod, 1)
+    d_nngp = g_nngp * dot_sigma
+    d_prod = jnp.where(prod > 0, g_nngp * factor * root / (2 * safe_prod), 0)
+    d_ntk = None
+    if ntk is not None:
+        # 1/s blows up for a point paired with itself, where the true derivative is 0
+        # (theta = 0 identically); rounding makes s tiny but not 0 there.
+        live = root**2 > _rounding_floor(prod)
+        inv_root = jnp.where(live, 1 / jnp.where(live, root, 1), 0)
+        t = g_ntk * ntk * factor * inv_root
+        d_nngp = d_nngp + t
+        d_prod = d_prod - jnp.where(prod > 0, t * nngp / (2 * safe_prod), 0)
+        d_ntk = g_ntk * dot_sigma
+    return d_nngp, d_prod, d_ntk
+
+
+_arc_cosine.defvjp(_arc_cosine_fwd, _arc_cosine_bwd)
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def _layer(init_fn, apply_fn, transform, input_req=_positionwise) -> Layer:
+    return Layer(init_fn, apply_fn, KernelFn(transform, input_req))
+
+
+def _elementwise(fn: Callable[[Array], Array], transform) -> Layer:
+    return _layer(lambda key, shape: (shape, ()), lambda params, x, **kw: fn(x), transform)
+
+
+def Dense(out_dim: int, W_std: float = 1.0, b_std: float | None = None, parameterization: str = "ntk") -> Layer:
+    """Fully connected layer on the last (channel) axis.
+
+    NNGP: K' = W_std^2 K + b_std^2.  NTK ('ntk' parameterization): Θ' = K' + W_std^2 Θ;
+    ('standard'): Θ' = n_in K + W_std^2 Θ + [b_std is not None], n_in the finite input width.
+    """
+    parameterization = parameterization.lower()
+    if parameterization not in ("ntk", "standard"):
+        raise ValueError(f"parameterization must be 'ntk' or 'standard', got {parameterization!r}")
+    b_var = 0.0 if b_std is None else b_std**2
+
+    def init_fn(key, input_shape):
+        k1, k2 = jax.random.split(key)
+        n_in = input_shape[-1]
+        w = jax.random.normal(k1, (n_in, out_dim))
+        b = None if b_std is None else jax.random.normal(k2, (out_dim,))
+        if parameterization == "standard":
+            w = w * W_std / math.sqrt(n_in)
+            b = None if b is None else b * b_std
+        return input_shape[:-1] + (out_dim,), (w, b)
+
+    def apply_fn(params, x, **kwargs):
+        w, b = params
+        y = jnp.matmul(x, w, precision=_HIGHEST)
+        if parameterization == "ntk":
+            y = y * (W_std / math.sqrt(x.shape[-1]))
+            return y if b is None else y + b_std * b
+        return y if b is None else y + b
+
+    def transform(k: Kernel) -> Kernel:
+        def affine(m):
+            return W_std**2 * m + b_var
+
+        nngp = affine(k.nngp)
+        ntk = k.ntk
+        if ntk is not None:
+            if parameterization == "ntk":
+                ntk = nngp + W_std**2 * ntk
+            else:
+                ntk = k.channels * k.nngp + W_std**2 * ntk + (0.0 if b_std is None else 1.0)
+        return k.replace(nngp=nngp, ntk=ntk, cov1=affine(k.cov1), cov2=affine(k.cov2), channels=out_dim)
+
+    return _layer(init_fn, apply_fn, transform)
+
+
+def ABRelu(a: float, b: float) -> Layer:
+    """a * min(x, 0) + b * max(x, 0), by the arc-cosine kernel (Cho & Saul 2009).
+
+    With θ = angle(K12; K11, K22): K' = (a-b)^2/(2π) sqrt(K11 K22 - K12^2)
+    + ((a^2+b^2)/2 - (a-b)^2 θ/(2π)) K12, and Θ' = Θ ((a^2+b^2)/2 - (a-b)^2 θ/(2π)).
+    """
+    factor = (a - b) ** 2 / (2 * math.pi)
+    diag_gain = (a**2 + b**2) / 2
+
+    def fn(x):
+        return a * jnp.minimum(x, 0) + b * jnp.maximum(x, 0)
+
+    def nngp_ntk(nngp, prod, ntk=None):
+        return _arc_cosine(nngp, prod, ntk, factor, diag_gain)
+
+    def transform(k: Kernel) -> Kernel:
+        v1, v2 = _variances(k.cov1, k.spatial), _variances(k.cov2, k.spatial)
+        nngp, ntk = nngp_ntk(k.nngp, _outer(v1, v2, k.spatial), k.ntk)
+        if k.spatial == FULL:
+            cov1 = nngp_ntk(k.cov1, _self_outer(v1))[0]
+            cov2 = cov1 if k.cov2 is k.cov1 else nngp_ntk(k.cov2, _self_outer(v2))[0]
+        else:  # a variance is its own pair at angle 0
+            cov1, cov2 = diag_gain * k.cov1, diag_gain * k.cov2
+        return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2)
+
+    return _elementwise(fn, transform)
+
+
+def Relu() -> Layer:
+    """max(x, 0): the arc-cosine kernel of order 1, ABRelu(0, 1)."""
+    return ABRelu(0.0, 1.0)
+
+
+def Erf(a: float = 1.0, b: float = 1.0, c: float = 0.0) -> Layer:
+    """a * erf(b x) + c (Williams 1997).
+
+    With K scaled by b^2: K' = a^2 (2/π) arcsin(2 K12 / sqrt((1 + 2 K11)(1 + 2 K22))) + c^2,
+    Θ' = a^2 b^2 Θ (4/π) / sqrt((1 + 2 K11)(1 + 2 K22) - 4 K12^2).
+    """
+
+    def fn(x):
+        return a * jax.scipy.special.erf(b * x) + c
+
+    def nngp_ntk(nngp, prod, ntk=None):
+        root = _where_positive_sqrt(prod - 4 * nngp**2, _rounding_floor(prod))
+        out = (2 / math.pi) * jnp.arctan2(2 * nngp, root)
+        return out, None if ntk is None else ntk * (4 / math.pi) / root
+
+    def transform(k: Kernel) -> Kernel:
+        s = b**2
+        nngp, cov1, cov2 = s * k.nngp, s * k.cov1, s * k.cov2
+        ntk = None if k.ntk is None else s * k.ntk
+        v1, v2 = 1 + 2 * _variances(cov1, k.spatial), 1 + 2 * _variances(cov2, k.spatial)
+        nngp, ntk = nngp_ntk(nngp, _outer(v1, v2, k.spatial), ntk)
+        if k.spatial == FULL:
+            new_cov1 = nngp_ntk(cov1, _self_outer(v1))[0]
+            new_cov2 = new_cov1 if k.cov2 is k.cov1 else nngp_ntk(cov2, _self_outer(v2))[0]
+        else:
+            new_cov1 = (2 / math.pi) * jnp.arcsin(2 * cov1 / v1)
+            new_cov2 = new_cov1 if k.cov2 is k.cov1 else (2 / math.pi) * jnp.arcsin(2 * cov2 / v2)
+        return k.replace(
+            nngp=a**2 * nngp + c**2,
+            ntk=None if ntk is None else a**2 * ntk,
+            cov1=a**2 * new_cov1 + c**2,
+            cov2=a**2 * new_cov2 + c**2,
+        )
+
+    return _elementwise(fn, transform)
+
+
+def Flatten() -> Layer:
+    """Flattens (H, W, C) to H*W*C features. Kernel: the mean over positions of the
+    same-position covariance, K' = (1/HW) Σ_p K(p, p)."""
+
+    def init_fn(key, input_shape):
+        return (input_shape[0], math.prod(input_shape[1:])) if len(input_shape) > 1 else input_shape, ()
+
+    def apply_fn(params, x, **kwargs):
+        return x.reshape(x.shape[0], -1)
+
+    def transform(k: Kernel) -> Kernel:
+        if k.spatial == FLAT:
+            return k
+        if k.spatial == FULL:
+            nngp = jnp.einsum("abhhww->abhw", k.nngp)
+            ntk = None if k.ntk is None else jnp.einsum("abhhww->abhw", k.ntk)
+            cov1, cov2 = _variances(k.cov1, FULL), _variances(k.cov2, FULL)
+        else:
+            nngp, ntk, cov1, cov2 = k.nngp, k.ntk, k.cov1, k.cov2
+        h, w = cov1.shape[1:]
+        return k.replace(
+            nngp=jnp.mean(nngp, axis=(2, 3)),
+            ntk=None if ntk is None else jnp.mean(ntk, axis=(2, 3)),
+            cov1=jnp.mean(cov1, axis=(1, 2)),
+            cov2=jnp.mean(cov2, axis=(1, 2)),
+            channels=k.channels * h * w,
+            spatial=FLAT,
+        )
+
+    return _layer(init_fn, apply_fn, transform, input_req=lambda req: FLAT)
+
+
+def serial(*layers: Layer | Sequence[Layer]) -> Layer:
+    """Composes layers bottom to top; the kernel_fn folds the layers' kernel transforms."""
+    if len(layers) == 1 and not isinstance(layers[0], Layer):
+        layers = tuple(layers[0])
+    layers = tuple(Layer(*layer) for layer in layers)
+
+    def init_fn(key, input_shape):
+        params = []
+        for layer, layer_key in zip(layers, jax.random.split(key, len(layers))):
+            input_shape, p = layer.init_fn(layer_key, input_shape)
+            params.append(p)
+        return input_shape, tuple(params)
+
+    def apply_fn(params, x, **kwargs):
+        for layer, p in zip(layers, params):
+            x = layer.apply_fn(p, x, **kwargs)
+        return x
+
+    def transform(k: Kernel) -> Kernel:
+        for layer in layers:
+            k = layer.kernel_fn.transform(k)
+        return k
+
+    def input_req(req: int) -> int:
+        for layer in reversed(layers):
+            req = layer.kernel_fn.input_req(req)
+        return req
+
+    return _layer(init_fn, apply_fn, transform, input_req)

@@ -1,0 +1,67 @@
+"""Figures a run writes: the support set as a labelled grid, and learning curves."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from kip import io  # noqa: E402
+
+MAX_PER_CLASS_SHOWN = 10
+
+
+def _displayable(images: np.ndarray) -> np.ndarray:
+    """Each image scaled to [0, 1] on its own range (works for any preprocessing)."""
+    x = np.asarray(images, np.float64)
+    lo = x.min(axis=(1, 2, 3), keepdims=True)
+    hi = x.max(axis=(1, 2, 3), keepdims=True)
+    x = (x - lo) / np.where(hi > lo, hi - lo, 1.0)
+    return x[..., 0] if x.shape[-1] == 1 else x
+
+
+def support_grid(path: str, distilled: np.ndarray, labels: np.ndarray, initial: np.ndarray, title: str) -> None:
+    """Rows: classes (by argmax of the label); columns: initial | distilled image pairs.
+
+    distilled, initial: (n, H, W, C) in the same order; labels (n, C).
+    """
+    classes = np.argmax(labels, axis=1)
+    num_classes = labels.shape[1]
+    per_class = min(MAX_PER_CLASS_SHOWN, max(np.bincount(classes, minlength=num_classes).max(), 1))
+    shown_d, shown_i = _displayable(distilled), _displayable(initial)
+    cmap = "gray" if shown_d.ndim == 3 else None
+    fig, axes = plt.subplots(
+        num_classes, 2 * per_class, figsize=(1.0 * 2 * per_class, 1.05 * num_classes), squeeze=False
+    )
+    for ax in axes.ravel():
+        ax.axis("off")
+    for c in range(num_classes):
+        members = np.flatnonzero(classes == c)[:per_class]
+        for j, i in enumerate(members):
+            axes[c, 2 * j].imshow(shown_i[i], cmap=cmap)
+            axes[c, 2 * j + 1].imshow(shown_d[i], cmap=cmap)
+            axes[c, 2 * j + 1].set_title(f"{labels[i, c]:+.2f}", fontsize=6, pad=1)
+        axes[c, 0].text(-0.3, 0.5, str(c), transform=axes[c, 0].transAxes, ha="right", va="center")
+    fig.suptitle(f"{title}\n(pairs: initial real image | distilled; number: learned label weight of its class)", fontsize=8)
+    io.save_figure(path, fig)
+    plt.close(fig)
+
+
+def learning_curve(path: str, losses: list, evals: list[dict], title: str) -> None:
+    """Training loss per step (losses: [step, loss, ...] rows) and test accuracy at
+    evaluation steps (evals: {'step', 'test_accuracy'} dicts)."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.2))
+    if losses:
+        ax_loss.semilogy([r[0] for r in losses], [r[1] for r in losses], lw=0.8)
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("KIP loss (target batch)")
+    ax_acc.plot([h["step"] for h in evals], [100 * h["test_accuracy"] for h in evals], "o-", ms=3)
+    ax_acc.set_xlabel("step")
+    ax_acc.set_ylabel("KRR test accuracy (%)")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    io.save_figure(path, fig)
+    plt.close(fig)
