@@ -121,8 +121,8 @@ def input_kernel(x1: Array, x2: Array | None, spatial: int, compute_ntk: bool) -
         f1, f2 = x1.reshape(x1.shape[0], -1), x2.reshape(x2.shape[0], -1)
         d = f1.shape[1]
         nngp = gram(f1, f2) / d
-        cov1 = jnp.sum(f1 * f1, axis=1) / d
-        cov2 = cov1 if x2 is x1 else jnp.sum(f2 * f2, axis=1) / d
+        cov1 = _sq_norms(f1) / d
+        cov2 = cov1 if x2 is x1 else _sq_norms(f2) / d
         spatial, channels = FLAT, d
     else:
         c = x1.shape[-1]
@@ -156,11 +156,17 @@ def _gram_bwd(residuals, g):
     f1, f2 = residuals
     # XLA's CPU float64 matmul is ~2.5x slower when it contracts the leading axes (g.T @ f1)
     # than on a materialised transpose; the barrier keeps XLA from folding the transpose back.
-    g_t = jax.lax.optimization_barrier(g.T)
+    g_t = jax.lax.optimization_barrier(jax.lax.optimization_barrier(g).T)
     return jnp.matmul(g, f2, precision=_HIGHEST), jnp.matmul(g_t, f1, precision=_HIGHEST)
 
 
 gram.defvjp(_gram_fwd, _gram_bwd)
+
+
+def _sq_norms(f: Array) -> Array:
+    # Kept out of later fusions: XLA:CPU otherwise fuses this reduction into the
+    # (n1, n2) outer product of variances and runs it ~8x slower.
+    return jax.lax.optimization_barrier(jnp.einsum("ij,ij->i", f, f, precision=_HIGHEST))
 
 
 def _positionwise(req: int) -> int:
@@ -212,10 +218,36 @@ def _clamped_sqrt_jvp(primals, tangents):
     return y, jnp.where(above, dx / (2 * jnp.where(above, y, 1)), 0)
 
 
-def _safe_arctan2(y: Array, x: Array, fill: float) -> Array:
-    """arctan2 with `fill` (and zero gradient) where both arguments are 0."""
-    both_zero = (x == 0) & (y == 0)
-    return jnp.where(both_zero, fill, jnp.arctan2(jnp.where(both_zero, 1, y), jnp.where(both_zero, 1, x)))
+# atan(u) = u P(u^2) for |u| <= tan(pi/8); fitted by tools/fit_atan_polynomial.py
+# (worst relative error 1.7e-16 in float64).
+_ATAN_COEFFS = (
+    1.0, -0.33333333333333126, 0.19999999999942467, -0.14285714279390746, 0.11111110751391824,
+    -0.09090896983538804, 0.07692048267829968, -0.06662983592636976, 0.05847099333400077,
+    -0.050360575642976566, 0.03798858988368468, -0.017830020068109027,
+)
+_TAN_PI_8 = math.sqrt(2.0) - 1.0
+
+
+def _atan2_nonneg(y: Array, x: Array, fill: float) -> Array:
+    """arctan2(y, x) for y >= 0, in [0, pi]; `fill` where x = y = 0.
+
+    Plain arithmetic (XLA vectorises it) instead of XLA:CPU's scalar arctan2, which was
+    the single largest elementwise cost of a ReLU kernel. Not differentiated: the kernels
+    that call it have closed-form derivatives.
+    """
+    ax = jnp.abs(x)
+    lo, hi = jnp.minimum(y, ax), jnp.maximum(y, ax)
+    t = lo / jnp.where(hi > 0, hi, 1)  # in [0, 1]
+    shifted = t > _TAN_PI_8  # atan(t) = pi/4 + atan((t - 1) / (t + 1))
+    u = jnp.where(shifted, (t - 1) / (t + 1), t)
+    z = u * u
+    poly = jnp.full_like(z, _ATAN_COEFFS[-1])
+    for c in _ATAN_COEFFS[-2::-1]:
+        poly = poly * z + c
+    angle = u * poly + jnp.where(shifted, math.pi / 4, 0)  # atan(lo / hi) in [0, pi/4]
+    angle = jnp.where(y > ax, math.pi / 2 - angle, angle)
+    angle = jnp.where(x < 0, math.pi - angle, angle)
+    return jnp.where(hi > 0, angle, fill)
 
 
 def _rounding_floor(prod: Array) -> Array:
@@ -234,7 +266,7 @@ def _arc_cosine(nngp: Array, prod: Array, ntk: Array | None, factor: float, gain
 
 def _arc_cosine_fwd(nngp, prod, ntk, factor, gain):
     root = jnp.sqrt(jnp.maximum(prod - nngp**2, 0))
-    angle = _safe_arctan2(root, nngp, fill=math.pi / 2)
+    angle = _atan2_nonneg(root, nngp, fill=math.pi / 2)
     dot_sigma = gain - factor * angle
     out = (factor * root + dot_sigma * nngp, None if ntk is None else ntk * dot_sigma)
     return out, (nngp, prod, ntk, root, dot_sigma)
