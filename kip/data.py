@@ -89,21 +89,27 @@ def from_npz(path: str, name: str | None = None) -> Dataset:
 
 
 def from_tfds(name: str, data_dir: str | None = None) -> Dataset:
-    """Loads `train` and `test` splits of a TFDS image classification data set."""
+    """Loads the `train` and `test` splits of a TFDS image classification data set."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow_datasets as tfds
 
     try:
-        train, test = tfds.load(
-            name, split=["train", "test"], as_supervised=True, batch_size=-1, data_dir=data_dir
-        )
-    except Exception as e:  # tfds raises many types: not found, no network, ...
+        splits, info = tfds.load(name, split=["train", "test"], as_supervised=True, with_info=True, data_dir=data_dir)
+    except Exception as e:  # tfds raises many types: unknown name, no network, ...
         raise InputError(f"dataset {name!r}: TFDS could not load it ({type(e).__name__}: {e})") from None
-    (x_train, y_train), (x_test, y_test) = tfds.as_numpy(train), tfds.as_numpy(test)
-    return validated(name, x_train, y_train, x_test, y_test)
+    arrays = []
+    for split in splits:
+        images, labels = zip(*tfds.as_numpy(split.batch(4096)))
+        arrays += [np.concatenate(images), np.concatenate(labels)]
+    label = info.features["label"] if "label" in info.features else None
+    return validated(name, *arrays, num_classes=getattr(label, "num_classes", None))
 
 
-def validated(name: str, x_train, y_train, x_test, y_test) -> Dataset:
-    """Checks shapes, labels and values, and returns a `Dataset` (images as NHWC float32)."""
+def validated(name: str, x_train, y_train, x_test, y_test, num_classes: int | None = None) -> Dataset:
+    """Checks shapes, labels and values, and returns a `Dataset` (images as NHWC float32).
+
+    num_classes: C when known (TFDS metadata); otherwise the largest training label + 1.
+    """
     images = {"x_train": np.asarray(x_train), "x_test": np.asarray(x_test)}
     labels = {"y_train": np.asarray(y_train), "y_test": np.asarray(y_test)}
     for key, x in images.items():
@@ -128,9 +134,10 @@ def validated(name: str, x_train, y_train, x_test, y_test) -> Dataset:
         if not np.all(np.isfinite(y)) or not np.all(np.equal(np.mod(y, 1), 0)):
             raise InputError(f"{name}: {key} must hold integer class labels")
     y_train, y_test = labels["y_train"].astype(np.int64), labels["y_test"].astype(np.int64)
-    num_classes = int(y_train.max()) + 1
+    num_classes = int(num_classes or y_train.max() + 1)
     present = np.bincount(y_train[y_train >= 0], minlength=num_classes)
-    if y_train.min() < 0 or y_test.min() < 0 or y_test.max() >= num_classes or np.any(present == 0):
+    if (y_train.min() < 0 or y_test.min() < 0 or max(y_train.max(), y_test.max()) >= num_classes
+            or np.any(present == 0)):
         absent = np.flatnonzero(present == 0)
         detail = f"; class {absent[0]} has no training image" if len(absent) else ""
         raise InputError(

@@ -234,6 +234,8 @@ def distill_run(
         _save_checkpoint(ckpt_path, state, meta)
 
     step = int(state.step)
+    if not resume:
+        checkpoint(state)  # the initial support: a good state to fall back to from step 1 on
     bar = tqdm(total=config.steps, initial=min(step, config.steps), disable=not progress, unit="step", file=sys.stderr)
     bar.set_postfix(test_acc=f"{evals[-1]['test_accuracy']:.4f}")
     try:
@@ -266,8 +268,6 @@ def distill_run(
         log(f"interrupted: checkpoint at step {step} in {ckpt_path}; continue with the same command and --resume")
         raise
     bar.close()
-    if step == 0:
-        checkpoint(state)
 
     final = evals[-1] if evals[-1]["step"] == step else {"step": step, **evaluate(state.params["images"], state.params["labels"])}
     metrics = {

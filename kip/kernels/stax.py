@@ -265,7 +265,10 @@ def _arc_cosine(nngp: Array, prod: Array, ntk: Array | None, factor: float, gain
 
 
 def _arc_cosine_fwd(nngp, prod, ntk, factor, gain):
-    root = jnp.sqrt(jnp.maximum(prod - nngp**2, 0))
+    gap = prod - nngp**2
+    # A point paired with itself has gap = 0 exactly; rounding leaves ~eps * prod, whose
+    # square root would put a sqrt(eps) ~ 1e-8 error on the diagonal. Snap it to 0.
+    root = jnp.sqrt(jnp.where(gap > _rounding_floor(prod), gap, 0))
     angle = _atan2_nonneg(root, nngp, fill=math.pi / 2)
     dot_sigma = gain - factor * angle
     out = (factor * root + dot_sigma * nngp, None if ntk is None else ntk * dot_sigma)
@@ -282,7 +285,7 @@ def _arc_cosine_bwd(factor, gain, residuals, cotangents):
     if ntk is not None:
         # 1/s blows up for a point paired with itself, where the true derivative is 0
         # (theta = 0 identically); rounding makes s tiny but not 0 there.
-        live = root**2 > _rounding_floor(prod)
+        live = root > 0
         inv_root = jnp.where(live, 1 / jnp.where(live, root, 1), 0)
         t = g_ntk * ntk * factor * inv_root
         d_nngp = d_nngp + t

@@ -1,0 +1,135 @@
+"""The command line end to end on the embedded digits: outputs, resume, NaN stop, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kip import cli, distill
+
+FAST = ["--steps", "20", "--eval-every", "5", "--ipc", "2", "--no-progress"]
+
+
+def run_cli(*args):
+    return cli.main([str(a) for a in args])
+
+
+def test_distill_writes_all_outputs_and_learns(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("distill", "--out", out, "--learn-labels", *FAST) == 0
+    for name in ("distilled.npz", "metrics.json", "support.png", "curve.png", "checkpoint.npz"):
+        assert (out / name).stat().st_size > 0, name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 20 and metrics["config"]["learn_labels"] is True
+    assert [e["step"] for e in metrics["evals"]] == [0, 5, 10, 15, 20]
+    assert len(metrics["losses"]) == 20
+    assert metrics["test_accuracy"] > metrics["initial_test_accuracy"]
+    with np.load(out / "distilled.npz") as f:
+        assert f["images"].shape == (20, 8, 8, 1) and f["labels"].shape == (20, 10)
+        assert {"preprocess_mean", "preprocess_std", "initial_indices"} <= set(f.files)
+    # evaluate reads our file back and agrees with the run's own final number
+    result = tmp_path / "eval.json"
+    assert run_cli("evaluate", "--distilled", out / "distilled.npz", "--out", result) == 0
+    np.testing.assert_allclose(json.loads(result.read_text())["test_accuracy"], metrics["test_accuracy"])
+
+
+def test_steps_zero_is_the_real_image_baseline(tmp_path):
+    assert run_cli("distill", "--out", tmp_path, "--steps", "0", "--ipc", "3", "--no-progress") == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["steps"] == 0 and metrics["test_accuracy"] == metrics["initial_test_accuracy"]
+
+
+def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, monkeypatch):
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert run_cli("distill", "--out", whole, "--learn-labels", *FAST) == 0
+
+    real = distill.make_multi_step
+    calls = {"n": 0}
+
+    def interrupting(step, n):
+        runner = real(step, n)
+
+        def run(state, train):
+            calls["n"] += 1
+            if calls["n"] == 3:  # Ctrl-C during the third chunk
+                raise KeyboardInterrupt
+            return runner(state, train)
+
+        return run
+
+    monkeypatch.setattr(distill, "make_multi_step", interrupting)
+    assert run_cli("distill", "--out", broken, "--learn-labels", *FAST) == 130
+    assert not (broken / "distilled.npz").exists()
+    monkeypatch.setattr(distill, "make_multi_step", real)
+    assert run_cli("distill", "--out", broken, "--learn-labels", "--resume", *FAST) == 0
+    with np.load(whole / "distilled.npz") as a, np.load(broken / "distilled.npz") as b:
+        np.testing.assert_array_equal(a["images"], b["images"])
+        np.testing.assert_array_equal(a["labels"], b["labels"])
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (whole, broken))
+    assert ma["evals"] == mb["evals"] and ma["losses"] == mb["losses"]
+
+
+def test_nan_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_path, capsys):
+    code = run_cli("distill", "--out", tmp_path, "--lr", "1e200", *FAST)
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "NaN/inf at step" in err and "last good checkpoint (step 0)" in err
+    assert not (tmp_path / "distilled.npz").exists()
+    assert (tmp_path / "checkpoint.npz").exists()
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["distill", "--dataset", "nosuchset", "--data-dir", "{tmp}"], "no file"),
+        (["distill", "--kernel", "resnet9000"], "unknown kernel"),
+        (["distill", "--ipc", "500"], "class 0 has only"),
+        (["distill", "--ipc", "0"], "at least 1"),
+        (["distill", "--lr", "-1"], "--lr"),
+        (["distill", "--dataset", "broken", "--data-dir", "{tmp}"], "not a readable .npz"),
+        (["distill", "--dataset", "nan", "--data-dir", "{tmp}"], "NaN or inf"),
+        (["distill", "--resume"], "no checkpoint"),
+        (["evaluate", "--distilled", "{tmp}/missing.npz"], "no such file"),
+        (["evaluate", "--distilled", "{tmp}/wrongshape.npz"], "images are"),
+        (["evaluate", "--distilled", "{tmp}/wronglabels.npz"], "labels"),
+        (["label-solve", "--ipc", "1000"], "class 0 has only"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, args, message):
+    (tmp_path / "broken.npz").write_bytes(b"not an archive")
+    np.savez(tmp_path / "nan.npz", x_train=np.full((20, 4, 4), np.nan), y_train=np.arange(20) % 2,
+             x_test=np.zeros((4, 4, 4)), y_test=np.arange(4) % 2)
+    np.savez(tmp_path / "wrongshape.npz", images=np.zeros((10, 9, 9, 1)), labels=np.arange(10))
+    np.savez(tmp_path / "wronglabels.npz", images=np.zeros((10, 8, 8, 1)), labels=np.zeros((10, 3)))
+    out = tmp_path / "out"
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if args[0] != "evaluate":
+        args += ["--out", str(out)]
+    assert run_cli(*args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("kip: error:") and message in err[0], err
+    assert not out.exists() or os.listdir(out) == []
+
+
+def test_existing_run_is_not_overwritten_silently(tmp_path, capsys):
+    assert run_cli("distill", "--out", tmp_path, "--steps", "0", "--ipc", "1", "--no-progress") == 0
+    assert run_cli("distill", "--out", tmp_path, "--steps", "0", "--ipc", "1", "--no-progress") == 2
+    assert "--resume" in capsys.readouterr().err
+    assert run_cli("distill", "--out", tmp_path, "--steps", "0", "--ipc", "1", "--no-progress", "--overwrite") == 0
+    assert run_cli("distill", "--out", tmp_path, "--steps", "5", "--ipc", "2", "--resume", "--no-progress") == 2
+
+
+def test_label_solve_improves_on_one_hot_labels(tmp_path):
+    assert run_cli("label-solve", "--out", tmp_path, "--ipc", "2") == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["target_size"] == 1437
+    assert metrics["test_accuracy"] > metrics["initial_test_accuracy"]
+
+
+def test_console_script_help():
+    out = subprocess.run([sys.executable, "-m", "kip.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "distill" in out.stdout and "label-solve" in out.stdout

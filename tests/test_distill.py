@@ -1,0 +1,121 @@
+"""KIP and Label Solve: gradients against finite differences, the loss falls, Label Solve
+is the least-squares optimum, and the jitted step samples class-balanced batches."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from kip import data, distill, kernels, krr
+
+
+def toy(n_train=200, num_classes=3, dim=6, seed=0):
+    rng = np.random.RandomState(seed)
+    centres = rng.randn(num_classes, dim) * 2
+    labels = np.arange(n_train) % num_classes
+    x = centres[labels] + rng.randn(n_train, dim)
+    return x, labels
+
+
+@pytest.mark.parametrize("learn_labels", [False, True])
+@pytest.mark.parametrize("kernel", ["fc1", "fc3"])
+def test_kip_gradient_matches_finite_differences(kernel, learn_labels):
+    kfn = functools.partial(kernels.preset(kernel, num_classes=3).kernel_fn, get="ntk")
+    x, labels = toy()
+    y = data.one_hot(labels, 3, dtype=jnp.float64)
+    params = {"images": jnp.asarray(x[:6] + 0.3), "labels": y[:6] * 1.1}
+    loss = lambda p: distill.kip_loss(kfn, p, jnp.asarray(x[6:60]), y[6:60], 1e-4, learn_labels)[0]  # noqa: E731
+    grads = jax.grad(loss)(params)
+    rng = np.random.RandomState(1)
+    for name in ("images", "labels"):
+        direction = jnp.asarray(rng.randn(*params[name].shape))
+        eps = 1e-6
+        plus = {**params, name: params[name] + eps * direction}
+        minus = {**params, name: params[name] - eps * direction}
+        numeric = (loss(plus) - loss(minus)) / (2 * eps)
+        analytic = jnp.vdot(grads[name], direction)
+        if name == "labels" and not learn_labels:
+            assert float(jnp.abs(grads[name]).max()) == 0.0  # labels fixed: no gradient flows
+        else:
+            np.testing.assert_allclose(analytic, numeric, rtol=1e-6)
+
+
+def test_gradient_finite_at_support_point_equal_to_a_target():
+    """K(x, x) pairs sit exactly on the arc-cosine kernel's singular derivative."""
+    kfn = functools.partial(kernels.fc(2, num_classes=3).kernel_fn, get="ntk")
+    x, labels = toy()
+    y = data.one_hot(labels, 3, dtype=jnp.float64)
+    params = {"images": jnp.asarray(x[:6]), "labels": y[:6]}
+    grads = jax.grad(lambda p: distill.kip_loss(kfn, p, jnp.asarray(x[:50]), y[:50])[0])(params)
+    assert np.all(np.isfinite(grads["images"]))
+
+
+@pytest.mark.parametrize("precision", [jnp.float64, jnp.float32])
+def test_kip_steps_reduce_loss_and_sample_balanced(precision):
+    x, labels = toy(n_train=300)
+    train = distill.train_data(x, labels, 3, precision)
+    kfn = functools.partial(kernels.fc(1, num_classes=3).kernel_fn, get="ntk")
+    opt = optax.adam(0.04)
+    init = data.balanced_subset(jax.random.PRNGKey(0), labels, 3, 2)
+    state = distill.init_state(train.images[init], train.targets[init], opt, jax.random.PRNGKey(1))
+    before = distill.kip_loss(kfn, state.params, train.images, train.targets)[0]
+    run = distill.make_multi_step(distill.make_step(kfn, opt, target_batch=60), 50)
+    state, metrics = run(state, train)
+    after = distill.kip_loss(kfn, state.params, train.images, train.targets)[0]
+    assert metrics["loss"].shape == (50,)
+    assert int(state.step) == 50
+    assert state.params["images"].dtype == precision
+    assert float(after) < 0.7 * float(before)
+    np.testing.assert_array_equal(state.params["labels"], train.targets[init])  # not learned
+
+
+def test_balanced_sample_is_balanced_distinct_and_uniform():
+    labels = np.repeat(np.arange(4), [50, 80, 31, 60])
+    table, counts = (jnp.asarray(a) for a in data.class_table(labels, 4))
+    sample = jax.jit(lambda k: data.balanced_sample(k, table, counts, 30))
+    hits = np.zeros(len(labels))
+    for i in range(400):
+        idx = np.asarray(sample(jax.random.PRNGKey(i)))
+        assert len(set(idx.tolist())) == 30
+        per_class = np.bincount(labels[idx], minlength=4)
+        assert per_class.min() >= 7 and per_class.max() <= 8
+        hits[idx] += 1
+    # 30 = 4 * 7 + 2: the first two classes in interleaved order get 8, the others 7; every
+    # member of a class is then equally likely, 400 * k_c / n_c hits on average
+    for c, (n, k) in enumerate(zip([50, 80, 31, 60], [8, 8, 7, 7])):
+        members = hits[labels == c]
+        assert members.sum() == 400 * k
+        expected = 400 * k / n
+        assert members.min() > 0 and members.std() < 2 * np.sqrt(expected)  # binomial spread, no favourites
+
+
+def test_label_solve_is_least_squares_optimal():
+    kfn = functools.partial(kernels.fc(1, num_classes=3).kernel_fn, get="ntk")
+    x, labels = toy(n_train=120)
+    y = data.one_hot(labels, 3, dtype=jnp.float64)
+    xs = jnp.asarray(x[:9])
+    reg = 1e-8
+    ys = distill.label_solve(kfn, xs, jnp.asarray(x), y, reg=reg, block_size=50)
+    # independent check: least squares for w in K_ts w ~ y_t, then y_s = (K_ss + reg/n I) w
+    k_ts = np.asarray(kfn(jnp.asarray(x), xs))
+    w = np.linalg.lstsq(k_ts, np.asarray(y), rcond=None)[0]
+    want = (np.asarray(kfn(xs, None)) + reg / 9 * np.eye(9)) @ w
+    np.testing.assert_allclose(ys, want, rtol=1e-5, atol=1e-7)
+    # and the solved labels fit the targets better than the one-hot labels do
+    def fit(y_s):
+        pred = k_ts @ np.linalg.solve(np.asarray(kfn(xs, None)) + reg / 9 * np.eye(9), np.asarray(y_s))
+        return np.mean((pred - np.asarray(y)) ** 2)
+    assert fit(ys) < fit(y[:9])
+
+
+def test_label_solve_blocks_do_not_change_the_result():
+    kfn = functools.partial(kernels.fc(2, num_classes=3).kernel_fn, get="ntk")
+    x, labels = toy(n_train=101)
+    y = data.one_hot(labels, 3, dtype=jnp.float64)
+    xs = jnp.asarray(x[:6])
+    a = distill.label_solve(kfn, xs, jnp.asarray(x), y, block_size=1000)
+    b = distill.label_solve(kfn, xs, jnp.asarray(x), y, block_size=16)
+    np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
