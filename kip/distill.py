@@ -33,6 +33,7 @@ class TrainData(NamedTuple):
     targets: Array  # (N, C) centred one-hot
     class_table: Array  # (C, max_count) int32
     class_counts: Array  # (C,) int32
+    stats: Array | None = None  # cached kernel_fn.input_stats(images): one pass less per step
 
 
 def kip_loss(
@@ -42,17 +43,20 @@ def kip_loss(
     y_target: Array,
     reg: float = krr.DEFAULT_REG,
     learn_labels: bool = False,
+    target_stats: Array | None = None,
 ) -> tuple[Array, Array]:
     """0.5 * mean((K_ts (K_ss + ridge)^-1 y_s - y_t)^2), and the argmax accuracy (aux).
 
     params: {'images': (n_s, ...), 'labels': (n_s, C)}; x_target (n_t, ...), y_target (n_t, C).
+    target_stats: the targets' cached `kernel_fn.input_stats` (kernel_fn must then take cov2).
     """
     x_s = params["images"]
     y_s = params["labels"] if learn_labels else jax.lax.stop_gradient(params["labels"])
     alpha = krr.solve(kernel_fn(x_s, None), y_s, reg)
     # K_st (n_s, n_t) rather than K_ts: the gradient then reaches x_s through a plain
     # (not transposed) matmul, which XLA:CPU runs much faster in float64.
-    pred = kernel_fn(x_s, x_target).T @ alpha
+    k_st = kernel_fn(x_s, x_target) if target_stats is None else kernel_fn(x_s, x_target, cov2=target_stats)
+    pred = k_st.T @ alpha
     loss = 0.5 * jnp.mean((pred - y_target) ** 2)
     acc = jnp.mean(jnp.argmax(pred, axis=1) == jnp.argmax(y_target, axis=1))
     return loss.astype(x_s.dtype), acc
@@ -64,15 +68,15 @@ def init_state(images: Array, labels: Array, optimizer: optax.GradientTransforma
     return KipState(params, optimizer.init(params), key, jnp.zeros((), jnp.int32))
 
 
-def train_data(images, labels, num_classes: int, dtype) -> TrainData:
-    """Puts the training set on the device as `TrainData` (images cast to dtype)."""
+def train_data(images, labels, num_classes: int, dtype, kernel_fn=None) -> TrainData:
+    """Puts the training set on the device as `TrainData` (images cast to dtype). With a
+    `kip.kernels.KernelFn`, also caches its per-image input statistics."""
     table, counts = data.class_table(labels, num_classes)
-    return TrainData(
-        jnp.asarray(images, dtype),
-        data.one_hot(labels, num_classes, dtype=dtype),
-        jnp.asarray(table),
-        jnp.asarray(counts),
-    )
+    images = jnp.asarray(images, dtype)
+    stats = None
+    if kernel_fn is not None and hasattr(kernel_fn, "input_stats"):
+        stats = jax.jit(kernel_fn.input_stats)(images)
+    return TrainData(images, data.one_hot(labels, num_classes, dtype=dtype), jnp.asarray(table), jnp.asarray(counts), stats)
 
 
 def make_step(
@@ -91,13 +95,14 @@ def make_step(
     def step(state: KipState, train: TrainData) -> tuple[KipState, dict]:
         n_train = train.images.shape[0]
         if target_batch >= n_train:
-            x_t, y_t = train.images, train.targets
+            x_t, y_t, stats_t = train.images, train.targets, train.stats
         else:
             key = jax.random.fold_in(state.key, state.step)
             idx = data.balanced_sample(key, train.class_table, train.class_counts, target_batch)
             x_t, y_t = train.images[idx], train.targets[idx]
+            stats_t = None if train.stats is None else train.stats[idx]
         (loss, acc), grads = jax.value_and_grad(kip_loss, argnums=1, has_aux=True)(
-            kernel_fn, state.params, x_t, y_t, reg, learn_labels
+            kernel_fn, state.params, x_t, y_t, reg, learn_labels, stats_t
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

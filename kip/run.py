@@ -38,6 +38,7 @@ class Problem:
     x_test: jax.Array
     kernel_fn: krr.KernelMatrixFn  # (x1, x2 | None) -> (n1, n2) NTK
     dtype: Any
+    layer: kernels.Layer  # the preset behind kernel_fn
 
 
 def dtype_for(precision: str):
@@ -71,6 +72,7 @@ def prepare(
         jnp.asarray(prep.apply(ds.x_test), dtype),
         functools.partial(layer.kernel_fn, get="ntk"),
         dtype,
+        layer,
     )
 
 
@@ -204,7 +206,7 @@ def distill_run(
 
     optimizer = optax.adam(config.lr)
     state = distill.init_state(init_images, init_labels, optimizer, run_key)
-    train = distill.train_data(problem.x_train, ds.y_train, ds.num_classes, problem.dtype)
+    train = distill.train_data(problem.x_train, ds.y_train, ds.num_classes, problem.dtype, problem.layer.kernel_fn)
     evaluate = make_evaluator(problem, config.reg, config.block_size)
     ckpt_path = os.path.join(out, "checkpoint.npz")
     config_dict = dataclasses.asdict(config)

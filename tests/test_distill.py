@@ -56,8 +56,9 @@ def test_gradient_finite_at_support_point_equal_to_a_target():
 @pytest.mark.parametrize("precision", [jnp.float64, jnp.float32])
 def test_kip_steps_reduce_loss_and_sample_balanced(precision):
     x, labels = toy(n_train=300)
-    train = distill.train_data(x, labels, 3, precision)
-    kfn = functools.partial(kernels.fc(1, num_classes=3).kernel_fn, get="ntk")
+    layer = kernels.fc(1, num_classes=3)
+    train = distill.train_data(x, labels, 3, precision, layer.kernel_fn)
+    kfn = functools.partial(layer.kernel_fn, get="ntk")
     opt = optax.adam(0.04)
     init = data.balanced_subset(jax.random.PRNGKey(0), labels, 3, 2)
     state = distill.init_state(train.images[init], train.targets[init], opt, jax.random.PRNGKey(1))

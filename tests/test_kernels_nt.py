@@ -90,3 +90,13 @@ def test_fc_preset_is_the_notebook_architecture():
     assert_close(layer.kernel_fn(x1, x2, "ntk"), ref.kernel_fn(x1, x2, "ntk"), rtol=1e-14)
     with pytest.raises(ValueError, match="unknown kernel"):
         kernels.preset("fc9")
+
+
+def test_cached_input_stats_give_the_same_kernel():
+    layer = build(FC["fc2_image_5x4x3/spec"])
+    x1, x2 = FC["fc2_image_5x4x3/x1"], FC["fc2_image_5x4x3/x2"]
+    stats = layer.kernel_fn.input_stats(x2)
+    assert stats.shape == (len(x2),)
+    np.testing.assert_array_equal(layer.kernel_fn(x1, x2, "ntk", cov2=stats), layer.kernel_fn(x1, x2, "ntk"))
+    with pytest.raises(ValueError, match="cov2 has shape"):
+        layer.kernel_fn(x1, x2, "ntk", cov2=stats[:2])

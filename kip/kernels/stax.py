@@ -82,17 +82,27 @@ class KernelFn:
         # Given the spatial structure wanted above this layer, what it needs below.
         self.input_req = input_req
 
-    def __call__(self, x1, x2=None, get=None):
+    def __call__(self, x1, x2=None, get=None, *, cov2=None):
+        """cov2: optional precomputed `self.input_stats(x2)` (e.g. cached once for a training
+        set, so that each batch drawn from it skips that pass over its pixels)."""
         if isinstance(x1, Kernel):
             return self.transform(x1)
         fields = _parse_get(get)
-        k = input_kernel(x1, x2, self.input_req(FLAT), compute_ntk="ntk" in fields)
+        k = input_kernel(x1, x2, self.input_req(FLAT), compute_ntk="ntk" in fields, cov2=cov2)
         k = self.transform(k)
         if get is None:
             return k
         if isinstance(get, str):
             return getattr(k, get)
         return collections.namedtuple("AnalyticKernel", fields)(*(getattr(k, f) for f in fields))
+
+    def input_stats(self, x: Array) -> Array | None:
+        """Per-example input self-covariances this network's kernel starts from: (n,) for a
+        network that flattens first, (n, H, W) for one without pooling; None when it needs
+        all position pairs (too large to cache)."""
+        x = jnp.asarray(x)
+        spatial = FLAT if x.ndim == 2 else self.input_req(FLAT)
+        return None if spatial == FULL else _self_cov(x, spatial)
 
 
 def _parse_get(get) -> tuple[str, ...]:
@@ -105,11 +115,12 @@ def _parse_get(get) -> tuple[str, ...]:
     return fields
 
 
-def input_kernel(x1: Array, x2: Array | None, spatial: int, compute_ntk: bool) -> Kernel:
+def input_kernel(x1: Array, x2: Array | None, spatial: int, compute_ntk: bool, cov2: Array | None = None) -> Kernel:
     """Covariances of the inputs, averaged over channels: x1 . x2 / C (per position for images).
 
     `spatial` is what the network needs: FLAT averages over all features at once (what a
     network that starts with Flatten sees), DIAG keeps positions, FULL keeps position pairs.
+    cov2: x2's self-covariances if already known (`_self_cov(x2, spatial)`).
     """
     x1 = jnp.asarray(x1)
     x2 = x1 if x2 is None else jnp.asarray(x2)
@@ -117,26 +128,35 @@ def input_kernel(x1: Array, x2: Array | None, spatial: int, compute_ntk: bool) -
         raise ValueError(
             f"inputs must be (n, d) or (n, H, W, C) with equal trailing shapes; got {x1.shape} and {x2.shape}"
         )
-    if x1.ndim == 2 or spatial == FLAT:
+    if x1.ndim == 2:
+        spatial = FLAT
+    if spatial == FLAT:
         f1, f2 = x1.reshape(x1.shape[0], -1), x2.reshape(x2.shape[0], -1)
-        d = f1.shape[1]
-        nngp = gram(f1, f2) / d
-        cov1 = _sq_norms(f1) / d
-        cov2 = cov1 if x2 is x1 else _sq_norms(f2) / d
-        spatial, channels = FLAT, d
+        nngp = gram(f1, f2) / f1.shape[1]
+        channels = f1.shape[1]
+    elif spatial == DIAG:
+        nngp = jnp.einsum("ahwc,bhwc->abhw", x1, x2, precision=_HIGHEST) / x1.shape[-1]
+        channels = x1.shape[-1]
     else:
-        c = x1.shape[-1]
-        channels = c
-        if spatial == DIAG:
-            nngp = jnp.einsum("ahwc,bhwc->abhw", x1, x2, precision=_HIGHEST) / c
-            cov1 = jnp.sum(x1 * x1, axis=-1) / c
-            cov2 = cov1 if x2 is x1 else jnp.sum(x2 * x2, axis=-1) / c
-        else:
-            nngp = jnp.einsum("ahwc,bgvc->abhgwv", x1, x2, precision=_HIGHEST) / c
-            cov1 = jnp.einsum("ahwc,agvc->ahgwv", x1, x1, precision=_HIGHEST) / c
-            cov2 = cov1 if x2 is x1 else jnp.einsum("ahwc,agvc->ahgwv", x2, x2, precision=_HIGHEST) / c
+        nngp = jnp.einsum("ahwc,bgvc->abhgwv", x1, x2, precision=_HIGHEST) / x1.shape[-1]
+        channels = x1.shape[-1]
+    cov1 = _self_cov(x1, spatial)
+    if cov2 is None:
+        cov2 = cov1 if x2 is x1 else _self_cov(x2, spatial)
+    elif cov2.shape != (x2.shape[0],) + cov1.shape[1:]:
+        raise ValueError(f"cov2 has shape {cov2.shape}, expected {(x2.shape[0],) + cov1.shape[1:]}")
     ntk = jnp.zeros_like(nngp) if compute_ntk else None
-    return Kernel(nngp, ntk, cov1, cov2, channels, spatial)
+    return Kernel(nngp, ntk, cov1, cov2.astype(nngp.dtype), channels, spatial)
+
+
+def _self_cov(x: Array, spatial: int) -> Array:
+    """Each input with itself, averaged over channels: (n,) / (n, H, W) / (n, H, H, W, W)."""
+    if spatial == FLAT:
+        f = x.reshape(x.shape[0], -1)
+        return _sq_norms(f) / f.shape[1]
+    if spatial == DIAG:
+        return jnp.sum(x * x, axis=-1) / x.shape[-1]
+    return jnp.einsum("ahwc,agvc->ahgwv", x, x, precision=_HIGHEST) / x.shape[-1]
 
 
 # --------------------------------------------------------------------------- helpers
