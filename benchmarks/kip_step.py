@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from kip import data, distill, kernels, krr, preprocess
 from benchmarks import common
+from kip import data, distill, kernels, krr, preprocess, report
 
 CHUNK = 10  # steps per jitted call; the first call (compilation) is not timed
 
@@ -100,10 +100,10 @@ def main() -> None:
 Ours counts drawing the class-balanced target batch (on the device, inside the jitted step).
 The reference is neural-tangents 0.6.5 on JAX 0.5.3 (side environment), the authors' notebook
 loop: "step alone" times its jitted update, "with sampling" adds its host-side numpy sampling and
-transfer. Both processes ran with OPENBLAS_NUM_THREADS={common.machine()['OPENBLAS_NUM_THREADS']}.
+transfer. Both processes ran with OPENBLAS_NUM_THREADS={report.machine()['OPENBLAS_NUM_THREADS']}.
 Goal (issue 2): at least 2x faster at equal accuracy, counting the batch sampling.
 """
-    common.write_results("kip_step", "Seconds per KIP step: kip vs neural-tangents (FC1)", body,
+    report.write_results("kip_step", "Seconds per KIP step: kip vs neural-tangents (FC1)", body,
                          {"ours": rows, "reference": reference, "args": vars(args)})
     print(body)
 

@@ -7,7 +7,6 @@ import dataclasses
 import functools
 import json
 import os
-import platform
 import sys
 import time
 from typing import Any, Callable
@@ -19,7 +18,7 @@ import optax
 from tqdm.auto import tqdm
 
 import kip
-from kip import InputError, data, distill, io, kernels, krr, plots, preprocess
+from kip import InputError, data, distill, io, kernels, krr, plots, preprocess, report
 
 OUTPUT_FILES = ("distilled.npz", "metrics.json", "support.png", "curve.png", "checkpoint.npz")
 
@@ -94,17 +93,8 @@ def make_evaluator(problem: Problem, reg: float, block_size: int) -> Callable[[j
 
 
 def environment() -> dict:
-    """Where a result was measured."""
-    devices = jax.devices()
-    return {
-        "kip": kip.__version__,
-        "jax": jax.__version__,
-        "devices": f"{len(devices)} x {devices[0].device_kind}",
-        "platform": devices[0].platform,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-    }
+    """Where a result was measured (see `kip.report.machine`), with kip's version."""
+    return {"kip": kip.__version__, **report.machine()}
 
 
 def _prepare_out(out: str, resume: bool, overwrite: bool) -> None:
@@ -163,8 +153,15 @@ def _save_checkpoint(path: str, state: distill.KipState, meta: dict) -> None:
     io.write_npz(path, meta=np.array(json.dumps(meta)), **arrays)
 
 
-def _load_checkpoint(path: str, template: distill.KipState) -> tuple[distill.KipState, dict]:
+def _load_checkpoint(path: str, template: distill.KipState | None) -> tuple[distill.KipState | None, dict]:
+    """The saved state (shaped like `template`) and the run's metadata; template None
+    reads the metadata only."""
     arrays = io.read_npz(path)
+    if template is None:
+        try:
+            return None, json.loads(str(arrays["meta"]))
+        except (KeyError, ValueError):
+            raise InputError(f"{path}: not a kip checkpoint") from None
     leaves, treedef = jax.tree_util.tree_flatten(template)
     try:
         restored = [jnp.asarray(arrays[f"leaf_{i:04d}"], dtype=leaf.dtype) for i, leaf in enumerate(leaves)]
@@ -225,7 +222,7 @@ def distill_run(
 
     log(f"kip distill: {ds.name} ({len(ds.y_train)} train / {len(ds.y_test)} test, {ds.num_classes} classes), "
         f"kernel {config.kernel}, {config.ipc} images/class, target batch {target_batch}, "
-        f"{config.precision}, {environment()['devices']}")
+        f"{config.precision}, {environment()['device']}")
     if not evals:
         evals.append({"step": 0, **evaluate(state.params["images"], state.params["labels"])})
     step_fn = distill.make_step(problem.kernel_fn, optimizer, target_batch, config.reg, config.learn_labels)
@@ -294,6 +291,26 @@ def distill_run(
         f"{100 * metrics['initial_test_accuracy']:.2f}%), test mse {metrics['test_mse']:.5f}; "
         f"{step} steps in {seconds:.1f} s; wrote {out}/")
     return metrics
+
+
+def distill_cell(config: DistillConfig, out: str, progress: bool = False, log: Callable[[str], None] = print) -> dict:
+    """One cell of a table or sweep: reuses a finished run in `out` with the same options,
+    resumes an interrupted one, or starts it. Returns its metrics."""
+    metrics_path = os.path.join(out, "metrics.json")
+    if os.path.exists(metrics_path):
+        metrics = io.read_json(metrics_path)
+        if metrics.get("config") == dataclasses.asdict(config):
+            log(f"{out}: already done ({100 * metrics['test_accuracy']:.2f}%)")
+            return metrics
+    resume = os.path.exists(os.path.join(out, "checkpoint.npz"))
+    if resume:
+        try:  # a checkpoint of other options is stale: start again
+            _, meta = _load_checkpoint(os.path.join(out, "checkpoint.npz"), None)
+        except InputError:
+            meta = {}
+        resume = {k: v for k, v in meta.get("config", {}).items() if k not in _RESUMABLE_CHANGES} == {
+            k: v for k, v in dataclasses.asdict(config).items() if k not in _RESUMABLE_CHANGES}
+    return distill_run(config, out, resume=resume, overwrite=not resume, progress=progress, log=log)
 
 
 def _write_distilled(out, problem, images, labels, init_images, init_idx, metrics, title) -> None:

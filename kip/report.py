@@ -1,0 +1,69 @@
+"""Result tables for benchmarks/ and experiments/: machine facts, the exact command, and
+results/<name>.{md,json} written atomically."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+import jax
+
+from kip import io
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "results")
+
+
+def machine() -> dict:
+    """Where a number was measured: CPU, cores, JAX device, versions, date and commit."""
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    devices = jax.devices()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "device": f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})",
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": _commit(),
+    }
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        if out.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + ("+local changes" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def command_line() -> str:
+    """The command that is running, relative to the repository root."""
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)
+    if script.endswith("__main__.py") or not script.endswith(".py"):
+        script = "-m " + (sys.modules["__main__"].__spec__.name if sys.modules["__main__"].__spec__ else script)
+    return "python " + " ".join(shlex.quote(a) for a in [script, *sys.argv[1:]])
+
+
+def write_results(name: str, title: str, body: str, payload: dict, results_dir: str = RESULTS) -> None:
+    """results/<name>.md (title, command, machine, body) and results/<name>.json (all of it)."""
+    env = machine()
+    header = (f"# {title}\n\nCommand: `{command_line()}`  \nMachine: {env['cpu']}, {env['cores']} cores, "
+              f"{env['device']}, JAX {env['jax']}; commit {env['commit']}; {env['date']}\n\n")
+    io.write_bytes(os.path.join(results_dir, f"{name}.md"), (header + body.rstrip() + "\n").encode())
+    io.write_json(os.path.join(results_dir, f"{name}.json"), {"command": command_line(), "machine": env, **payload})
+    print(f"wrote {os.path.relpath(results_dir)}/{name}.md and .json")
