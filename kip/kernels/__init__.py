@@ -1,7 +1,8 @@
 """Infinite-width kernels: `kip.kernels.serial(Dense(...), Relu(), ...)` gives
 `(init_fn, apply_fn, kernel_fn)` exactly as `neural_tangents.stax` does."""
 
-from kip.kernels.presets import PRESETS, fc, preset
+from kip.kernels.conv import AvgPool, Conv, GlobalAvgPool
+from kip.kernels.presets import PRESETS, convnet, fc, myrtle, preset
 from kip.kernels.stax import (
     ABRelu,
     Dense,
@@ -17,16 +18,21 @@ from kip.kernels.stax import (
 
 __all__ = [
     "ABRelu",
+    "AvgPool",
+    "Conv",
     "Dense",
     "Erf",
     "Flatten",
+    "GlobalAvgPool",
     "Kernel",
     "KernelFn",
     "Layer",
     "PRESETS",
     "Relu",
+    "convnet",
     "fc",
     "input_kernel",
+    "myrtle",
     "preset",
     "serial",
 ]

@@ -19,37 +19,58 @@ Array = jax.Array
 
 # How much of the position-position covariance a kernel keeps (images only).
 FLAT = 0  # no spatial axes: inputs are flattened, (n1, n2)
-DIAG = 1  # same position in both images only, (n1, n2, H, W)
-FULL = 2  # every pair of positions, (n1, n2, H, H, W, W) as in neural-tangents
+DIAG = 1  # same position in both images only: (H, W, n1, n2) inside, (n1, n2, H, W) outside
+FULL = 2  # every pair of positions: (H, W, H, W, n1, n2) inside, (n1, n2, H, H, W, W) outside
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+
+
+# How a Kernel is being computed (see KernelFn): all pairs at once, or two phases for
+# full position-position covariances: each image with itself once (RECORD: only its
+# self-covariance, noting the variances every nonlinearity reads), then one pair at a
+# time (REPLAY: the cross covariance only, reading those noted variances).
+BATCH, RECORD, REPLAY = "batch", "record", "replay"
 
 
 @dataclasses.dataclass(frozen=True)
 class Kernel:
     """Covariances of one layer's pre-activations, the state `kernel_fn`s fold over.
 
-    Shapes by `spatial` (FLAT / DIAG / FULL):
-      nngp, ntk: (n1, n2) / (n1, n2, H, W) / (n1, n2, H, H, W, W); ntk may be None.
-      cov1: the same for x1 with x1 (batch diagonal only): (n1,) / (n1, H, W) / (n1, H, H, W, W).
+    Shapes by `spatial` (FLAT / DIAG / FULL), positions first (for FULL: x1's position,
+    then x2's, so the covariance of inputs is a plain outer product) and examples last, so
+    that shifting and pooling positions moves contiguous blocks (`kernel_fn` returns
+    neural-tangents' (n1, n2, ...) order):
+      nngp, ntk: (n1, n2) / (H, W, n1, n2) / (H, W, H, W, n1, n2); ntk may be None, or a
+        0-d zero until a layer with parameters makes it nonzero.
+      cov1: the same for x1 with itself (batch diagonal only): (n1,) / (H, W, n1) / (H, W, H, W, n1).
       cov2: likewise for x2.
-    `channels` is the finite width feeding the next layer (only the standard
-    parameterization depends on it).
+    In the two-phase modes the example axes are absent (one image or one pair), nngp/ntk
+    are None while RECORDing and cov1/cov2 are None while REPLAYing; tape1/tape2 hold the
+    per-nonlinearity variance maps of x1/x2; `inputs` may hold the two (H, W, C) images
+    themselves, not yet multiplied out, for a first Conv to read as patches. `channels` is
+    the finite width feeding the next layer (only the standard parameterization uses it).
     """
 
-    nngp: Array
+    nngp: Array | None
     ntk: Array | None
-    cov1: Array
-    cov2: Array
+    cov1: Array | None
+    cov2: Array | None
     channels: int
     spatial: int
+    tape1: tuple = ()
+    tape2: tuple = ()
+    inputs: tuple = ()
+    mode: str = BATCH
+    tape_pos: int = 0
 
     def replace(self, **changes: Any) -> "Kernel":
         return dataclasses.replace(self, **changes)
 
 
 jax.tree_util.register_dataclass(
-    Kernel, data_fields=["nngp", "ntk", "cov1", "cov2"], meta_fields=["channels", "spatial"]
+    Kernel,
+    data_fields=["nngp", "ntk", "cov1", "cov2", "tape1", "tape2", "inputs"],
+    meta_fields=["channels", "spatial", "mode", "tape_pos"],
 )
 
 
@@ -75,31 +96,92 @@ class KernelFn:
     Returns:
       For a string `get`, the (n1, n2) matrix (or (n1, n2, ...spatial) if the network
       ends on a spatial layer); for a tuple, a namedtuple of those matrices.
+
+    Networks with pooling need every pair of positions, ~(HW)^2 numbers per pair of
+    images; those are computed `pairs_per_step` pairs at a time (memory ~ that many
+    pairs' covariances, whatever n1 and n2), each image's own covariances once.
     """
 
-    def __init__(self, transform: Callable[[Kernel], Kernel], input_req: Callable[[int], int]):
+    def __init__(
+        self,
+        transform: Callable[[Kernel], Kernel],
+        input_req: Callable[[int], int],
+        pairs_per_step: int = 1,
+        reads_inputs: bool = False,
+    ):
         self.transform = transform
         # Given the spatial structure wanted above this layer, what it needs below.
         self.input_req = input_req
+        self.pairs_per_step = pairs_per_step
+        # Whether transform takes a Kernel whose `inputs` are not multiplied out yet.
+        self.reads_inputs = reads_inputs
+
+    def with_pairs_per_step(self, pairs_per_step: int) -> "KernelFn":
+        """The same kernel, computing `pairs_per_step` pairs of images per step (more is
+        faster on accelerators, and needs proportionally more memory)."""
+        if pairs_per_step < 1:
+            raise ValueError(f"pairs_per_step must be >= 1, got {pairs_per_step}")
+        return KernelFn(self.transform, self.input_req, pairs_per_step, self.reads_inputs)
 
     def __call__(self, x1, x2=None, get=None, *, cov2=None):
         """cov2: optional precomputed `self.input_stats(x2)` (e.g. cached once for a training
         set, so that each batch drawn from it skips that pass over its pixels)."""
         if isinstance(x1, Kernel):
-            return self.transform(x1)
+            return self.transform(_materialized(x1) if x1.inputs and not self.reads_inputs else x1)
         fields = _parse_get(get)
-        k = input_kernel(x1, x2, self.input_req(FLAT), compute_ntk="ntk" in fields, cov2=cov2)
-        k = self.transform(k)
+        x1 = jnp.asarray(x1)
+        x2 = None if x2 is None else jnp.asarray(x2)
+        _check_inputs(x1, x2)
+        spatial = FLAT if x1.ndim == 2 else self.input_req(FLAT)
+        if spatial == FULL:
+            k = self._pairwise(x1, x2, compute_ntk="ntk" in fields)
+        else:
+            k = _examples_first(self.transform(input_kernel(x1, x2, spatial, "ntk" in fields, cov2=cov2)))
+        if k.ntk is not None and k.ntk.ndim == 0:  # no layer with parameters: Θ = 0
+            k = k.replace(ntk=jnp.broadcast_to(k.ntk, k.nngp.shape))
         if get is None:
             return k
         if isinstance(get, str):
             return getattr(k, get)
         return collections.namedtuple("AnalyticKernel", fields)(*(getattr(k, f) for f in fields))
 
+    def _pairwise(self, x1: Array, x2: Array | None, compute_ntk: bool) -> Kernel:
+        """The two-phase computation for full position-position covariances."""
+
+        @jax.checkpoint
+        def self_pass(x):  # one image (H, W, C) with itself
+            k = self(Kernel(None, None, None, None, x.shape[-1], FULL, inputs=(x, x), mode=RECORD))
+            k = _materialized(k)
+            return k.tape1, k.cov1
+
+        tape1, cov1 = jax.lax.map(self_pass, x1)
+        tape2, cov2 = (tape1, cov1) if x2 is None else jax.lax.map(self_pass, x2)
+        x2 = x1 if x2 is None else x2
+        n1, n2 = x1.shape[0], x2.shape[0]
+
+        @jax.checkpoint
+        def cross(ij):  # one pair of images
+            i, j = ij
+            a, b = x1[i], x2[j]
+            ntk = jnp.zeros((), a.dtype) if compute_ntk else None
+            t1 = jax.tree_util.tree_map(lambda t: t[i], tape1)
+            t2 = jax.tree_util.tree_map(lambda t: t[j], tape2)
+            k = _materialized(self(Kernel(None, ntk, None, None, a.shape[-1], FULL, t1, t2, (a, b), REPLAY)))
+            return k.nngp, (jnp.broadcast_to(k.ntk, k.nngp.shape) if compute_ntk else k.nngp)
+
+        i, j = (m.ravel() for m in jnp.meshgrid(jnp.arange(n1), jnp.arange(n2), indexing="ij"))
+        nngp, ntk = jax.lax.map(cross, (i, j), batch_size=self.pairs_per_step if self.pairs_per_step > 1 else None)
+        nngp = nngp.reshape((n1, n2) + nngp.shape[1:])
+        ntk = ntk.reshape(nngp.shape) if compute_ntk else None
+        if nngp.ndim == 2:
+            return Kernel(nngp, ntk, cov1, cov2, 0, FLAT)
+        # A network ending on full spatial covariances: neural-tangents' (H, H, W, W) order.
+        return Kernel(*(None if m is None else _interleave(m) for m in (nngp, ntk, cov1, cov2)), 0, FULL)
+
     def input_stats(self, x: Array) -> Array | None:
-        """Per-example input self-covariances this network's kernel starts from: (n,) for a
-        network that flattens first, (n, H, W) for one without pooling; None when it needs
-        all position pairs (too large to cache)."""
+        """Per-example input self-covariances this network's kernel starts from, in the
+        internal layout: (n,) for a network that flattens first, (H, W, n) for one without
+        pooling; None when it needs all position pairs (computed pair by pair instead)."""
         x = jnp.asarray(x)
         spatial = FLAT if x.ndim == 2 else self.input_req(FLAT)
         return None if spatial == FULL else _self_cov(x, spatial)
@@ -115,6 +197,14 @@ def _parse_get(get) -> tuple[str, ...]:
     return fields
 
 
+def _check_inputs(x1: Array, x2: Array | None) -> None:
+    x2 = x1 if x2 is None else x2
+    if x1.ndim not in (2, 4) or x1.shape[1:] != x2.shape[1:]:
+        raise ValueError(
+            f"inputs must be (n, d) or (n, H, W, C) with equal trailing shapes; got {x1.shape} and {x2.shape}"
+        )
+
+
 def input_kernel(x1: Array, x2: Array | None, spatial: int, compute_ntk: bool, cov2: Array | None = None) -> Kernel:
     """Covariances of the inputs, averaged over channels: x1 . x2 / C (per position for images).
 
@@ -124,10 +214,7 @@ def input_kernel(x1: Array, x2: Array | None, spatial: int, compute_ntk: bool, c
     """
     x1 = jnp.asarray(x1)
     x2 = x1 if x2 is None else jnp.asarray(x2)
-    if x1.ndim not in (2, 4) or x1.shape[1:] != x2.shape[1:]:
-        raise ValueError(
-            f"inputs must be (n, d) or (n, H, W, C) with equal trailing shapes; got {x1.shape} and {x2.shape}"
-        )
+    _check_inputs(x1, x2)
     if x1.ndim == 2:
         spatial = FLAT
     if spatial == FLAT:
@@ -135,28 +222,62 @@ def input_kernel(x1: Array, x2: Array | None, spatial: int, compute_ntk: bool, c
         nngp = gram(f1, f2) / f1.shape[1]
         channels = f1.shape[1]
     elif spatial == DIAG:
-        nngp = jnp.einsum("ahwc,bhwc->abhw", x1, x2, precision=_HIGHEST) / x1.shape[-1]
+        nngp = jnp.einsum("ahwc,bhwc->hwab", x1, x2, precision=_HIGHEST) / x1.shape[-1]
         channels = x1.shape[-1]
     else:
-        nngp = jnp.einsum("ahwc,bgvc->abhgwv", x1, x2, precision=_HIGHEST) / x1.shape[-1]
+        nngp = jnp.einsum("ahwc,bgvc->hwgvab", x1, x2, precision=_HIGHEST) / x1.shape[-1]
         channels = x1.shape[-1]
     cov1 = _self_cov(x1, spatial)
     if cov2 is None:
         cov2 = cov1 if x2 is x1 else _self_cov(x2, spatial)
-    elif cov2.shape != (x2.shape[0],) + cov1.shape[1:]:
-        raise ValueError(f"cov2 has shape {cov2.shape}, expected {(x2.shape[0],) + cov1.shape[1:]}")
-    ntk = jnp.zeros_like(nngp) if compute_ntk else None
+    elif cov2.shape != cov1.shape[:-1] + (x2.shape[0],):
+        raise ValueError(f"cov2 has shape {cov2.shape}, expected {cov1.shape[:-1] + (x2.shape[0],)}")
+    ntk = jnp.zeros((), nngp.dtype) if compute_ntk else None
     return Kernel(nngp, ntk, cov1, cov2.astype(nngp.dtype), channels, spatial)
 
 
 def _self_cov(x: Array, spatial: int) -> Array:
-    """Each input with itself, averaged over channels: (n,) / (n, H, W) / (n, H, H, W, W)."""
+    """Each input with itself, averaged over channels: (n,) / (H, W, n) / (H, H, W, W, n)."""
     if spatial == FLAT:
         f = x.reshape(x.shape[0], -1)
         return _sq_norms(f) / f.shape[1]
     if spatial == DIAG:
-        return jnp.sum(x * x, axis=-1) / x.shape[-1]
-    return jnp.einsum("ahwc,agvc->ahgwv", x, x, precision=_HIGHEST) / x.shape[-1]
+        return jnp.einsum("ahwc,ahwc->hwa", x, x, precision=_HIGHEST) / x.shape[-1]
+    return jnp.einsum("ahwc,agvc->hwgva", x, x, precision=_HIGHEST) / x.shape[-1]
+
+
+def _materialized(k: Kernel) -> Kernel:
+    """A kernel whose `inputs` (two images) are multiplied out into covariances."""
+    if not k.inputs:
+        return k
+    a, b = k.inputs
+    channels = a.shape[-1]
+
+    def outer(u, v):
+        return jnp.einsum("hwc,gvc->hwgv", u, v, precision=_HIGHEST) / channels
+
+    nngp = None if k.mode == RECORD else outer(a, b)
+    cov = None if k.mode == REPLAY else outer(a, a)
+    return k.replace(nngp=nngp, cov1=cov, cov2=cov, inputs=())
+
+
+def _interleave(m: Array) -> Array:
+    """(..., H, W, H, W) -> (..., H, H, W, W): neural-tangents' order of position axes."""
+    return jnp.moveaxis(m, (-4, -3, -2, -1), (-4, -2, -3, -1))
+
+
+def _examples_first(k: Kernel) -> Kernel:
+    """The internal positions-first layout back to neural-tangents' (n1, n2, ...) order."""
+    if k.spatial == FLAT:
+        return k
+
+    def move(m, batch_ndim):
+        if m is None or m.ndim == 0:
+            return m
+        m = jnp.moveaxis(m, tuple(range(m.ndim - batch_ndim, m.ndim)), tuple(range(batch_ndim)))
+        return _interleave(m) if k.spatial == FULL else m
+
+    return k.replace(nngp=move(k.nngp, 2), ntk=move(k.ntk, 2), cov1=move(k.cov1, 1), cov2=move(k.cov2, 1))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -195,24 +316,57 @@ def _positionwise(req: int) -> int:
 
 
 def _variances(cov: Array, spatial: int) -> Array:
-    """Per-position variances from a batch-diagonal covariance: (n,) or (n, H, W)."""
+    """Per-position variances from a batch-diagonal covariance: (...) or (H, W, ...)."""
     if spatial == FULL:
-        return jnp.einsum("ahhww->ahw", cov)
+        return _position_diagonal(cov)
     return cov
 
 
+def _position_diagonal(m: Array) -> Array:
+    """(H, W, H, W, ...) -> (H, W, ...): same-position entries, as a strided slice (XLA runs
+    a diagonal einsum as a slow reduction)."""
+    h, w = m.shape[:2]
+    flat = m.reshape((h * w * h * w,) + m.shape[4:])
+    return flat[:: h * w + 1].reshape((h, w) + m.shape[4:])
+
+
 def _outer(v1: Array, v2: Array, spatial: int) -> Array:
-    """v1[a, p] * v2[b, q] laid out like nngp for the given spatial structure."""
-    if spatial == FLAT:
-        return v1[:, None] * v2[None, :]
-    if spatial == DIAG:
-        return v1[:, None] * v2[None, :]
-    return jnp.einsum("ahw,bgv->abhgwv", v1, v2)
+    """v1[p, a] * v2[q, b] laid out like nngp: positions of x1 and x2 first (interleaved
+    for FULL), then x1's example axes, then x2's. v1 (*pos, *ex1), v2 (*pos, *ex2)."""
+    pos = 0 if spatial == FLAT else 2
+    e1, e2 = v1.ndim - pos, v2.ndim - pos
+    a = v1.reshape(v1.shape + (1,) * e2)
+    b = v2.reshape(v2.shape[:pos] + (1,) * e1 + v2.shape[pos:])
+    if spatial == FULL:  # (H, W, ...) -> (H, W, 1, 1, ...) and (1, 1, H, W, ...)
+        a = a.reshape(a.shape[:2] + (1, 1) + a.shape[2:])
+        b = b.reshape((1, 1) + b.shape)
+    return a * b
 
 
 def _self_outer(v: Array) -> Array:
-    """v[a, p] * v[a, q] laid out like a FULL cov: (n, H, H, W, W)."""
-    return jnp.einsum("ahw,agv->ahgwv", v, v)
+    """v[p, a] * v[q, a] laid out like a FULL cov: (H, W, ...) -> (H, W, H, W, ...)."""
+    return v[:, :, None, None] * v[None, None, :, :]
+
+
+def _nonlinearity_variances(k: Kernel) -> tuple[Array, Array, Kernel]:
+    """The per-position variances of x1 and x2 that a nonlinearity reads, and the kernel
+    with its tape advanced (REPLAY) or extended (RECORD)."""
+    if k.mode == REPLAY:
+        return k.tape1[k.tape_pos], k.tape2[k.tape_pos], k.replace(tape_pos=k.tape_pos + 1)
+    v1 = _variances(k.cov1, k.spatial)
+    v2 = v1 if k.cov2 is k.cov1 else _variances(k.cov2, k.spatial)
+    if k.mode == RECORD:
+        k = k.replace(tape1=k.tape1 + (v1,))
+    return v1, v2, k
+
+
+def _affine(m: Array | None, scale: float, shift: float) -> Array | None:
+    return None if m is None else scale * m + shift
+
+
+def _is_zero(ntk: Array | None) -> bool:
+    """The 0-d zero NTK of a network whose layers so far have no parameters."""
+    return ntk is not None and ntk.ndim == 0
 
 
 def _where_positive_sqrt(x: Array, floor: Array) -> Array:
@@ -320,8 +474,8 @@ _arc_cosine.defvjp(_arc_cosine_fwd, _arc_cosine_bwd)
 # --------------------------------------------------------------------------- layers
 
 
-def _layer(init_fn, apply_fn, transform, input_req=_positionwise) -> Layer:
-    return Layer(init_fn, apply_fn, KernelFn(transform, input_req))
+def _layer(init_fn, apply_fn, transform, input_req=_positionwise, reads_inputs=False) -> Layer:
+    return Layer(init_fn, apply_fn, KernelFn(transform, input_req, reads_inputs=reads_inputs))
 
 
 def _elementwise(fn: Callable[[Array], Array], transform) -> Layer:
@@ -358,17 +512,16 @@ def Dense(out_dim: int, W_std: float = 1.0, b_std: float | None = None, paramete
         return y if b is None else y + b
 
     def transform(k: Kernel) -> Kernel:
-        def affine(m):
-            return W_std**2 * m + b_var
-
-        nngp = affine(k.nngp)
+        nngp = _affine(k.nngp, W_std**2, b_var)
         ntk = k.ntk
         if ntk is not None:
             if parameterization == "ntk":
                 ntk = nngp + W_std**2 * ntk
             else:
                 ntk = k.channels * k.nngp + W_std**2 * ntk + (0.0 if b_std is None else 1.0)
-        return k.replace(nngp=nngp, ntk=ntk, cov1=affine(k.cov1), cov2=affine(k.cov2), channels=out_dim)
+        cov1 = _affine(k.cov1, W_std**2, b_var)
+        cov2 = cov1 if k.cov2 is k.cov1 else _affine(k.cov2, W_std**2, b_var)
+        return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, channels=out_dim)
 
     return _layer(init_fn, apply_fn, transform)
 
@@ -389,13 +542,16 @@ def ABRelu(a: float, b: float) -> Layer:
         return _arc_cosine(nngp, prod, ntk, factor, diag_gain)
 
     def transform(k: Kernel) -> Kernel:
-        v1, v2 = _variances(k.cov1, k.spatial), _variances(k.cov2, k.spatial)
-        nngp, ntk = nngp_ntk(k.nngp, _outer(v1, v2, k.spatial), k.ntk)
-        if k.spatial == FULL:
+        v1, v2, k = _nonlinearity_variances(k)
+        nngp, ntk = (None, None) if k.nngp is None else nngp_ntk(k.nngp, _outer(v1, v2, k.spatial), k.ntk)
+        if k.cov1 is None:
+            cov1 = cov2 = None
+        elif k.spatial == FULL:
             cov1 = nngp_ntk(k.cov1, _self_outer(v1))[0]
             cov2 = cov1 if k.cov2 is k.cov1 else nngp_ntk(k.cov2, _self_outer(v2))[0]
         else:  # a variance is its own pair at angle 0
-            cov1, cov2 = diag_gain * k.cov1, diag_gain * k.cov2
+            cov1 = diag_gain * k.cov1
+            cov2 = cov1 if k.cov2 is k.cov1 else diag_gain * k.cov2
         return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2)
 
     return _elementwise(fn, transform)
@@ -423,22 +579,22 @@ def Erf(a: float = 1.0, b: float = 1.0, c: float = 0.0) -> Layer:
 
     def transform(k: Kernel) -> Kernel:
         s = b**2
-        nngp, cov1, cov2 = s * k.nngp, s * k.cov1, s * k.cov2
-        ntk = None if k.ntk is None else s * k.ntk
-        v1, v2 = 1 + 2 * _variances(cov1, k.spatial), 1 + 2 * _variances(cov2, k.spatial)
-        nngp, ntk = nngp_ntk(nngp, _outer(v1, v2, k.spatial), ntk)
-        if k.spatial == FULL:
-            new_cov1 = nngp_ntk(cov1, _self_outer(v1))[0]
-            new_cov2 = new_cov1 if k.cov2 is k.cov1 else nngp_ntk(cov2, _self_outer(v2))[0]
-        else:
-            new_cov1 = (2 / math.pi) * jnp.arcsin(2 * cov1 / v1)
-            new_cov2 = new_cov1 if k.cov2 is k.cov1 else (2 / math.pi) * jnp.arcsin(2 * cov2 / v2)
-        return k.replace(
-            nngp=a**2 * nngp + c**2,
-            ntk=None if ntk is None else a**2 * ntk,
-            cov1=a**2 * new_cov1 + c**2,
-            cov2=a**2 * new_cov2 + c**2,
-        )
+        v1, v2, k = _nonlinearity_variances(k)
+        v1, v2 = 1 + 2 * s * v1, 1 + 2 * s * v2
+        nngp, ntk = None, None
+        if k.nngp is not None:
+            nngp, ntk = nngp_ntk(s * k.nngp, _outer(v1, v2, k.spatial), None if k.ntk is None else s * k.ntk)
+            nngp = a**2 * nngp + c**2
+            ntk = None if ntk is None else a**2 * ntk
+
+        def self_cov(cov, v):
+            if k.spatial == FULL:
+                return a**2 * nngp_ntk(s * cov, _self_outer(v))[0] + c**2
+            return a**2 * (2 / math.pi) * jnp.arcsin(2 * s * cov / v) + c**2
+
+        cov1 = None if k.cov1 is None else self_cov(k.cov1, v1)
+        cov2 = cov1 if k.cov2 is k.cov1 else (None if k.cov2 is None else self_cov(k.cov2, v2))
+        return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2)
 
     return _elementwise(fn, transform)
 
@@ -456,18 +612,22 @@ def Flatten() -> Layer:
     def transform(k: Kernel) -> Kernel:
         if k.spatial == FLAT:
             return k
-        if k.spatial == FULL:
-            nngp = jnp.einsum("abhhww->abhw", k.nngp)
-            ntk = None if k.ntk is None else jnp.einsum("abhhww->abhw", k.ntk)
-            cov1, cov2 = _variances(k.cov1, FULL), _variances(k.cov2, FULL)
-        else:
-            nngp, ntk, cov1, cov2 = k.nngp, k.ntk, k.cov1, k.cov2
-        h, w = cov1.shape[1:]
+
+        def flat(m):  # mean over positions of the same-position entries
+            if m is None or m.ndim == 0:
+                return m
+            if k.spatial == FULL:
+                m = _position_diagonal(m)
+            return jnp.mean(m, axis=(0, 1))
+
+        m = k.nngp if k.nngp is not None else k.cov1
+        h, w = m.shape[:2]
+        cov1 = flat(k.cov1)
         return k.replace(
-            nngp=jnp.mean(nngp, axis=(2, 3)),
-            ntk=None if ntk is None else jnp.mean(ntk, axis=(2, 3)),
-            cov1=jnp.mean(cov1, axis=(1, 2)),
-            cov2=jnp.mean(cov2, axis=(1, 2)),
+            nngp=flat(k.nngp),
+            ntk=flat(k.ntk),
+            cov1=cov1,
+            cov2=cov1 if k.cov2 is k.cov1 else flat(k.cov2),
             channels=k.channels * h * w,
             spatial=FLAT,
         )
@@ -495,6 +655,8 @@ def serial(*layers: Layer | Sequence[Layer]) -> Layer:
 
     def transform(k: Kernel) -> Kernel:
         for layer in layers:
+            if k.inputs and not layer.kernel_fn.reads_inputs:
+                k = _materialized(k)
             k = layer.kernel_fn.transform(k)
         return k
 
@@ -503,4 +665,5 @@ def serial(*layers: Layer | Sequence[Layer]) -> Layer:
             req = layer.kernel_fn.input_req(req)
         return req
 
-    return _layer(init_fn, apply_fn, transform, input_req)
+    reads_inputs = bool(layers) and layers[0].kernel_fn.reads_inputs
+    return _layer(init_fn, apply_fn, transform, input_req, reads_inputs)
