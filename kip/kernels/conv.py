@@ -3,6 +3,7 @@ their finite networks on NHWC images and the kernels of their infinite-width lim
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Sequence
 
@@ -171,7 +172,11 @@ def Conv(
                 return m  # already summed over the filter
         else:
             def conv(m):
-                return None if m is None else _conv_cov(m, k.spatial, filter_shape, strides, padding)
+                if m is None:
+                    return None
+                # Each input entry feeds |F| shifted sums: materialise it first, or XLA fuses
+                # the (expensive) nonlinearity that made it into every one of them.
+                return _conv_cov(jax.lax.optimization_barrier(m), k.spatial, filter_shape, strides, padding)
 
         def affine(m):
             return None if m is None else W_std**2 * m + b_var
@@ -219,17 +224,18 @@ def AvgPool(
     def pool(x, axes_sizes):
         """x pooled along each (axis, (window, stride)) independently, divided by the counts."""
         if all(f == s and (padding == "VALID" or x.shape[axis] % f == 0) for axis, (f, s) in axes_sizes):
-            # Disjoint windows: one reshape and one reduction, into which XLA fuses the
-            # elementwise layer before it (the un-pooled covariance is never stored).
-            shape, sum_axes, crop = [], [], []
-            for axis, n in enumerate(x.shape):
-                f = dict(axes_sizes).get(axis, (1, 1))[0]
-                crop.append(n - n % f)
-                shape += [crop[-1] // f, f] if f > 1 else [n]
-                if f > 1:
-                    sum_axes.append(len(shape) - 1)
-            x = x[tuple(slice(0, c) for c in crop)]
-            return jnp.sum(x.reshape(shape), axis=tuple(sum_axes)) / math.prod(f for _, (f, _) in axes_sizes)
+            # Disjoint windows: one sum of strided slices over all axes at once, into which
+            # XLA fuses the elementwise layer before it (so the un-pooled covariance, the
+            # largest array of the network, is never written out).
+            windows = dict(axes_sizes)
+            out = {axis: x.shape[axis] // f for axis, (f, _) in windows.items()}
+            total = 0
+            for offsets in itertools.product(*(range(f) for f, _ in windows.values())):
+                index = [slice(None)] * x.ndim
+                for (axis, (f, _)), o in zip(windows.items(), offsets):
+                    index[axis] = slice(o, o + f * out[axis], f)
+                total = total + x[tuple(index)]
+            return total / math.prod(f for f, _ in windows.values())
         for axis, (f, s) in axes_sizes:
             n = x.shape[axis]
             c = counts(n, f, s)
