@@ -19,12 +19,35 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=data.DEFAULT_DATASET,
                    help="data set name: 'digits' is embedded; others are read from DIR/NAME.npz or TFDS (default: %(default)s)")
     p.add_argument("--data-dir", default=None, metavar="DIR", help="folder holding NAME.npz (keys x_train, y_train, x_test, y_test)")
-    p.add_argument("--kernel", default="fc1", help="kernel preset: fc1, fc2, fc3 (default: %(default)s)")
+    p.add_argument("--kernel", default="fc1",
+                   help="kernel preset: fc1, fc2, fc3, convnet, convnet3, myrtle5, myrtle7, myrtle10 (default: %(default)s)")
     p.add_argument("--zca", action="store_true", help="ZCA-whiten after standardisation (KIP ConvNet recipe)")
     p.add_argument("--precision", choices=("float64", "float32"), default="float64",
                    help="dtype of images and kernels; the ridge solve is always float64 (default: %(default)s)")
     p.add_argument("--reg", type=float, default=krr.DEFAULT_REG, help="ridge, scaled by tr(K)/n (default: %(default)s)")
     p.add_argument("--block-size", type=int, default=krr.DEFAULT_BLOCK, help="test rows per kernel block (default: %(default)s)")
+    p.add_argument("--max-memory", type=_size, default=None, metavar="SIZE",
+                   help="memory for image pairs computed at once by kernels with pooling, e.g. 8GB "
+                        "(default: one pair at a time, fastest on CPU; raise it on accelerators)")
+
+
+def _size(text: str) -> float:
+    """'8GB', '512MB', '1e9' -> bytes."""
+    units = {"KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
+    t = text.strip().upper()
+    for unit, factor in units.items():
+        if t.endswith(unit):
+            t, scale = t[: -len(unit)], factor
+            break
+    else:
+        scale = 1
+    try:
+        value = float(t) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 8GB, 512MB)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             run.label_solve_run(config, args.out or _default_out("label-solve", args), overwrite=args.overwrite)
         elif args.command == "evaluate":
             result = run.evaluate_run(args.distilled, args.dataset, args.data_dir, args.kernel, args.zca,
-                                      args.precision, args.reg, args.block_size)
+                                      args.precision, args.reg, args.block_size, max_memory=args.max_memory)
             if args.out:
                 io.write_json(args.out, result)
     except InputError as e:

@@ -58,11 +58,15 @@ def prepare(
     zca: bool = False,
     precision: str = "float64",
     preprocessing: preprocess.Preprocessing | None = None,
+    max_memory: float | None = None,
 ) -> Problem:
-    """Fits (or reuses) the preprocessing on `ds` and builds the kernel preset."""
+    """Fits (or reuses) the preprocessing on `ds` and builds the kernel preset (with
+    `max_memory` bytes for the pairs computed at once, where that matters)."""
     dtype = dtype_for(precision)
     check_kernel(kernel)
     layer = kernels.preset(kernel, num_classes=ds.num_classes)
+    if max_memory:
+        layer = layer._replace(kernel_fn=layer.kernel_fn.with_max_memory(max_memory, ds.image_shape, dtype))
     prep = preprocessing or preprocess.fit(ds.x_train, zca=zca)
     return Problem(
         ds,
@@ -130,6 +134,7 @@ class DistillConfig:
     precision: str = "float64"
     eval_every: int = 100
     block_size: int = krr.DEFAULT_BLOCK
+    max_memory: float | None = None
 
     def check(self) -> None:
         for name in ("ipc", "target_batch", "eval_every", "block_size"):
@@ -190,7 +195,8 @@ def distill_run(
     config.check()
     check_kernel(config.kernel)
     _prepare_out(out, resume, overwrite)
-    problem = prepare(data.load(config.dataset, config.data_dir), config.kernel, config.zca, config.precision)
+    problem = prepare(data.load(config.dataset, config.data_dir), config.kernel, config.zca, config.precision,
+                      max_memory=config.max_memory)
     ds = problem.dataset
     key = jax.random.PRNGKey(config.seed)
     init_key, run_key = jax.random.split(key)
@@ -342,6 +348,7 @@ class LabelSolveConfig:
     reg: float = krr.DEFAULT_REG
     precision: str = "float64"
     block_size: int = krr.DEFAULT_BLOCK
+    max_memory: float | None = None
 
 
 def label_solve_run(config: LabelSolveConfig, out: str, overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
@@ -351,7 +358,8 @@ def label_solve_run(config: LabelSolveConfig, out: str, overwrite: bool = False,
     check_kernel(config.kernel)
     _prepare_out(out, resume=False, overwrite=overwrite)
     start = time.perf_counter()
-    problem = prepare(data.load(config.dataset, config.data_dir), config.kernel, config.zca, config.precision)
+    problem = prepare(data.load(config.dataset, config.data_dir), config.kernel, config.zca, config.precision,
+                      max_memory=config.max_memory)
     ds = problem.dataset
     init_key, target_key = jax.random.split(jax.random.PRNGKey(config.seed))
     idx = data.balanced_subset(init_key, ds.y_train, ds.num_classes, config.ipc)
@@ -428,13 +436,14 @@ def evaluate_run(
     reg: float = krr.DEFAULT_REG,
     block_size: int = krr.DEFAULT_BLOCK,
     log: Callable[[str], None] = print,
+    max_memory: float | None = None,
 ) -> dict:
     """KRR test accuracy of a distilled set under a kernel. The file's own preprocessing is
     re-applied to the test set; for the authors' format it is fitted on train (`zca`)."""
     check_kernel(kernel)
     ds = data.load(dataset, data_dir)
     images, labels, prep = load_distilled(distilled, ds.image_shape, ds.num_classes)
-    problem = prepare(ds, kernel, zca, precision, preprocessing=prep)
+    problem = prepare(ds, kernel, zca, precision, preprocessing=prep, max_memory=max_memory)
     result = make_evaluator(problem, reg, block_size)(images, labels)
     result.update(support_size=int(len(images)), kernel=kernel, dataset=ds.name, test_size=int(len(ds.y_test)),
                   preprocessing="from file" if prep is not None else ("fitted: standardise + ZCA" if zca else "fitted: standardise"))

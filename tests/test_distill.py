@@ -120,3 +120,33 @@ def test_label_solve_blocks_do_not_change_the_result():
     a = distill.label_solve(kfn, xs, jnp.asarray(x), y, block_size=1000)
     b = distill.label_solve(kfn, xs, jnp.asarray(x), y, block_size=16)
     np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("prepend_conv", [False, True])
+def test_kip_gradient_through_convnet_kernel_matches_finite_differences(prepend_conv):
+    """The pair-by-pair full-covariance kernel (pooling) differentiated end to end."""
+    kfn = functools.partial(kernels.convnet(depth=2, prepend_conv=prepend_conv, num_classes=3).kernel_fn, get="ntk")
+    rng = np.random.RandomState(0)
+    x_t = jnp.asarray(rng.randn(7, 8, 8, 1))
+    y_t = data.one_hot(np.arange(7) % 3, 3, dtype=jnp.float64)
+    params = {"images": jnp.asarray(rng.randn(3, 8, 8, 1)), "labels": y_t[:3] * 1.2}
+    loss = lambda p: distill.kip_loss(kfn, p, x_t, y_t, 1e-4, learn_labels=True)[0]  # noqa: E731
+    grads = jax.jit(jax.grad(loss))(params)
+    for name in ("images", "labels"):
+        direction = jnp.asarray(rng.randn(*params[name].shape))
+        eps = 1e-5
+        numeric = (loss({**params, name: params[name] + eps * direction})
+                   - loss({**params, name: params[name] - eps * direction})) / (2 * eps)
+        np.testing.assert_allclose(jnp.vdot(grads[name], direction), numeric, rtol=1e-6)
+
+
+def test_convnet_kernel_gradient_in_the_second_argument():
+    kfn = kernels.convnet(depth=1, prepend_conv=True).kernel_fn
+    rng = np.random.RandomState(1)
+    a, b = jnp.asarray(rng.randn(2, 6, 6, 2)), jnp.asarray(rng.randn(3, 6, 6, 2))
+    w = jnp.asarray(rng.randn(2, 3))
+    f = lambda b: jnp.sum(w * kfn(a, b, "ntk"))  # noqa: E731
+    g = jax.grad(f)(b)
+    direction = jnp.asarray(rng.randn(*b.shape))
+    numeric = (f(b + 1e-5 * direction) - f(b - 1e-5 * direction)) / 2e-5
+    np.testing.assert_allclose(jnp.vdot(g, direction), numeric, rtol=1e-6)

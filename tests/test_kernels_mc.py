@@ -58,12 +58,19 @@ NETWORKS = {  # one hidden layer of width 2048; `out` output units
     "erf": lambda out: kernels.serial(kernels.Dense(2048, 1.3, 0.1), kernels.Erf(0.8, 1.4, 0.2), kernels.Dense(out, 1.0, 0.1)),
     "abrelu": lambda out: kernels.serial(kernels.Dense(2048, 1.1), kernels.ABRelu(-0.4, 1.3), kernels.Dense(out, 1.0, 0.5)),
     "fc1_preset_on_images": lambda out: kernels.fc(1, width=2048, num_classes=out),
+    # convolutional: the kernel keeps every pair of positions through the pooling
+    "conv_images_relu_pool": lambda out: kernels.serial(
+        kernels.Conv(512, (3, 3), padding="SAME", W_std=1.4, b_std=0.1), kernels.Relu(),
+        kernels.AvgPool((2, 2), (2, 2)), kernels.Flatten(), kernels.Dense(out, 1.2, 0.2)),
+    "conv_images_erf_gap": lambda out: kernels.serial(
+        kernels.Conv(512, (3, 3), strides=(2, 2), padding="CIRCULAR", W_std=1.3), kernels.Erf(),
+        kernels.GlobalAvgPool(), kernels.Dense(out, 1.0, 0.3)),
 }
 
 
 @pytest.mark.parametrize("name", sorted(NETWORKS))
 def test_one_hidden_layer_is_exact_in_expectation(name):
-    shape = (4, 3, 3, 2) if "images" in name else (4, 6)
+    shape = ((4, 3, 3, 2) if name.startswith("fc") else (3, 6, 6, 2)) if "images" in name else (4, 6)
     x = jax.random.normal(jax.random.PRNGKey(1), shape)
     k = NETWORKS[name](OUT).kernel_fn(x, None, ("nngp", "ntk"))
     check(empirical_nngp(NETWORKS[name](OUT_NNGP), x, jax.random.PRNGKey(2), draws=64), np.asarray(k.nngp))

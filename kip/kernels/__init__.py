@@ -12,6 +12,7 @@ from kip.kernels.stax import (
     KernelFn,
     Layer,
     Relu,
+    bytes_per_pair,
     input_kernel,
     serial,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "Layer",
     "PRESETS",
     "Relu",
+    "bytes_per_pair",
     "convnet",
     "fc",
     "input_kernel",

@@ -99,7 +99,9 @@ class KernelFn:
 
     Networks with pooling need every pair of positions, ~(HW)^2 numbers per pair of
     images; those are computed `pairs_per_step` pairs at a time (memory ~ that many
-    pairs' covariances, whatever n1 and n2), each image's own covariances once.
+    pairs' covariances, whatever n1 and n2), each image's own covariances once. One pair
+    per step by default: fastest on CPU (the working set stays in cache), measured down to
+    8x8 images; accelerators want more (`with_pairs_per_step`, `with_max_memory`).
     """
 
     def __init__(
@@ -122,6 +124,10 @@ class KernelFn:
         if pairs_per_step < 1:
             raise ValueError(f"pairs_per_step must be >= 1, got {pairs_per_step}")
         return KernelFn(self.transform, self.input_req, pairs_per_step, self.reads_inputs)
+
+    def with_max_memory(self, max_bytes: float, image_shape: Sequence[int], dtype=jnp.float64) -> "KernelFn":
+        """As many pairs per step as fit in `max_bytes`, by the estimate `bytes_per_pair`."""
+        return self.with_pairs_per_step(max(1, int(max_bytes // bytes_per_pair(image_shape, dtype))))
 
     def __call__(self, x1, x2=None, get=None, *, cov2=None):
         """cov2: optional precomputed `self.input_stats(x2)` (e.g. cached once for a training
@@ -170,7 +176,8 @@ class KernelFn:
             return k.nngp, (jnp.broadcast_to(k.ntk, k.nngp.shape) if compute_ntk else k.nngp)
 
         i, j = (m.ravel() for m in jnp.meshgrid(jnp.arange(n1), jnp.arange(n2), indexing="ij"))
-        nngp, ntk = jax.lax.map(cross, (i, j), batch_size=self.pairs_per_step if self.pairs_per_step > 1 else None)
+        per_step = self.pairs_per_step
+        nngp, ntk = jax.lax.map(cross, (i, j), batch_size=per_step if per_step > 1 else None)
         nngp = nngp.reshape((n1, n2) + nngp.shape[1:])
         ntk = ntk.reshape(nngp.shape) if compute_ntk else None
         if nngp.ndim == 2:
@@ -185,6 +192,17 @@ class KernelFn:
         x = jnp.asarray(x)
         spatial = FLAT if x.ndim == 2 else self.input_req(FLAT)
         return None if spatial == FULL else _self_cov(x, spatial)
+
+
+# Live arrays of (HW)^2 entries while one pair is computed (measured with XLA's memory
+# analysis on ConvNet/ConvNet3/Myrtle: 7 to 8), with some headroom.
+_ARRAYS_PER_PAIR = 10
+
+
+def bytes_per_pair(image_shape: Sequence[int], dtype=jnp.float64) -> int:
+    """Working memory of one pair of (H, W, C) images when every pair of positions is kept."""
+    h, w = image_shape[:2]
+    return _ARRAYS_PER_PAIR * (h * w) ** 2 * jnp.dtype(dtype).itemsize
 
 
 def _parse_get(get) -> tuple[str, ...]:
