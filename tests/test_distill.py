@@ -150,3 +150,15 @@ def test_convnet_kernel_gradient_in_the_second_argument():
     direction = jnp.asarray(rng.randn(*b.shape))
     numeric = (f(b + 1e-5 * direction) - f(b - 1e-5 * direction)) / 2e-5
     np.testing.assert_allclose(jnp.vdot(g, direction), numeric, rtol=1e-6)
+
+
+def test_gradient_of_pooling_that_drops_a_remainder():
+    """Disjoint 2x2 pooling of 7x5 positions (VALID drops the last row and column)."""
+    layer = kernels.serial(kernels.Conv(4, (3, 3), padding="SAME", W_std=1.3, b_std=0.2), kernels.Relu(),
+                           kernels.AvgPool((2, 2), (2, 2)), kernels.Flatten(), kernels.Dense(1))
+    rng = np.random.RandomState(2)
+    a, b = jnp.asarray(rng.randn(2, 7, 5, 1)), jnp.asarray(rng.randn(2, 7, 5, 1))
+    f = lambda a: jnp.sum(layer.kernel_fn(a, b, "ntk") ** 2)  # noqa: E731
+    direction = jnp.asarray(rng.randn(*a.shape))
+    numeric = (f(a + 1e-5 * direction) - f(a - 1e-5 * direction)) / 2e-5
+    np.testing.assert_allclose(jnp.vdot(jax.grad(f)(a), direction), numeric, rtol=1e-6)

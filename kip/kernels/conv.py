@@ -3,6 +3,7 @@ their finite networks on NHWC images and the kernels of their infinite-width lim
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import Sequence
@@ -68,6 +69,48 @@ def _tied_window_sum(x: Array, axes: tuple[int, int], window: int, stride: int, 
         _take(_take(x, axes[0], a - lo, out, stride, circular), axes[1], a - lo, out, stride, circular)
         for a in range(window)
     )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _disjoint_mean(x: Array, windows: tuple[tuple[int, int], ...]) -> Array:
+    """Means over disjoint windows of size f along each (axis, f) (a trailing remainder is
+    dropped, as VALID pooling does): one sum of strided slices over all axes at once, into
+    which XLA fuses the elementwise layer before it, so the un-pooled covariance (the
+    largest array of a ConvNet kernel) is never written out. Its gradient spreads each
+    output's cotangent evenly over its window (one broadcast, not one pad per slice)."""
+    out = {axis: x.shape[axis] // f for axis, f in windows}
+    total = 0
+    for offsets in itertools.product(*(range(f) for _, f in windows)):
+        index = [slice(None)] * x.ndim
+        for (axis, f), o in zip(windows, offsets):
+            index[axis] = slice(o, o + f * out[axis], f)
+        total = total + x[tuple(index)]
+    return total / math.prod(f for _, f in windows)
+
+
+def _disjoint_mean_fwd(x, windows):
+    # The pooled array is small, and read by every entry of the next layer's outer
+    # products: materialised (here and its cotangent below), or XLA recomputes the layers
+    # after the pool once per entry of the large array before it.
+    y = jax.lax.optimization_barrier(_disjoint_mean(x, windows))
+    return y, jnp.zeros((0,) + x.shape, x.dtype)  # carries x's shape
+
+
+def _disjoint_mean_bwd(windows, shape_carrier, g):
+    g = jax.lax.optimization_barrier(g)
+    sizes = dict(windows)
+    split, spread, covered = [], [], []  # each output's cotangent / |window| to its window
+    for axis, n in enumerate(g.shape):
+        f = sizes.get(axis, 1)
+        split += [n, 1] if f > 1 else [n]
+        spread += [n, f] if f > 1 else [n]
+        covered.append(n * f)
+    g = jnp.broadcast_to((g / math.prod(sizes.values())).reshape(split), spread).reshape(covered)
+    pads = [(0, full - c) for full, c in zip(shape_carrier.shape[1:], covered)]  # dropped remainder
+    return (jnp.pad(g, pads) if any(p for _, p in pads) else g,)
+
+
+_disjoint_mean.defvjp(_disjoint_mean_fwd, _disjoint_mean_bwd)
 
 
 def _conv_cov(k: Array, spatial: int, filter_shape, strides, padding) -> Array:
@@ -224,18 +267,7 @@ def AvgPool(
     def pool(x, axes_sizes):
         """x pooled along each (axis, (window, stride)) independently, divided by the counts."""
         if all(f == s and (padding == "VALID" or x.shape[axis] % f == 0) for axis, (f, s) in axes_sizes):
-            # Disjoint windows: one sum of strided slices over all axes at once, into which
-            # XLA fuses the elementwise layer before it (so the un-pooled covariance, the
-            # largest array of the network, is never written out).
-            windows = dict(axes_sizes)
-            out = {axis: x.shape[axis] // f for axis, (f, _) in windows.items()}
-            total = 0
-            for offsets in itertools.product(*(range(f) for f, _ in windows.values())):
-                index = [slice(None)] * x.ndim
-                for (axis, (f, _)), o in zip(windows.items(), offsets):
-                    index[axis] = slice(o, o + f * out[axis], f)
-                total = total + x[tuple(index)]
-            return total / math.prod(f for f, _ in windows.values())
+            return _disjoint_mean(x, tuple((axis, f) for axis, (f, _) in axes_sizes))
         for axis, (f, s) in axes_sizes:
             n = x.shape[axis]
             c = counts(n, f, s)
