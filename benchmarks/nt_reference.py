@@ -98,9 +98,60 @@ def kip_step_benchmark(args):
         }), flush=True)
 
 
+def preset(name, num_classes=10):
+    """The kernel presets of kip, built with neural-tangents' layers."""
+    w, b = np.sqrt(2), 0.1
+    if name.startswith("fc"):
+        return fc_kernel(int(name[2:]), num_classes)
+    conv = lambda: stax.Conv(1024, (3, 3), padding="SAME", W_std=w, b_std=b)  # noqa: E731
+    layers = [conv(), stax.Relu()] if name == "convnet" else []
+    for _ in range(3):
+        layers += [conv(), stax.Relu(), stax.AvgPool((2, 2), (2, 2))]
+    return stax.serial(*layers, stax.Flatten(), stax.Dense(num_classes, W_std=w, b_std=b))[2]
+
+
+def kernel_speed_benchmark(args):
+    """Seconds per kernel entry, forward and forward+gradient (w.r.t. x1), and XLA's
+    memory accounting, for inputs drawn from numpy RandomState(seed) as kip's side draws them."""
+    dtype = {"float32": jnp.float32, "float64": jnp.float64}[args.dtype]
+    shape = tuple(args.shape)
+    rng = np.random.RandomState(args.seed)
+    x1 = jnp.asarray(rng.randn(args.n1, *shape), dtype)
+    x2 = jnp.asarray(rng.randn(args.n2, *shape), dtype)
+    w = jnp.asarray(rng.randn(args.n1, args.n2), dtype)
+    kernel_fn = functools.partial(preset(args.kernel), get="ntk")
+    forward = jax.jit(kernel_fn)
+    grad = jax.jit(jax.grad(lambda a, b: jnp.sum(w * kernel_fn(a, b))))
+    out = {"impl": "neural-tangents", "jax": jax.__version__, "kernel": args.kernel, "shape": shape,
+           "dtype": args.dtype, "n1": args.n1, "n2": args.n2}
+    for name, fn in (("forward", forward), ("forward_grad", grad)):
+        compiled = fn.lower(x1, x2).compile()
+        mem = compiled.memory_analysis()
+        out[f"{name}_peak_bytes"] = int(mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes)
+        result = jax.block_until_ready(fn(x1, x2))
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(fn(x1, x2))
+            times.append(time.perf_counter() - start)
+        out[f"{name}_s_per_entry"] = min(times) / (args.n1 * args.n2)
+        if name == "forward":
+            np.save(args.save, np.asarray(result))
+    print(json.dumps(out), flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("kernel-speed")
+    p.add_argument("--kernel", required=True)
+    p.add_argument("--shape", type=int, nargs=3, required=True)
+    p.add_argument("--dtype", default="float64")
+    p.add_argument("--n1", type=int, default=2)
+    p.add_argument("--n2", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--save", required=True, help="where to write the forward kernel (.npy)")
     p = sub.add_parser("kip-step")
     p.add_argument("--data", required=True)
     p.add_argument("--support", type=int, nargs="+", default=[10, 100])
@@ -110,6 +161,8 @@ def main():
     args = parser.parse_args()
     if args.command == "kip-step":
         kip_step_benchmark(args)
+    elif args.command == "kernel-speed":
+        kernel_speed_benchmark(args)
 
 
 if __name__ == "__main__":

@@ -53,10 +53,9 @@ def _commit() -> str:
 
 def command_line() -> str:
     """The command that is running, relative to the repository root."""
-    script = os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)
-    if script.endswith("__main__.py") or not script.endswith(".py"):
-        script = "-m " + (sys.modules["__main__"].__spec__.name if sys.modules["__main__"].__spec__ else script)
-    return "python " + " ".join(shlex.quote(a) for a in [script, *sys.argv[1:]])
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    script = f"-m {spec.name}" if spec else os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)
+    return "python " + " ".join([script, *(shlex.quote(a) for a in sys.argv[1:])])
 
 
 def write_results(name: str, title: str, body: str, payload: dict, results_dir: str = RESULTS) -> None:
