@@ -11,7 +11,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from kip.kernels.stax import DIAG, FLAT, FULL, Array, Kernel, Layer, _HIGHEST, _is_zero, _layer, _positionwise
+from kip.kernels.stax import DIAG, FLAT, FULL, Array, Kernel, Layer, _HIGHEST, _is_zero, _layer, _map_linear, _positionwise
 
 PADDINGS = ("VALID", "SAME", "CIRCULAR")
 
@@ -288,19 +288,8 @@ def AvgPool(
         if k.spatial != FULL:
             raise ValueError("AvgPool needs the full spatial covariance (internal error: input_req)")
 
-        def pool_cov(m):  # (H, W, H, W, batch...): each of the four position axes on its own
-            if m is None or m.ndim == 0:
-                return m
-            ws = list(zip(window_shape, strides)) * 2
-            return pool(m, list(enumerate(ws)))
-
-        cov1 = pool_cov(k.cov1)
-        return k.replace(
-            nngp=pool_cov(k.nngp),
-            ntk=pool_cov(k.ntk),
-            cov1=cov1,
-            cov2=cov1 if k.cov2 is k.cov1 else pool_cov(k.cov2),
-        )
+        # (H, W, H, W, batch...): each of the four position axes on its own
+        return _map_linear(k, lambda m: pool(m, list(enumerate(list(zip(window_shape, strides)) * 2))))
 
     return _layer(init_fn, apply_fn, transform, input_req=lambda req: FULL)
 
@@ -317,12 +306,6 @@ def GlobalAvgPool() -> Layer:
     def transform(k: Kernel) -> Kernel:
         if k.spatial != FULL:
             raise ValueError("GlobalAvgPool needs the full spatial covariance (internal error: input_req)")
-        def mean(m):
-            return m if m is None or m.ndim == 0 else jnp.mean(m, axis=(0, 1, 2, 3))
-
-        cov1 = mean(k.cov1)
-        return k.replace(
-            nngp=mean(k.nngp), ntk=mean(k.ntk), cov1=cov1, cov2=cov1 if k.cov2 is k.cov1 else mean(k.cov2), spatial=FLAT
-        )
+        return _map_linear(k, lambda m: jnp.mean(m, axis=(0, 1, 2, 3)), spatial=FLAT)
 
     return _layer(init_fn, apply_fn, transform, input_req=lambda req: FULL)

@@ -382,6 +382,17 @@ def _affine(m: Array | None, scale: float, shift: float) -> Array | None:
     return None if m is None else scale * m + shift
 
 
+def _map_linear(k: Kernel, fn: Callable[[Array], Array], **changes: Any) -> Kernel:
+    """A linear map of positions (pooling, flattening) applied to every covariance: absent
+    ones stay absent, a 0-d zero NTK stays zero, and cov2 stays cov1 when it was."""
+
+    def f(m):
+        return m if m is None or m.ndim == 0 else fn(m)
+
+    cov1 = f(k.cov1)
+    return k.replace(nngp=f(k.nngp), ntk=f(k.ntk), cov1=cov1, cov2=cov1 if k.cov2 is k.cov1 else f(k.cov2), **changes)
+
+
 def _is_zero(ntk: Array | None) -> bool:
     """The 0-d zero NTK of a network whose layers so far have no parameters."""
     return ntk is not None and ntk.ndim == 0
@@ -632,23 +643,10 @@ def Flatten() -> Layer:
             return k
 
         def flat(m):  # mean over positions of the same-position entries
-            if m is None or m.ndim == 0:
-                return m
-            if k.spatial == FULL:
-                m = _position_diagonal(m)
-            return jnp.mean(m, axis=(0, 1))
+            return jnp.mean(_position_diagonal(m) if k.spatial == FULL else m, axis=(0, 1))
 
-        m = k.nngp if k.nngp is not None else k.cov1
-        h, w = m.shape[:2]
-        cov1 = flat(k.cov1)
-        return k.replace(
-            nngp=flat(k.nngp),
-            ntk=flat(k.ntk),
-            cov1=cov1,
-            cov2=cov1 if k.cov2 is k.cov1 else flat(k.cov2),
-            channels=k.channels * h * w,
-            spatial=FLAT,
-        )
+        h, w = (k.nngp if k.nngp is not None else k.cov1).shape[:2]
+        return _map_linear(k, flat, channels=k.channels * h * w, spatial=FLAT)
 
     return _layer(init_fn, apply_fn, transform, input_req=lambda req: FLAT)
 
