@@ -84,7 +84,7 @@ def avg_pool(x: Array) -> Array:
     return nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
 
-class _Network(nn.Module):
+class Network(nn.Module):
     """Shared fields of the presets; subclasses define `__call__(x, train)` and `min_size`."""
 
     num_classes: int = 10
@@ -109,7 +109,7 @@ class _Network(nn.Module):
                              f"{self.min_size}x{self.min_size} pixels, got {image_shape[0]}x{image_shape[1]}")
 
 
-class FC(_Network):
+class FC(Network):
     """`Flatten, [Dense(width), Relu] * depth, Dense(num_classes)`: KIP's "FC<depth>".
     (n, H, W, C) or (n, d) -> (n, num_classes)."""
 
@@ -127,7 +127,7 @@ class FC(_Network):
         return self._layer(Dense, self.num_classes)(x)
 
 
-class _ConvNetwork(_Network):
+class _ConvNetwork(Network):
     """Conv nets share the conv block and its optional instance norm (DC/DSA protocol)."""
 
     norm: str = "none"
@@ -182,7 +182,7 @@ class Myrtle(_ConvNetwork):
         return self._layer(Dense, self.num_classes)(jnp.mean(x, axis=(1, 2)))
 
 
-PRESETS: dict[str, Callable[..., _Network]] = {
+PRESETS: dict[str, Callable[..., Network]] = {
     **{f"fc{d}": functools.partial(FC, depth=d) for d in (1, 2, 3)},
     "convnet": functools.partial(ConvNet, stem=True),
     "convnet3": functools.partial(ConvNet, stem=False),
@@ -199,7 +199,7 @@ def build(
     W_std: float = KIP_W_STD,
     b_std: float | None = KIP_B_STD,
     param_dtype: Any = jnp.float32,
-) -> _Network:
+) -> Network:
     """The finite network registered under `name` (see `PRESETS`): a flax module mapping
     (n, H, W, C) images to (n, num_classes) outputs, called as `apply(variables, x, train=...)`.
 
