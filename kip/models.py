@@ -25,58 +25,56 @@ PARAMETERIZATIONS = ("standard", "ntk")
 NORMS = ("none", "instance")
 
 
-def _affine_params(module: nn.Module, fan_in: int, w_shape: tuple[int, ...], features: int):
-    """Weights, bias (or None) and the multipliers that put W_std / b_std where the
-    module's parameterization wants them: output = w_mult * (x . W) + b_mult * b."""
-    w_scale = module.W_std / math.sqrt(fan_in)
-    ntk = module.parameterization == "ntk"
-    normal = nn.initializers.normal
-    w = module.param("kernel", normal(1.0 if ntk else w_scale), w_shape, module.param_dtype)
-    b = None
-    if module.b_std is not None:
-        b = module.param("bias", normal(1.0 if ntk else module.b_std), (features,), module.param_dtype)
-    return w, b, (w_scale if ntk else 1.0), (module.b_std if ntk else 1.0)
-
-
 def _check_parameterization(parameterization: str) -> None:
     if parameterization not in PARAMETERIZATIONS:
         raise InputError(f"parameterization must be one of {', '.join(PARAMETERIZATIONS)}, got {parameterization!r}")
 
 
-class Dense(nn.Module):
+class _Affine(nn.Module):
+    """What Dense and Conv share: weights W (fan_in inputs per output), a bias b unless b_std
+    is None, and where W_std / b_std go: output = w_mult * (x . W) + b_mult * b."""
+
+    features: int
+    W_std: float = KIP_W_STD
+    b_std: float | None = KIP_B_STD
+    parameterization: str = "standard"
+    param_dtype: Any = jnp.float32
+
+    def affine(self, fan_in: int, w_shape: tuple[int, ...], contract: Callable[[Array], Array]) -> Array:
+        """contract(W) is x . W; returns the layer's output."""
+        w_scale = self.W_std / math.sqrt(fan_in)
+        ntk = self.parameterization == "ntk"
+        normal = nn.initializers.normal
+        w = self.param("kernel", normal(1.0 if ntk else w_scale), w_shape, self.param_dtype)
+        y = (w_scale if ntk else 1.0) * contract(w)
+        if self.b_std is None:
+            return y
+        b = self.param("bias", normal(1.0 if ntk else self.b_std), (self.features,), self.param_dtype)
+        return y + (self.b_std if ntk else 1.0) * b
+
+
+class Dense(_Affine):
     """(..., fan_in) -> (..., features), as `kip.kernels.Dense(features, W_std, b_std, parameterization)`."""
 
-    features: int
-    W_std: float = KIP_W_STD
-    b_std: float | None = KIP_B_STD
-    parameterization: str = "standard"
-    param_dtype: Any = jnp.float32
-
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        w, b, w_mult, b_mult = _affine_params(self, x.shape[-1], (x.shape[-1], self.features), self.features)
-        y = w_mult * jnp.matmul(x, w)
-        return y if b is None else y + b_mult * b
+        return self.affine(x.shape[-1], (x.shape[-1], self.features), lambda w: jnp.matmul(x, w))
 
 
-class Conv(nn.Module):
+class Conv(_Affine):
     """(n, H, W, C) -> (n, H, W, features): a 3x3 (by default) SAME convolution; fan_in = kh * kw * C."""
 
-    features: int
     kernel_size: tuple[int, int] = (3, 3)
-    W_std: float = KIP_W_STD
-    b_std: float | None = KIP_B_STD
-    parameterization: str = "standard"
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        c_in = x.shape[-1]
-        w_shape = (*self.kernel_size, c_in, self.features)
-        w, b, w_mult, b_mult = _affine_params(self, math.prod(w_shape[:-1]), w_shape, self.features)
-        y = jax.lax.conv_general_dilated(x, w.astype(x.dtype), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        y = w_mult * y
-        return y if b is None else y + b_mult * b
+        def conv(w):
+            dtype = jnp.result_type(x, w)
+            return jax.lax.conv_general_dilated(x.astype(dtype), w.astype(dtype), (1, 1), "SAME",
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+        w_shape = (*self.kernel_size, x.shape[-1], self.features)
+        return self.affine(math.prod(w_shape[:-1]), w_shape, conv)
 
 
 def avg_pool(x: Array) -> Array:

@@ -130,8 +130,13 @@ def example_losses(logits: Array, targets: Array, loss: str) -> Array:
 def init(model: nn.Module, config: TrainConfig, key: Array, example: Array) -> tuple[dict, optax.OptState]:
     """Initial flax variables ({'params': ..., and any state such as 'batch_stats'}) and
     optimizer state, for inputs shaped like `example` (b, H, W, C)."""
-    variables = model.init(key, example)
+    variables = _init_variables(model, key, example)
     return variables, make_optimizer(config).init(variables["params"])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_variables(model, key, example):
+    return model.init(key, example)
 
 
 def make_step(model: nn.Module, config: TrainConfig) -> Callable[[dict, optax.OptState, Batch, Array], tuple]:
@@ -140,38 +145,48 @@ def make_step(model: nn.Module, config: TrainConfig) -> Callable[[dict, optax.Op
     label smoothing, mixup. metrics: 'loss' (the batch mean), and per example 'example_loss'
     and 'example_correct' (argmax agreement with the transformed targets), (b,) each.
     Variables other than 'params' (e.g. 'batch_stats') are updated by the model in train mode.
+    Compiled once per (model, config, shapes), however many networks are trained.
     """
     config.check()
-    optimizer = make_optimizer(config)
+    return functools.partial(_jitted_step, model, config)
 
-    @jax.jit
-    def step(variables, opt_state, batch, key):
-        images, targets = batch
-        aug_key, mix_key = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
-        if config.augment:
-            images = augment(aug_key, images, config.augment)
-        if config.label_smoothing:
-            targets = smooth_labels(targets, config.label_smoothing)
-        if config.mixup:
-            images, targets = mixup(mix_key, images, targets, config.mixup)
-        state = {k: v for k, v in variables.items() if k != "params"}
 
-        def loss_fn(params):
-            if state:
-                logits, new_state = model.apply({"params": params, **state}, images, train=True, mutable=list(state))
-            else:
-                logits, new_state = model.apply({"params": params}, images, train=True), {}
-            per_example = example_losses(logits, targets, config.loss)
-            return jnp.mean(per_example), (per_example, logits, new_state)
+def _step(model, config, variables, opt_state, batch, key):
+    images, targets = batch
+    aug_key, mix_key = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
+    if config.augment:
+        images = augment(aug_key, images, config.augment)
+    if config.label_smoothing:
+        targets = smooth_labels(targets, config.label_smoothing)
+    if config.mixup:
+        images, targets = mixup(mix_key, images, targets, config.mixup)
+    state = {k: v for k, v in variables.items() if k != "params"}
 
-        (loss, (per_example, logits, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
-        updates, opt_state = optimizer.update(grads, opt_state, variables["params"])
-        params = optax.apply_updates(variables["params"], updates)
-        correct = jnp.argmax(logits, -1) == jnp.argmax(targets, -1)
-        metrics = {"loss": loss, "example_loss": per_example, "example_correct": correct}
-        return {"params": params, **new_state}, opt_state, metrics
+    def loss_fn(params):
+        if state:
+            logits, new_state = model.apply({"params": params, **state}, images, train=True, mutable=list(state))
+        else:
+            logits, new_state = model.apply({"params": params}, images, train=True), {}
+        per_example = example_losses(logits, targets, config.loss)
+        return jnp.mean(per_example), (per_example, logits, new_state)
 
-    return step
+    (loss, (per_example, logits, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+    updates, opt_state = make_optimizer(config).update(grads, opt_state, variables["params"])
+    params = optax.apply_updates(variables["params"], updates)
+    correct = jnp.argmax(logits, -1) == jnp.argmax(targets, -1)
+    metrics = {"loss": loss, "example_loss": per_example, "example_correct": correct}
+    return {"params": params, **new_state}, opt_state, metrics
+
+
+_jitted_step = jax.jit(_step, static_argnums=(0, 1))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _epoch_step(model, config, batch, variables, opt_state, x, y, order, i, key):
+    """`_step` on the i-th batch of `batch` examples of x, y in the epoch's `order`; also
+    returns the batch's indices."""
+    idx = jax.lax.dynamic_slice_in_dim(order, i * batch, batch)
+    return (*_step(model, config, variables, opt_state, (x[idx], y[idx]), key), idx)
 
 
 # --------------------------------------------------------------------------- fit and evaluate
@@ -238,20 +253,14 @@ def fit(
     init_key, order_key, step_key = jax.random.split(key, 3)
     start = time.perf_counter()
     variables, opt_state = init(model, config, init_key, x[:1])
-    step = make_step(model, config)
-
-    @jax.jit
-    def train_step(variables, opt_state, x, y, order, i, key):
-        idx = jax.lax.dynamic_slice_in_dim(order, i * batch, batch)
-        return (*step(variables, opt_state, (x[idx], y[idx]), key), idx)
 
     losses, val = [], []
     bar = tqdm(total=config.steps, disable=not progress, desc=desc, unit="step", file=sys.stderr, leave=False)
     for t in range(config.steps):
         if t % per_epoch == 0:
             order = jax.random.permutation(jax.random.fold_in(order_key, t // per_epoch), n)
-        variables, opt_state, metrics, idx = train_step(variables, opt_state, x, y, order, t % per_epoch,
-                                                        jax.random.fold_in(step_key, t))
+        variables, opt_state, metrics, idx = _epoch_step(model, config, batch, variables, opt_state, x, y, order,
+                                                         t % per_epoch, jax.random.fold_in(step_key, t))
         losses.append(metrics["loss"])
         if on_step is not None:
             on_step(t, idx, metrics)

@@ -39,7 +39,7 @@ def test_layer_counts_follow_the_papers():
 def test_instance_norm_normalises_each_channel_of_each_image():
     model = models.build("convnet3", width=16, norm="instance")
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3)) * 5 + 3
-    variables = model.init(jax.random.PRNGKey(1), x)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(1), x)
     _, inter = model.apply(variables, x, capture_intermediates=lambda mdl, _: type(mdl).__name__ == "InstanceNorm",
                            mutable=["intermediates"])
     h = inter["intermediates"]["InstanceNorm_0"]["__call__"][0]  # (2, 8, 8, 16), scale 1, bias 0 at init
