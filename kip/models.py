@@ -83,7 +83,9 @@ def avg_pool(x: Array) -> Array:
 
 
 class Network(nn.Module):
-    """Shared fields of the presets; subclasses define `__call__(x, train)` and `min_size`."""
+    """The fields every preset shares (see `build`). Subclasses define `__call__(x, train)`
+    ((n, H, W, C) -> (n, num_classes); `train` is what kip.train passes, unused by these
+    presets, which have no dropout or batch statistics) and `min_size`."""
 
     num_classes: int = 10
     width: int = 1024

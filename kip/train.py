@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import sys
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import flax.linen as nn
 import jax

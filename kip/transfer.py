@@ -12,7 +12,6 @@ import numpy as np
 from kip import InputError, data, knn, models, preprocess, run, train
 
 
-
 @dataclasses.dataclass(frozen=True)
 class NetworkConfig:
     """Which finite network (see `kip.models.build`)."""
@@ -32,7 +31,7 @@ def seed_key(seed: int, i: int) -> jax.Array:
 
 
 def train_networks(
-    model,
+    model: models.Network,
     images: np.ndarray,
     labels: np.ndarray,
     x_test: np.ndarray,
