@@ -1,4 +1,4 @@
-"""The `kip` command line: `kip distill`, `kip evaluate`, `kip label-solve`.
+"""The `kip` command line: `kip distill`, `kip evaluate` (KRR, finite networks, SLaPkNN), `kip label-solve`.
 
 Bad input prints one line `kip: error: ...` and exits with status 2.
 """
@@ -10,7 +10,7 @@ import dataclasses
 import os
 import sys
 
-from kip import InputError, data, krr
+from kip import InputError, data, knn, krr, models, train
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -76,11 +76,43 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: runs/label-solve-DATASET-KERNEL-ipcN-seedS)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
 
-    p = sub.add_parser("evaluate", help="KRR test accuracy of a distilled set (ours or the authors' .npz release)")
+    p = sub.add_parser("evaluate", help="test accuracy of a distilled set (ours or the authors' .npz release): "
+                                          "KRR, finite networks trained on it, or SLaPkNN")
     p.add_argument("--distilled", required=True, metavar="FILE", help="an .npz with 'images' and 'labels'")
     _add_data_args(p)
     p.add_argument("--out", default=None, metavar="FILE", help="also write the result as JSON here")
+    p.add_argument("--method", choices=("krr", "train", "slapknn"), default="krr",
+                   help="krr: kernel ridge regression with --kernel; train: finite networks; "
+                        "slapknn: soft-label prototype kNN (default: %(default)s)")
+    _add_train_args(p)
     return parser
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    t = train.TrainConfig()
+    g = p.add_argument_group("--method train (finite networks; defaults: the KIP transfer recipe)")
+    g.add_argument("--model", default=None, help=f"network: {', '.join(models.PRESETS)} (default: the --kernel preset's)")
+    g.add_argument("--width", type=int, default=1024, help="channels / hidden units (default: %(default)s)")
+    g.add_argument("--parameterization", choices=models.PARAMETERIZATIONS, default="standard", help="(default: %(default)s)")
+    g.add_argument("--norm", choices=models.NORMS, default="none", help="instance: the DC/DSA ConvNet (default: %(default)s)")
+    g.add_argument("--seeds", type=int, default=5, help="networks trained; mean ± std reported (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--steps", type=int, default=t.steps, help="(default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=t.batch_size, help="(default: %(default)s)")
+    g.add_argument("--optimizer", choices=train.OPTIMIZERS, default=t.optimizer,
+                   help="sgd: momentum 0.9; either on a cosine schedule (default: %(default)s)")
+    g.add_argument("--lr", type=float, default=t.lr, help="(default: %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=t.weight_decay, help="coupled L2 (default: %(default)s)")
+    g.add_argument("--loss", choices=train.LOSSES, default=t.loss, help="(default: %(default)s)")
+    g.add_argument("--augment", nargs="+", choices=train.AUGMENTATIONS, default=[], help="(default: none)")
+    g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="mixup with Beta(ALPHA, ALPHA) (default: off)")
+    g.add_argument("--label-smoothing", type=float, default=0.0, metavar="EPS", help="(default: off)")
+    g.add_argument("--tune", action="store_true",
+                   help=f"first grid-search lr (x {', '.join(map(str, train.LR_FACTORS))}) and weight decay "
+                        f"({', '.join(map(str, train.WEIGHT_DECAYS))}) on a validation split of train")
+    g.add_argument("--val-size", type=int, default=train.DEFAULT_VAL_SIZE, help="validation images for --tune (at most 1/5 of train; default: %(default)s)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--k", type=int, default=knn.DEFAULT_K, help="--method slapknn: nearest prototypes that vote (default: %(default)s)")
 
 
 def _default_out(command: str, args) -> str:
@@ -99,11 +131,24 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "label-solve":
             config = run.LabelSolveConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(run.LabelSolveConfig)})
             run.label_solve_run(config, args.out or _default_out("label-solve", args), overwrite=args.overwrite)
-        elif args.command == "evaluate":
+        elif args.command == "evaluate" and args.method == "krr":
             result = run.evaluate_run(args.distilled, args.dataset, args.data_dir, args.kernel, args.zca,
                                       args.precision, args.reg, args.block_size, max_memory=args.max_memory)
-            if args.out:
-                io.write_json(args.out, result)
+        elif args.command == "evaluate":
+            from kip import transfer
+
+            if args.method == "slapknn":
+                result = transfer.slapknn_run(args.distilled, args.dataset, args.data_dir, args.zca, args.k)
+            else:
+                network = transfer.NetworkConfig(args.model or args.kernel, args.width, args.parameterization, args.norm)
+                config = train.TrainConfig(
+                    steps=args.steps, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                    weight_decay=args.weight_decay, loss=args.loss, augment=tuple(args.augment), mixup=args.mixup,
+                    label_smoothing=args.label_smoothing)
+                result = transfer.transfer_run(args.distilled, args.dataset, args.data_dir, args.zca, network, config,
+                                               args.seeds, args.seed, args.tune, args.val_size, not args.no_progress)
+        if args.command == "evaluate" and args.out:
+            io.write_json(args.out, result)
     except InputError as e:
         print(f"kip: error: {e}", file=sys.stderr)
         return 2

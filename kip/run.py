@@ -426,6 +426,19 @@ def load_distilled(path: str, image_shape: tuple[int, ...], num_classes: int) ->
     return images, labels, preprocess.Preprocessing.from_arrays(arrays)
 
 
+def load_distilled_for(
+    distilled: str, dataset: str, data_dir: str | None, zca: bool = False
+) -> tuple[data.Dataset, np.ndarray, np.ndarray, preprocess.Preprocessing, str]:
+    """The data set, a distilled set read for it (see `load_distilled`), the preprocessing
+    that maps its real images into the distilled set's space (the file's own; fitted on train,
+    with `zca`, for the authors' format), and a note saying which."""
+    ds = data.load(dataset, data_dir)
+    images, labels, prep = load_distilled(distilled, ds.image_shape, ds.num_classes)
+    if prep is not None:
+        return ds, images, labels, prep, "from file"
+    return ds, images, labels, preprocess.fit(ds.x_train, zca=zca), "fitted: standardise + ZCA" if zca else "fitted: standardise"
+
+
 def evaluate_run(
     distilled: str,
     dataset: str = data.DEFAULT_DATASET,
@@ -441,12 +454,11 @@ def evaluate_run(
     """KRR test accuracy of a distilled set under a kernel. The file's own preprocessing is
     re-applied to the test set; for the authors' format it is fitted on train (`zca`)."""
     check_kernel(kernel)
-    ds = data.load(dataset, data_dir)
-    images, labels, prep = load_distilled(distilled, ds.image_shape, ds.num_classes)
+    ds, images, labels, prep, prep_note = load_distilled_for(distilled, dataset, data_dir, zca)
     problem = prepare(ds, kernel, zca, precision, preprocessing=prep, max_memory=max_memory)
     result = make_evaluator(problem, reg, block_size)(images, labels)
     result.update(support_size=int(len(images)), kernel=kernel, dataset=ds.name, test_size=int(len(ds.y_test)),
-                  preprocessing="from file" if prep is not None else ("fitted: standardise + ZCA" if zca else "fitted: standardise"))
+                  preprocessing=prep_note)
     log(f"{distilled}: {len(images)} images, kernel {kernel}, {ds.name} test accuracy "
         f"{100 * result['test_accuracy']:.2f}%, test mse {result['test_mse']:.5f}")
     return result

@@ -167,3 +167,13 @@ def test_memory_is_bounded_by_the_pair_block_not_by_n():
     bounded = layer.kernel_fn.with_max_memory(budget, (16, 16, 3))
     assert bounded.pairs_per_step == 4
     assert temp_bytes(bounded, 2000) <= budget
+
+
+PRESET_FIXTURE, PRESET_CASES = load("nt_presets.npz")
+
+
+@pytest.mark.parametrize("case", PRESET_CASES)
+def test_presets_match_the_architectures_in_neural_tangents(case):
+    x1, x2 = PRESET_FIXTURE[f"{case}/x1"], PRESET_FIXTURE[f"{case}/x2"]
+    ntk = kernels.preset(case).kernel_fn(x1, x2, "ntk")
+    assert_close(ntk, PRESET_FIXTURE[f"{case}/ntk"], identical=identical_pairs(x1, x2))

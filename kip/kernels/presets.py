@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from kip.kernels.conv import AvgPool, Conv
+from kip.kernels.conv import AvgPool, Conv, GlobalAvgPool
 from kip.kernels.stax import Dense, Flatten, Layer, Relu, serial
 
 KIP_W_STD = math.sqrt(2.0)
@@ -63,9 +63,10 @@ def myrtle(
     num_classes: int = 10,
     parameterization: str = "ntk",
 ) -> Layer:
-    """Myrtle-5/7/10 (Shankar et al. 2020, as in neural-tangents' example): blocks of
-    [Conv 3x3 SAME, Relu] separated by AvgPool 2x2 stride 2, then three more pools, Flatten,
-    Dense. Five halvings: made for 32x32 images."""
+    """Myrtle-5/7/10 (Shankar et al. 2020): blocks of [Conv 3x3 SAME, Relu] separated by
+    AvgPool 2x2 stride 2, then GlobalAvgPool and Dense. neural-tangents' example ends on
+    three more 2x2 pools and Flatten instead: the same kernel for 32x32 images, where those
+    average the last 8x8 positions exactly; the global pool also takes 28x28 ones."""
     if depth not in MYRTLE_BLOCKS:
         raise ValueError(f"Myrtle depth must be one of {sorted(MYRTLE_BLOCKS)}, got {depth}")
 
@@ -75,8 +76,8 @@ def myrtle(
 
     pool = AvgPool((2, 2), strides=(2, 2))
     first, second, third = MYRTLE_BLOCKS[depth]
-    layers = block(first) + [pool] + block(second) + [pool] + block(third) + [pool] * 3
-    return serial(*layers, Flatten(), Dense(num_classes, W_std, b_std, parameterization))
+    layers = block(first) + [pool] + block(second) + [pool] + block(third)
+    return serial(*layers, GlobalAvgPool(), Dense(num_classes, W_std, b_std, parameterization))
 
 
 PRESETS = {

@@ -1,0 +1,236 @@
+"""Finite networks (flax.linen) under the same names as the kernel presets: `fc1`, `convnet`,
+`myrtle5`, ... give both the infinite-width kernel (`kip.kernels`) and the network trained here.
+
+Every layer takes W_std / b_std as neural-tangents does (KIP: sqrt 2 and 0.1). 'ntk'
+parameterization: W, b ~ N(0, 1), y = W_std / sqrt(fan_in) * x W + b_std * b (the network whose
+empirical NTK converges to `kernel_fn(x1, x2, 'ntk')`); 'standard': W ~ N(0, W_std^2 / fan_in),
+b ~ N(0, b_std^2), y = x W + b (what the finite-network transfer recipe trains).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kip import InputError
+from kip.kernels.presets import KIP_B_STD, KIP_W_STD
+
+Array = jax.Array
+PARAMETERIZATIONS = ("standard", "ntk")
+NORMS = ("none", "instance")
+
+
+def _check_parameterization(parameterization: str) -> None:
+    if parameterization not in PARAMETERIZATIONS:
+        raise InputError(f"parameterization must be one of {', '.join(PARAMETERIZATIONS)}, got {parameterization!r}")
+
+
+class _Affine(nn.Module):
+    """What Dense and Conv share: weights W (fan_in inputs per output), a bias b unless b_std
+    is None, and where W_std / b_std go: output = w_mult * (x . W) + b_mult * b."""
+
+    features: int
+    W_std: float = KIP_W_STD
+    b_std: float | None = KIP_B_STD
+    parameterization: str = "standard"
+    param_dtype: Any = jnp.float32
+
+    def affine(self, fan_in: int, w_shape: tuple[int, ...], contract: Callable[[Array], Array]) -> Array:
+        """contract(W) is x . W; returns the layer's output."""
+        w_scale = self.W_std / math.sqrt(fan_in)
+        ntk = self.parameterization == "ntk"
+        normal = nn.initializers.normal
+        w = self.param("kernel", normal(1.0 if ntk else w_scale), w_shape, self.param_dtype)
+        y = (w_scale if ntk else 1.0) * contract(w)
+        if self.b_std is None:
+            return y
+        b = self.param("bias", normal(1.0 if ntk else self.b_std), (self.features,), self.param_dtype)
+        return y + (self.b_std if ntk else 1.0) * b
+
+
+class Dense(_Affine):
+    """(..., fan_in) -> (..., features), as `kip.kernels.Dense(features, W_std, b_std, parameterization)`."""
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        return self.affine(x.shape[-1], (x.shape[-1], self.features), lambda w: jnp.matmul(x, w))
+
+
+class Conv(_Affine):
+    """(n, H, W, C) -> (n, H, W, features): a 3x3 (by default) SAME convolution; fan_in = kh * kw * C."""
+
+    kernel_size: tuple[int, int] = (3, 3)
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        def conv(w):
+            dtype = jnp.result_type(x, w)
+            return jax.lax.conv_general_dilated(x.astype(dtype), w.astype(dtype), (1, 1), "SAME",
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+        w_shape = (*self.kernel_size, x.shape[-1], self.features)
+        return self.affine(math.prod(w_shape[:-1]), w_shape, conv)
+
+
+def avg_pool(x: Array) -> Array:
+    """2x2 average pooling, stride 2, VALID (neural-tangents' `AvgPool((2, 2), (2, 2))`)."""
+    return nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+
+class Network(nn.Module):
+    """The fields every preset shares (see `build`). Subclasses define `__call__(x, train)`
+    ((n, H, W, C) -> (n, num_classes); `train` is what kip.train passes, unused by these
+    presets, which have no dropout or batch statistics) and `min_size`."""
+
+    num_classes: int = 10
+    width: int = 1024
+    W_std: float = KIP_W_STD
+    b_std: float | None = KIP_B_STD
+    parameterization: str = "standard"
+    param_dtype: Any = jnp.float32
+
+    def _layer(self, cls, features: int, **kwargs) -> nn.Module:
+        return cls(features, W_std=self.W_std, b_std=self.b_std, parameterization=self.parameterization,
+                   param_dtype=self.param_dtype, **kwargs)
+
+    min_size = 1  # smallest image height / width the network accepts
+
+    def check_input_shape(self, image_shape: tuple[int, ...]) -> None:
+        """Raises `InputError` unless single images of `image_shape` fit this network."""
+        if len(image_shape) != 3 or min(image_shape) < 1:
+            raise InputError(f"{type(self).__name__}: images must be H x W x C, got shape {tuple(image_shape)}")
+        if min(image_shape[:2]) < self.min_size:
+            raise InputError(f"{type(self).__name__} pools its images down and needs at least "
+                             f"{self.min_size}x{self.min_size} pixels, got {image_shape[0]}x{image_shape[1]}")
+
+
+class FC(Network):
+    """`Flatten, [Dense(width), Relu] * depth, Dense(num_classes)`: KIP's "FC<depth>".
+    (n, H, W, C) or (n, d) -> (n, num_classes)."""
+
+    depth: int = 1
+
+    def check_input_shape(self, image_shape: tuple[int, ...]) -> None:
+        if len(image_shape) < 1 or math.prod(image_shape) < 1:
+            raise InputError(f"FC{self.depth}: inputs must be non-empty, got shape {tuple(image_shape)}")
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        x = x.reshape(x.shape[0], -1)
+        for _ in range(self.depth):
+            x = nn.relu(self._layer(Dense, self.width)(x))
+        return self._layer(Dense, self.num_classes)(x)
+
+
+class _ConvNetwork(Network):
+    """Conv nets share the conv block and its optional instance norm (DC/DSA protocol)."""
+
+    norm: str = "none"
+
+    def conv_relu(self, x: Array) -> Array:
+        """Conv(width, 3x3, SAME) [-> InstanceNorm] -> Relu."""
+        x = self._layer(Conv, self.width)(x)
+        if self.norm == "instance":
+            x = nn.InstanceNorm(epsilon=1e-5, param_dtype=self.param_dtype)(x)
+        return nn.relu(x)
+
+
+class ConvNet(_ConvNetwork):
+    """"ConvNet" of arXiv 2107.13034: Conv + Relu, then 3 x [Conv, Relu, AvgPool 2x2], Flatten,
+    Dense(num_classes); "ConvNet3" (`stem=False`) drops the first Conv + Relu, which with
+    `norm='instance'` and width 128 is the DC / DSA evaluation ConvNet.
+    (n, H, W, C) -> (n, num_classes); H, W >= 8."""
+
+    stem: bool = True
+    min_size = 8
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        if self.stem:
+            x = self.conv_relu(x)
+        for _ in range(3):
+            x = avg_pool(self.conv_relu(x))
+        return self._layer(Dense, self.num_classes)(x.reshape(x.shape[0], -1))
+
+
+MYRTLE_CONVS = {5: (2, 1, 1), 7: (2, 2, 2), 10: (3, 3, 3)}  # Conv + Relu layers in each stage
+
+
+class Myrtle(_ConvNetwork):
+    """Myrtle-5 / 7 / 10 (Shankar et al. 2020, as in neural-tangents' Myrtle example):
+    [Conv, Relu] * a, AvgPool, [Conv, Relu] * b, AvgPool, [Conv, Relu] * c, GlobalAvgPool,
+    Dense(num_classes), with (a, b, c) = `MYRTLE_CONVS[depth]`. The example's three final
+    2x2 AvgPools equal the global mean at 32x32 (8x8 -> 1x1); the global mean also fits 28x28.
+    (n, H, W, C) -> (n, num_classes); H, W >= 4."""
+
+    depth: int = 5
+    min_size = 4
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        stages = MYRTLE_CONVS[self.depth]
+        for i, convs in enumerate(stages):
+            for _ in range(convs):
+                x = self.conv_relu(x)
+            if i < len(stages) - 1:
+                x = avg_pool(x)
+        return self._layer(Dense, self.num_classes)(jnp.mean(x, axis=(1, 2)))
+
+
+PRESETS: dict[str, Callable[..., Network]] = {
+    **{f"fc{d}": functools.partial(FC, depth=d) for d in (1, 2, 3)},
+    "convnet": functools.partial(ConvNet, stem=True),
+    "convnet3": functools.partial(ConvNet, stem=False),
+    **{f"myrtle{d}": functools.partial(Myrtle, depth=d) for d in MYRTLE_CONVS},
+}
+
+
+def build(
+    name: str,
+    num_classes: int = 10,
+    width: int = 1024,
+    parameterization: str = "standard",
+    norm: str = "none",
+    W_std: float = KIP_W_STD,
+    b_std: float | None = KIP_B_STD,
+    param_dtype: Any = jnp.float32,
+) -> Network:
+    """The finite network registered under `name` (see `PRESETS`): a flax module mapping
+    (n, H, W, C) images to (n, num_classes) outputs, called as `apply(variables, x, train=...)`.
+
+    norm: 'instance' puts an instance norm after each conv (conv nets only; the DC/DSA protocol).
+    """
+    if name not in PRESETS:
+        raise InputError(f"unknown model {name!r}; choose one of {', '.join(PRESETS)}")
+    _check_parameterization(parameterization)
+    if norm not in NORMS:
+        raise InputError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    if width < 1 or num_classes < 1:
+        raise InputError(f"width and num_classes must be at least 1, got {width} and {num_classes}")
+    kwargs = dict(num_classes=num_classes, width=width, W_std=W_std, b_std=b_std,
+                  parameterization=parameterization, param_dtype=param_dtype)
+    if norm != "none":
+        if name.startswith("fc"):
+            raise InputError(f"--norm {norm} applies to conv nets only, not {name}")
+        kwargs["norm"] = norm
+    return PRESETS[name](**kwargs)
+
+
+def empirical_ntk(model: nn.Module, variables: dict, x1: Array, x2: Array | None = None) -> Array:
+    """The finite network's NTK at `variables`: Θ(x1, x2) = Σ_p ∂f_c(x1)/∂p ∂f_c(x2)/∂p over
+    all parameters, averaged over the outputs c (the infinite-width NTK is Θ times the identity
+    on outputs). x1 (n1, ...), x2 (n2, ...) -> (n1, n2)."""
+    params, rest = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+
+    def jacobian(x):
+        return jax.jacrev(lambda p: model.apply({"params": p, **rest}, x))(params)  # leaves (n, C, *shape)
+
+    j1 = jacobian(x1)
+    j2 = j1 if x2 is None else jacobian(x2)
+    contract = lambda a, b: jnp.einsum("ic...,jc...->ij", a, b) / a.shape[1]
+    return sum(jax.tree_util.tree_leaves(jax.tree_util.tree_map(contract, j1, j2)))

@@ -1,0 +1,137 @@
+"""A distilled set judged beyond its own kernel: finite networks trained on it (mean ± std test
+accuracy over seeds, learning rate and weight decay optionally tuned on a validation split), and SLaPkNN."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import numpy as np
+
+from kip import InputError, data, knn, models, preprocess, run, train
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """Which finite network (see `kip.models.build`)."""
+
+    model: str = "fc1"
+    width: int = 1024
+    parameterization: str = "standard"
+    norm: str = "none"
+
+    def build(self, num_classes: int) -> models.Network:
+        return models.build(self.model, num_classes, self.width, self.parameterization, self.norm)
+
+
+def seed_key(seed: int, i: int) -> jax.Array:
+    """The key of the i-th network of a run with base `seed`."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), i)
+
+
+def train_networks(
+    model: models.Network,
+    images: np.ndarray,
+    labels: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    config: train.TrainConfig,
+    seeds: int = 5,
+    seed: int = 0,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Trains `seeds` networks (keys `seed_key(seed, i)`) on images (n, H, W, C) with labels
+    (n, C), each tested on x_test (m, ...) against int labels y_test (m,).
+
+    Returns {'test_accuracy_mean', 'test_accuracy_std' (over seeds, ddof 1; 0 for one seed),
+    'test_accuracies', 'seconds_per_network' (the median wall clock: the first network of a
+    shape also compiles the step)}.
+    Raises `run.TrainingDiverged` if a loss becomes NaN or inf.
+    """
+    if seeds < 1:
+        raise InputError(f"--seeds must be at least 1, got {seeds}")
+    accuracies, seconds = [], []
+    for i in range(seeds):
+        result = train.fit(model, images, labels, config, seed_key(seed, i), progress=progress, desc=f"seed {i}")
+        if result.diverged:
+            raise run.TrainingDiverged(f"network {i} (lr {config.lr:g}): the loss became NaN/inf - try a smaller --lr")
+        accuracies.append(train.accuracy(model, result.variables, x_test, y_test))
+        seconds.append(result.seconds)
+        if log:
+            log(f"  seed {i}: test accuracy {100 * accuracies[-1]:.2f}% ({result.seconds:.1f} s)")
+    return {
+        "test_accuracy_mean": float(np.mean(accuracies)),
+        "test_accuracy_std": float(np.std(accuracies, ddof=1)) if seeds > 1 else 0.0,
+        "test_accuracies": accuracies,
+        "seconds_per_network": float(np.median(seconds)),
+    }
+
+
+def random_subset(key: jax.Array, ds: data.Dataset, prep: preprocess.Preprocessing, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """A class-balanced random subset of real training images, preprocessed by `prep`, with
+    centred one-hot labels: the baseline a distilled set of that size must beat.
+    Returns images (per_class * C, H, W, C), labels (per_class * C, C)."""
+    idx = data.balanced_subset(key, ds.y_train, ds.num_classes, per_class)
+    return prep.apply(ds.x_train[idx]), np.asarray(data.one_hot(ds.y_train[idx], ds.num_classes))
+
+
+def transfer_run(
+    distilled: str,
+    dataset: str = data.DEFAULT_DATASET,
+    data_dir: str | None = None,
+    zca: bool = False,
+    network: NetworkConfig = NetworkConfig(),
+    config: train.TrainConfig = train.TrainConfig(),
+    seeds: int = 5,
+    seed: int = 0,
+    tune_grid: bool = False,
+    val_size: int = train.DEFAULT_VAL_SIZE,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """`kip evaluate --method train`: trains `seeds` finite networks on a distilled set (ours
+    or the authors' format) and tests them on the data set's whole test set, preprocessed
+    like the distilled set. With `tune_grid`, first picks the learning rate (`train.LR_FACTORS`
+    times config.lr) and weight decay (`train.WEIGHT_DECAYS`) by accuracy on `val_size` real
+    training images (the networks never train on them; KIP may have used them as targets)."""
+    config.check()
+    ds, images, labels, prep, prep_note = run.load_distilled_for(distilled, dataset, data_dir, zca)
+    model = network.build(ds.num_classes)
+    train.check_training_set(model, images, labels, config.loss)
+    x_test = prep.apply(ds.x_test)
+    log(f"{distilled}: {len(images)} images; training {seeds} x {network.model} (width {network.width}, "
+        f"{network.parameterization}{', ' + network.norm + ' norm' if network.norm != 'none' else ''}) for "
+        f"{config.steps} steps on them; testing on {ds.name} ({len(ds.y_test)} images)")
+    grid = None
+    if tune_grid:
+        val_idx = train.validation_split(jax.random.PRNGKey(seed), len(ds.y_train), val_size)
+        config, grid = train.tune(model, images, labels, config, seed_key(seed, 0), prep.apply(ds.x_train[val_idx]),
+                                  ds.y_train[val_idx], progress=progress, log=log)
+        log(f"  chose lr {config.lr:g}, weight decay {config.weight_decay:g}")
+    result = train_networks(model, images, labels, x_test, ds.y_test, config, seeds, seed, progress, log)
+    result.update(method="train", **dataclasses.asdict(network), seeds=seeds, seed=seed, support_size=int(len(images)),
+                  dataset=ds.name, test_size=int(len(ds.y_test)), preprocessing=prep_note,
+                  train_config=dataclasses.asdict(config), tune_grid=grid, environment=run.environment())
+    log(f"{distilled}: {network.model} trained on {len(images)} images, {ds.name} test accuracy "
+        f"{100 * result['test_accuracy_mean']:.2f} ± {100 * result['test_accuracy_std']:.2f}% over {seeds} seed(s), "
+        f"{result['seconds_per_network']:.1f} s per network")
+    return result
+
+
+def slapknn_run(
+    distilled: str,
+    dataset: str = data.DEFAULT_DATASET,
+    data_dir: str | None = None,
+    zca: bool = False,
+    k: int = knn.DEFAULT_K,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """`kip evaluate --method slapknn`: SLaPkNN test accuracy with the distilled images as
+    prototypes and their labels as soft labels, in the distilled set's preprocessed space."""
+    ds, images, labels, prep, prep_note = run.load_distilled_for(distilled, dataset, data_dir, zca)
+    acc = knn.slapknn_accuracy(images, labels, prep.apply(ds.x_test), ds.y_test, k)
+    log(f"{distilled}: {len(images)} prototypes, SLaPkNN (k = {min(k, len(images))}) {ds.name} test accuracy {100 * acc:.2f}%")
+    return {"method": "slapknn", "test_accuracy": acc, "k": min(k, len(images)), "support_size": int(len(images)),
+            "dataset": ds.name, "test_size": int(len(ds.y_test)), "preprocessing": prep_note}
