@@ -97,6 +97,9 @@ def test_spatial_output_in_neural_tangents_layout():
     flat = kernels.serial(layer, kernels.Flatten()).kernel_fn(x1, x2, "nngp")
     # Flatten = mean of same-position entries, in neural-tangents' (H, H, W, W) order
     np.testing.assert_allclose(flat, np.einsum("abhhww->ab", k) / 6, rtol=1e-12)
+    # K(x, x) computes each unordered pair once and mirrors it (positions swapped)
+    x = np.concatenate([x1, x2])
+    np.testing.assert_allclose(layer.kernel_fn(x, None, "ntk"), layer.kernel_fn(x, x + 0.0, "ntk"), rtol=1e-12)
 
 
 @pytest.mark.parametrize("case", ["fc1_kip", "fc3_kip", "fc2_standard_w64"])

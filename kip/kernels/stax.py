@@ -14,6 +14,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -175,11 +176,22 @@ class KernelFn:
             k = _materialized(self(Kernel(None, ntk, None, None, a.shape[-1], FULL, t1, t2, (a, b), REPLAY)))
             return k.nngp, (jnp.broadcast_to(k.ntk, k.nngp.shape) if compute_ntk else k.nngp)
 
-        i, j = (m.ravel() for m in jnp.meshgrid(jnp.arange(n1), jnp.arange(n2), indexing="ij"))
+        symmetric = x2 is x1  # K(x, x): each unordered pair once
+        if symmetric:
+            i, j = (jnp.asarray(m) for m in np.triu_indices(n1))
+        else:
+            i, j = (m.ravel() for m in jnp.meshgrid(jnp.arange(n1), jnp.arange(n2), indexing="ij"))
         per_step = self.pairs_per_step
         nngp, ntk = jax.lax.map(cross, (i, j), batch_size=per_step if per_step > 1 else None)
-        nngp = nngp.reshape((n1, n2) + nngp.shape[1:])
-        ntk = ntk.reshape(nngp.shape) if compute_ntk else None
+
+        def arrange(v):  # (pairs, ...) -> (n1, n2, ...)
+            if not symmetric:
+                return v.reshape((n1, n2) + v.shape[1:])
+            swapped = v if v.ndim == 1 else jnp.moveaxis(v, (1, 2), (3, 4))  # K(j, i): x1, x2 positions swapped
+            return jnp.zeros((n1, n1) + v.shape[1:], v.dtype).at[i, j].set(v).at[j, i].set(swapped)
+
+        nngp = arrange(nngp)
+        ntk = arrange(ntk) if compute_ntk else None
         if nngp.ndim == 2:
             return Kernel(nngp, ntk, cov1, cov2, 0, FLAT)
         # A network ending on full spatial covariances: neural-tangents' (H, H, W, W) order.
