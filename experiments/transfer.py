@@ -28,10 +28,13 @@ from kip import io, knn, report, run, train, transfer
 PUBLISHED = {"mnist": {1: 90.1, 10: 97.5, 50: 98.4}}
 
 
-def variants(args) -> dict[str, dict]:
-    """Regulariser settings compared, by column name."""
+def variants(args, model_name: str | None = None) -> dict[str, dict]:
+    """Regulariser settings compared, by column name (for conv models, --conv-variants)."""
     every = {"plain": {}, "mixup": {"mixup": args.mixup}, "smoothing": {"label_smoothing": args.label_smoothing}}
-    return {name: every[name] for name in args.variants}
+    names = args.variants
+    if model_name is not None and not model_name.startswith("fc") and args.conv_variants:
+        names = args.conv_variants
+    return {name: every[name] for name in names}
 
 
 def krr_accuracy(path: str) -> float | None:
@@ -48,12 +51,12 @@ def evaluate_set(name, images, labels, ds, x_test, x_val, y_val, args, log) -> d
         conv = not model_name.startswith("fc")
         network = transfer.NetworkConfig(model_name, args.conv_width if conv else args.width)
         model = network.build(ds.num_classes)
-        config = train.TrainConfig(steps=args.conv_steps if conv else args.steps, lr=args.lr)
+        config = train.TrainConfig(steps=args.conv_steps if conv else args.steps, lr=args.lr, batch_size=args.batch_size)
         grid = None
         if args.tune:
             config, grid = train.tune(model, images, labels, config, transfer.seed_key(args.seed, 0), x_val, y_val, log=log)
         cells = {}
-        for variant, options in variants(args).items():
+        for variant, options in variants(args, model_name).items():
             log(f"{name}: {model_name} (width {network.width}), {variant}")
             cells[variant] = transfer.train_networks(model, images, labels, x_test, ds.y_test,
                                                      dataclasses.replace(config, **options), args.seeds, args.seed, log=log)
@@ -82,9 +85,10 @@ def table(rows, args) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         for model_name, m in r["models"].items():
-            cells = [f"{pct(m['variants'][v]['test_accuracy_mean'])} ± {pct(m['variants'][v]['test_accuracy_std'])}" for v in names]
+            cells = [f"{pct(m['variants'][v]['test_accuracy_mean'])} ± {pct(m['variants'][v]['test_accuracy_std'])}"
+                     if v in m["variants"] else "not run" for v in names]
             pub = PUBLISHED.get(args.dataset, {}).get(r["ipc"]) if model_name == "convnet" else None
-            secs = np.mean([m["variants"][v]["seconds_per_network"] for v in names])
+            secs = np.mean([c["seconds_per_network"] for c in m["variants"].values()])
             lines.append(f"| {r['set']} | {r['ipc']} | {model_name} (width {m['network']['width']}) | "
                          f"{'-' if pub is None else pub} | {pct(r.get('krr'))} | {pct(r['slapknn'])} | "
                          + " | ".join(cells) + f" | {secs:.1f} |")
@@ -108,6 +112,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", nargs="+", default=["plain", "mixup", "smoothing"], choices=["plain", "mixup", "smoothing"])
+    parser.add_argument("--conv-variants", nargs="+", default=None, choices=["plain", "mixup", "smoothing"],
+                        help="variants for conv models (default: --variants)")
+    parser.add_argument("--batch-size", type=int, default=train.TrainConfig.batch_size)
+    parser.add_argument("--name", default=None, help="results file name (default: transfer_<dataset>)")
     parser.add_argument("--mixup", type=float, default=0.5, metavar="ALPHA")
     parser.add_argument("--label-smoothing", type=float, default=0.1, metavar="EPS")
     parser.add_argument("--k", type=int, default=knn.DEFAULT_K, help="SLaPkNN neighbours")
@@ -145,14 +153,14 @@ random subset of real training images of the same size (centred one-hot labels),
 {args.seeds} seeds; "KRR" is the set's own kernel accuracy (from its metrics.json), "SLaPkNN" the
 soft-label prototype kNN (k = {args.k}). Training: MSE, SGD momentum 0.9 with cosine decay,
 {'lr and L2 tuned per set and model on ' + str(len(y_val)) + ' validation images' if args.tune else f'lr {args.lr:g}, L2 1e-3'},
-batch 100 (or the whole set when smaller), FC {args.steps} steps, conv {args.conv_steps} steps, standard
+batch {args.batch_size} (or the whole set when smaller), FC {args.steps} steps, conv {args.conv_steps} steps, standard
 parameterization, W_std = sqrt 2, b_std = 0.1. Columns: plain; mixup with alpha = {args.mixup};
 label smoothing with eps = {args.label_smoothing}. "s / network": median wall-clock seconds to train one
 network on this CPU (programs compile once per shape and are reused, so short runs mostly time compilation). Published: Nguyen et al., arXiv 2107.13034, Table 1,
 KIP-ConvNet sets -> ConvNet of width 1024 (our rows transfer KIP-FC sets unless named otherwise).
 """ + ("\nSmoke run (--quick): tiny networks, few steps, 2 seeds; it checks the pipeline, not the method.\n"
        if args.quick else "")
-    name = f"transfer_{args.dataset}" + ("_quick" if args.quick else "")
+    name = args.name or f"transfer_{args.dataset}" + ("_quick" if args.quick else "")
     report.write_results(name, f"Distilled sets on {ds.name} transferred to finite networks", body,
                          {"rows": rows, "args": vars(args)}, results_dir=args.results_dir)
     print(body)
