@@ -11,7 +11,9 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from kip.kernels.stax import DIAG, FLAT, FULL, Array, Kernel, Layer, _HIGHEST, _is_zero, _layer, _map_linear, _positionwise
+from kip.kernels.stax import (
+    DIAG, FLAT, FULL, Array, Kernel, Layer, _HIGHEST, _is_zero, _layer, _map_linear, _positionwise, materialize,
+)
 
 PADDINGS = ("VALID", "SAME", "CIRCULAR")
 
@@ -92,12 +94,12 @@ def _disjoint_mean_fwd(x, windows):
     # The pooled array is small, and read by every entry of the next layer's outer
     # products: materialised (here and its cotangent below), or XLA recomputes the layers
     # after the pool once per entry of the large array before it.
-    y = jax.lax.optimization_barrier(_disjoint_mean(x, windows))
+    y = materialize(_disjoint_mean(x, windows))
     return y, jnp.zeros((0,) + x.shape, x.dtype)  # carries x's shape
 
 
 def _disjoint_mean_bwd(windows, shape_carrier, g):
-    g = jax.lax.optimization_barrier(g)
+    g = materialize(g)
     sizes = dict(windows)
     split, spread, covered = [], [], []  # each output's cotangent / |window| to its window
     for axis, n in enumerate(g.shape):
@@ -219,7 +221,7 @@ def Conv(
                     return None
                 # Each input entry feeds |F| shifted sums: materialise it first, or XLA fuses
                 # the (expensive) nonlinearity that made it into every one of them.
-                return _conv_cov(jax.lax.optimization_barrier(m), k.spatial, filter_shape, strides, padding)
+                return _conv_cov(materialize(m), k.spatial, filter_shape, strides, padding)
 
         def affine(m):
             return None if m is None else W_std**2 * m + b_var

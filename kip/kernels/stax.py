@@ -334,6 +334,19 @@ def _gram_bwd(residuals, g):
 gram.defvjp(_gram_fwd, _gram_bwd)
 
 
+def materialize(x: Array) -> Array:
+    """x, computed once into memory before its consumers read it.
+
+    XLA fuses cheap-looking producers into every consumer, so a small array read by each
+    entry of a large one is recomputed per entry (16x for a 2x2 pool's output, far more for
+    the layers after it). XLA:CPU drops `optimization_barrier` before fusing, but keeps a
+    scatter as a fusion boundary: an identity scatter costs one pass over x.
+    """
+    if x.ndim == 0:
+        return x
+    return jnp.zeros_like(x).at[jnp.arange(x.shape[0])].set(x, indices_are_sorted=True, unique_indices=True)
+
+
 def _sq_norms(f: Array) -> Array:
     # Kept out of later fusions: XLA:CPU otherwise fuses this reduction into the
     # (n1, n2) outer product of variances and runs it ~8x slower.
