@@ -415,7 +415,8 @@ def _map_linear(k: Kernel, fn: Callable[[Array], Array], **changes: Any) -> Kern
         return m if m is None or m.ndim == 0 else fn(m)
 
     cov1 = f(k.cov1)
-    return k.replace(nngp=f(k.nngp), ntk=f(k.ntk), cov1=cov1, cov2=cov1 if k.cov2 is k.cov1 else f(k.cov2), **changes)
+    cov2 = cov1 if k.cov2 is k.cov1 else f(k.cov2)
+    return k.replace(nngp=f(k.nngp), ntk=f(k.ntk), cov1=cov1, cov2=cov2, **changes)
 
 
 def _is_zero(ntk: Array | None) -> bool:
@@ -465,9 +466,10 @@ def _atan2_nonneg(y: Array, x: Array, fill: float) -> Array:
     """
     ax = jnp.abs(x)
     lo, hi = jnp.minimum(y, ax), jnp.maximum(y, ax)
-    t = lo / jnp.where(hi > 0, hi, 1)  # in [0, 1]
-    shifted = t > _TAN_PI_8  # atan(t) = pi/4 + atan((t - 1) / (t + 1))
-    u = jnp.where(shifted, (t - 1) / (t + 1), t)
+    # atan(lo / hi), lo / hi in [0, 1]; above tan(pi/8) as pi/4 + atan(u), u = (lo - hi) / (lo + hi).
+    # One division either way: XLA materialises a divided value read several times.
+    shifted = lo > _TAN_PI_8 * hi
+    u = (lo - jnp.where(shifted, hi, 0)) / (jnp.where(shifted, lo, 0) + jnp.where(hi > 0, hi, 1))
     z = u * u
     poly = jnp.full_like(z, _ATAN_COEFFS[-1])
     for c in _ATAN_COEFFS[-2::-1]:
