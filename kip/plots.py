@@ -77,13 +77,7 @@ def score_histogram(path: str, scores: np.ndarray, title: str, xlabel: str) -> N
             label=f"{len(finite)} examples" + (f" ({len(scores) - len(finite)} infinite, not shown)"
                                                if len(finite) < len(scores) else ""))
     ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("training examples")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize=9)
-    io.save_figure(path, fig)
-    plt.close(fig)
+    _save_axes(path, fig, ax, xlabel, "training examples", title)
 
 
 def pruning_curve(path: str, curves: dict[str, list], full: tuple[float, float] | None, title: str) -> None:
@@ -96,8 +90,13 @@ def pruning_curve(path: str, curves: dict[str, list], full: tuple[float, float] 
     for label, points in curves.items():
         f, m, s = (np.asarray(v, np.float64) for v in zip(*sorted(points)))
         ax.errorbar(100 * f, 100 * m, yerr=100 * s, marker="o", ms=4, capsize=3, label=label)
-    ax.set_xlabel("training data kept (%)")
-    ax.set_ylabel("test accuracy (%)")
+    _save_axes(path, fig, ax, "training data kept (%)", "test accuracy (%)", title)
+
+
+def _save_axes(path: str, fig, ax, xlabel: str, ylabel: str, title: str) -> None:
+    """Labels, legend, grid and title of a one-panel figure; saves and closes it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
