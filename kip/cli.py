@@ -1,4 +1,5 @@
-"""The `kip` command line: `kip distill`, `kip evaluate` (KRR, finite networks, SLaPkNN), `kip label-solve`.
+"""The `kip` command line: `kip distill`, `kip evaluate` (KRR, finite networks, SLaPkNN), `kip label-solve`,
+and the Data Diet's `kip score`, `kip prune`, `kip train`.
 
 Bad input prints one line `kip: error: ...` and exits with status 2.
 """
@@ -10,15 +11,19 @@ import dataclasses
 import os
 import sys
 
-from kip import InputError, data, knn, krr, models, train
+from kip import InputError, data, knn, krr, models, scores, train
 
 DEFAULT_RUNS_DIR = "runs"
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
+def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=data.DEFAULT_DATASET,
                    help="data set name: 'digits' is embedded; others are read from DIR/NAME.npz or TFDS (default: %(default)s)")
     p.add_argument("--data-dir", default=None, metavar="DIR", help="folder holding NAME.npz (keys x_train, y_train, x_test, y_test)")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    _add_dataset_args(p)
     p.add_argument("--kernel", default="fc1",
                    help="kernel preset: fc1, fc2, fc3, convnet, convnet3, myrtle5, myrtle7, myrtle10 (default: %(default)s)")
     p.add_argument("--zca", action="store_true", help="ZCA-whiten after standardisation (KIP ConvNet recipe)")
@@ -85,7 +90,64 @@ def _parser() -> argparse.ArgumentParser:
                    help="krr: kernel ridge regression with --kernel; train: finite networks; "
                         "slapknn: soft-label prototype kNN (default: %(default)s)")
     _add_train_args(p)
+
+    p = sub.add_parser("score", help="Data Diet scores (EL2N, GraNd, forgetting) of every training example, "
+                                       "averaged over independently trained networks")
+    _add_dataset_args(p)
+    p.add_argument("--score", choices=scores.SCORES, required=True)
+    p.add_argument("--runs", type=int, default=10, help="networks averaged; run i trains from seed SEED + i (default: %(default)s)")
+    p.add_argument("--epoch", type=int, default=20, help="epoch the scores are read at; 0: initialisation (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--never-learned", choices=scores.NEVER_LEARNED, default="inf",
+                   help="forgetting score of an example never classified correctly (default: %(default)s)")
+    p.add_argument("--last-layer-only", action="store_true", help="GraNd over the output layer's parameters only (cheap, not the paper's)")
+    p.add_argument("--out", default="scores.npz", help="score file; its runs go to OUT-runs/, its histogram to OUT.png (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace scores or runs made with other options")
+    _add_recipe_args(p)
+
+    p = sub.add_parser("prune", help="keep the highest-scoring fraction of a training set (indices to train on)")
+    p.add_argument("--scores", required=True, metavar="FILE", help="a kip score file")
+    p.add_argument("--keep", type=float, required=True, help="fraction of the training set kept, in (0, 1]")
+    p.add_argument("--offset", type=float, default=0.0, metavar="H", help="fraction of hardest examples dropped first (default: 0)")
+    p.add_argument("--class-balanced", action="store_true", help="keep each class in proportion to its size")
+    p.add_argument("--random", action="store_true", help="random pruning of the same size (a baseline; ignores the scores)")
+    p.add_argument("--seed", type=int, default=0, help="for ties and --random (default: %(default)s)")
+    p.add_argument("--out", default="kept.npz", help="(default: %(default)s)")
+
+    p = sub.add_parser("train", help="train networks on a training set or on pruned subsets of it (kip prune), "
+                                       "for the full data's number of steps, and report test accuracy")
+    _add_dataset_args(p)
+    p.add_argument("--subset", nargs="+", default=[], metavar="FILE", help="kip prune files (default: the full training set)")
+    p.add_argument("--seeds", type=int, default=1, help="networks per subset; mean ± std reported (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, metavar="FILE", help="JSON result; with subsets also the pruning curve, FILE.png")
+    _add_recipe_args(p)
     return parser
+
+
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    r = train.DATA_DIET
+    g = p.add_argument_group("network and training (defaults: the Data Diet recipe, SGD Nesterov 0.9, cross-entropy)")
+    g.add_argument("--model", default=None, help=f"network: {', '.join(models.PRESETS)} (default: resnet18 for colour "
+                                                 "images >= 16x16, convnet for other images >= 8x8, else fc1)")
+    g.add_argument("--width", type=int, default=None, help="channels / hidden units (default: 64; FC nets 1024)")
+    g.add_argument("--epochs", type=int, default=train.DATA_DIET_EPOCHS, help="passes over the full training set; subsets train "
+                                                                "for as many steps (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=r.batch_size, help="(default: %(default)s)")
+    g.add_argument("--lr", type=float, default=r.lr, help="(default: %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=r.weight_decay, help="coupled L2 (default: %(default)s)")
+    g.add_argument("--schedule", choices=train.SCHEDULES, default=r.schedule,
+                   help="step: lr x 0.2 at 30/60/80%% of the steps (epochs 60/120/160 of 200) (default: %(default)s)")
+    g.add_argument("--augment", nargs="*", choices=train.AUGMENTATIONS, default=None,
+                   help="(default: flip crop for colour images, crop for greyscale; none if given no value)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _recipe(args):
+    from kip.diet import Recipe
+
+    return Recipe(args.model, args.width, args.epochs, args.batch_size, args.lr, args.weight_decay, args.schedule,
+                  None if args.augment is None else tuple(args.augment))
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -147,6 +209,18 @@ def main(argv: list[str] | None = None) -> int:
                     label_smoothing=args.label_smoothing)
                 result = transfer.transfer_run(args.distilled, args.dataset, args.data_dir, args.zca, network, config,
                                                args.seeds, args.seed, args.tune, args.val_size, not args.no_progress)
+        elif args.command in ("score", "prune", "train"):
+            from kip import diet
+
+            if args.command == "prune":
+                diet.prune_run(args.scores, args.out, args.keep, args.offset, args.class_balanced, args.random, args.seed)
+            elif args.command == "score":
+                diet.score_run(data.load(args.dataset, args.data_dir), args.score, args.out, _recipe(args), args.runs,
+                               args.epoch, args.seed, args.never_learned, args.last_layer_only, args.overwrite,
+                               not args.no_progress)
+            else:
+                diet.train_run(data.load(args.dataset, args.data_dir), args.subset, _recipe(args), args.seeds, args.seed,
+                               args.out, not args.no_progress)
         if args.command == "evaluate" and args.out:
             io.write_json(args.out, result)
     except InputError as e:

@@ -18,17 +18,22 @@ DEFAULT_REG = 1e-6
 DEFAULT_BLOCK = 1000
 
 
-def map_blocks(fn: Callable[[Array], Array], x: Array, block_size: int) -> Array:
-    """fn over row blocks of x (padded with copies of row 0), concatenated: memory
-    of one block instead of all rows. fn must map (b, ...) -> (b, ...)."""
-    n = x.shape[0]
+def map_blocks(fn: Callable, x, block_size: int):
+    """fn over row blocks of x (an array, or a pytree of arrays sharing their first axis),
+    padded with copies of row 0, concatenated: memory of one block instead of all rows.
+    fn must map (b, ...) -> (b, ...) (pytrees likewise)."""
+    n = jax.tree_util.tree_leaves(x)[0].shape[0]
     if n <= block_size:
         return fn(x)
     num_blocks = -(-n // block_size)
     pad = num_blocks * block_size - n
-    xp = jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,) + x.shape[1:])]) if pad else x
-    out = jax.lax.map(fn, xp.reshape((num_blocks, block_size) + x.shape[1:]))
-    return out.reshape((num_blocks * block_size,) + out.shape[2:])[:n]
+
+    def blocks(a):
+        a = jnp.concatenate([a, jnp.broadcast_to(a[:1], (pad,) + a.shape[1:])]) if pad else a
+        return a.reshape((num_blocks, block_size) + a.shape[1:])
+
+    out = jax.lax.map(fn, jax.tree_util.tree_map(blocks, x))
+    return jax.tree_util.tree_map(lambda o: o.reshape((num_blocks * block_size,) + o.shape[2:])[:n], out)
 
 
 def regularize(k_ss: Array, reg: float = DEFAULT_REG) -> Array:

@@ -62,15 +62,18 @@ class Dense(_Affine):
 
 
 class Conv(_Affine):
-    """(n, H, W, C) -> (n, H, W, features): a 3x3 (by default) SAME convolution; fan_in = kh * kw * C."""
+    """(n, H, W, C) -> (n, H / s, W / s, features): a 3x3 (by default) convolution padded by
+    k // 2 on each side (SAME at stride 1), stride s (default 1); fan_in = kh * kw * C."""
 
     kernel_size: tuple[int, int] = (3, 3)
+    strides: tuple[int, int] = (1, 1)
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         def conv(w):
             dtype = jnp.result_type(x, w)
-            return jax.lax.conv_general_dilated(x.astype(dtype), w.astype(dtype), (1, 1), "SAME",
+            padding = [(k // 2, k // 2) for k in self.kernel_size]
+            return jax.lax.conv_general_dilated(x.astype(dtype), w.astype(dtype), self.strides, padding,
                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
         w_shape = (*self.kernel_size, x.shape[-1], self.features)
@@ -84,8 +87,8 @@ def avg_pool(x: Array) -> Array:
 
 class Network(nn.Module):
     """The fields every preset shares (see `build`). Subclasses define `__call__(x, train)`
-    ((n, H, W, C) -> (n, num_classes); `train` is what kip.train passes, unused by these
-    presets, which have no dropout or batch statistics) and `min_size`."""
+    ((n, H, W, C) -> (n, num_classes); `train` is what kip.train passes: batch statistics
+    (ResNet's BatchNorm) in train mode, running averages otherwise) and `min_size`."""
 
     num_classes: int = 10
     width: int = 1024
@@ -182,18 +185,67 @@ class Myrtle(_ConvNetwork):
         return self._layer(Dense, self.num_classes)(jnp.mean(x, axis=(1, 2)))
 
 
+class BasicBlock(nn.Module):
+    """ResNet's basic block (He et al. 2016): Conv3x3(stride) BN Relu Conv3x3 BN, plus the
+    input (through Conv1x1(stride) BN when the shape changes), then Relu."""
+
+    features: int
+    strides: int = 1
+    W_std: float = KIP_W_STD
+    parameterization: str = "standard"
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        conv = functools.partial(Conv, self.features, W_std=self.W_std, b_std=None,
+                                 parameterization=self.parameterization, param_dtype=self.param_dtype)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                                 param_dtype=self.param_dtype)
+        s = (self.strides, self.strides)
+        y = nn.relu(norm()(conv(strides=s)(x)))
+        y = norm()(conv()(y))
+        if self.strides != 1 or x.shape[-1] != self.features:
+            x = norm()(conv(kernel_size=(1, 1), strides=s)(x))
+        return nn.relu(x + y)
+
+
+class ResNet18(Network):
+    """ResNet-18 for small images, as the Data Diet paper trains on CIFAR-10: a 3x3 stride-1
+    stem (no max-pool) with BatchNorm and Relu, 4 stages of 2 basic blocks with `width` x
+    (1, 2, 4, 8) channels (stride 2 from the second stage on), global average pool,
+    Dense(num_classes). Convs have no bias and He-normal weights (W_std = sqrt 2).
+    (n, H, W, C) -> (n, num_classes); width 64 is the paper's 11.2M-parameter network."""
+
+    min_size = 8
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        x = Conv(self.width, W_std=self.W_std, b_std=None, parameterization=self.parameterization,
+                 param_dtype=self.param_dtype)(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                                 param_dtype=self.param_dtype)(x))
+        for stage in range(4):
+            for block in range(2):
+                strides = 2 if stage > 0 and block == 0 else 1
+                x = BasicBlock(self.width * 2**stage, strides, self.W_std, self.parameterization,
+                               self.param_dtype)(x, train)
+        return self._layer(Dense, self.num_classes)(jnp.mean(x, axis=(1, 2)))
+
+
 PRESETS: dict[str, Callable[..., Network]] = {
     **{f"fc{d}": functools.partial(FC, depth=d) for d in (1, 2, 3)},
     "convnet": functools.partial(ConvNet, stem=True),
     "convnet3": functools.partial(ConvNet, stem=False),
     **{f"myrtle{d}": functools.partial(Myrtle, depth=d) for d in MYRTLE_CONVS},
+    "resnet18": ResNet18,
 }
+DEFAULT_WIDTHS = {"resnet18": 64}  # the rest: 1024, KIP's finite-network width
 
 
 def build(
     name: str,
     num_classes: int = 10,
-    width: int = 1024,
+    width: int | None = None,
     parameterization: str = "standard",
     norm: str = "none",
     W_std: float = KIP_W_STD,
@@ -203,10 +255,13 @@ def build(
     """The finite network registered under `name` (see `PRESETS`): a flax module mapping
     (n, H, W, C) images to (n, num_classes) outputs, called as `apply(variables, x, train=...)`.
 
-    norm: 'instance' puts an instance norm after each conv (conv nets only; the DC/DSA protocol).
+    width: hidden units / channels (ResNet-18: of its first stage); None is the preset's
+    default, `DEFAULT_WIDTHS` or 1024.
+    norm: 'instance' puts an instance norm after each conv (KIP conv nets only; the DC/DSA protocol).
     """
     if name not in PRESETS:
         raise InputError(f"unknown model {name!r}; choose one of {', '.join(PRESETS)}")
+    width = DEFAULT_WIDTHS.get(name, 1024) if width is None else width
     _check_parameterization(parameterization)
     if norm not in NORMS:
         raise InputError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
@@ -215,8 +270,8 @@ def build(
     kwargs = dict(num_classes=num_classes, width=width, W_std=W_std, b_std=b_std,
                   parameterization=parameterization, param_dtype=param_dtype)
     if norm != "none":
-        if name.startswith("fc"):
-            raise InputError(f"--norm {norm} applies to conv nets only, not {name}")
+        if name.startswith("fc") or name == "resnet18":
+            raise InputError(f"--norm {norm} applies to the KIP conv nets only, not {name}")
         kwargs["norm"] = norm
     return PRESETS[name](**kwargs)
 

@@ -1,4 +1,5 @@
-"""Figures a run writes: the support set as a labelled grid, and learning curves."""
+"""Figures a run writes: the support set as a labelled grid, learning curves, and for the Data
+Diet a histogram of scores and the pruning curve (test accuracy against the fraction kept)."""
 
 from __future__ import annotations
 
@@ -63,5 +64,41 @@ def learning_curve(path: str, losses: list, evals: list[dict], title: str) -> No
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
+    io.save_figure(path, fig)
+    plt.close(fig)
+
+
+def score_histogram(path: str, scores: np.ndarray, title: str, xlabel: str) -> None:
+    """Histogram of per-example scores (n,); infinite ones (never learned) are counted in the legend."""
+    scores = np.asarray(scores, np.float64)
+    finite = scores[np.isfinite(scores)]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.hist(finite, bins=60, color="tab:blue", alpha=0.85,
+            label=f"{len(finite)} examples" + (f" ({len(scores) - len(finite)} infinite, not shown)"
+                                               if len(finite) < len(scores) else ""))
+    ax.set_yscale("log")
+    _save_axes(path, fig, ax, xlabel, "training examples", title)
+
+
+def pruning_curve(path: str, curves: dict[str, list], full: tuple[float, float] | None, title: str) -> None:
+    """Test accuracy against the fraction of the training set kept: curves {label: [(fraction,
+    accuracy mean, std), ...]}; full (mean, std) draws the full-data accuracy as a band."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if full is not None:
+        ax.axhline(100 * full[0], color="k", lw=0.8, label=f"full data {100 * full[0]:.2f}%")
+        ax.axhspan(100 * (full[0] - full[1]), 100 * (full[0] + full[1]), color="k", alpha=0.1)
+    for label, points in curves.items():
+        f, m, s = (np.asarray(v, np.float64) for v in zip(*sorted(points)))
+        ax.errorbar(100 * f, 100 * m, yerr=100 * s, marker="o", ms=4, capsize=3, label=label)
+    _save_axes(path, fig, ax, "training data kept (%)", "test accuracy (%)", title)
+
+
+def _save_axes(path: str, fig, ax, xlabel: str, ylabel: str, title: str) -> None:
+    """Labels, legend, grid and title of a one-panel figure; saves and closes it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
     io.save_figure(path, fig)
     plt.close(fig)

@@ -1,8 +1,8 @@
 """The one training loop for finite networks on arrays: a pure, jitted optax step
 `(variables, opt_state, batch, key) -> (variables, opt_state, metrics)` and `fit` around it.
 
-Options are composed, not special-cased: SGD + momentum or Adam on a cosine schedule, coupled
-weight decay, MSE on soft / centred labels or cross-entropy, flip / crop augmentation, mixup
+Options are composed, not special-cased: SGD + (Nesterov) momentum or Adam on a cosine or
+step schedule, coupled weight decay, MSE on soft / centred labels or cross-entropy, flip / crop augmentation, mixup
 (Zhang et al. 2018) and label smoothing (Szegedy et al. 2016).
 """
 
@@ -28,6 +28,9 @@ Batch = tuple[Array, Array]  # images (b, H, W, C), targets (b, C)
 LOSSES = ("mse", "xent")
 OPTIMIZERS = ("sgd", "adam")
 AUGMENTATIONS = ("flip", "crop")
+SCHEDULES = ("cosine", "step")
+STEP_MILESTONES = (0.3, 0.6, 0.8)  # fractions of the steps: epochs 60 / 120 / 160 of 200 (Data Diet)
+STEP_FACTOR = 0.2  # the learning rate's factor at each milestone
 DEFAULT_VAL_SIZE = 5000  # the transfer recipe's validation split of train
 LR_FACTORS = (0.1, 0.3, 1.0, 3.0)  # a default tuning grid: learning rates as multiples of the configured one
 WEIGHT_DECAYS = (0.0, 1e-4, 1e-3)  # ... and weight decays
@@ -42,8 +45,10 @@ class TrainConfig:
     steps: int = 5000
     batch_size: int = 100  # capped at the training set size
     lr: float = 0.1  # best of 0.01-0.3 for FC1 on 100 MNIST or digits images (1000 steps)
-    optimizer: str = "sgd"  # 'sgd' (with `momentum`) or 'adam'; both on a cosine decay to 0
+    optimizer: str = "sgd"  # 'sgd' (with `momentum`) or 'adam'
     momentum: float = 0.9
+    nesterov: bool = False  # Nesterov momentum (sgd)
+    schedule: str = "cosine"  # 'cosine': decay to 0; 'step': x STEP_FACTOR at STEP_MILESTONES of the steps
     weight_decay: float = 1e-3  # coupled: adds weight_decay * w to each gradient (L2 of weight_decay / 2)
     loss: str = "mse"  # 'mse': 0.5 * mean over classes of (f(x) - y)^2; 'xent': softmax cross-entropy
     augment: tuple[str, ...] = ()  # any of AUGMENTATIONS
@@ -56,7 +61,8 @@ class TrainConfig:
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 0:
             raise InputError(f"steps and batch size must be at least 1, eval_every >= 0 (got {self.steps}, "
                              f"{self.batch_size}, {self.eval_every})")
-        for name, value, choices in (("loss", self.loss, LOSSES), ("optimizer", self.optimizer, OPTIMIZERS)):
+        for name, value, choices in (("loss", self.loss, LOSSES), ("optimizer", self.optimizer, OPTIMIZERS),
+                                     ("schedule", self.schedule, SCHEDULES)):
             if value not in choices:
                 raise InputError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         unknown = [a for a in self.augment if a not in AUGMENTATIONS]
@@ -70,11 +76,32 @@ class TrainConfig:
             raise InputError(f"label smoothing must lie in [0, 1), got {self.label_smoothing}")
 
 
+DATA_DIET_EPOCHS = 200
+DATA_DIET = TrainConfig(steps=DATA_DIET_EPOCHS * 390, batch_size=128, lr=0.1, nesterov=True, schedule="step", weight_decay=5e-4,
+                        loss="xent", augment=("flip", "crop"))
+"""The Data Diet recipe (Paul et al. 2021, CIFAR-10 ResNet-18): SGD Nesterov 0.9, lr 0.1 x 0.2 at
+epochs 60 / 120 / 160, coupled weight decay 5e-4, batch 128, crop and flip, 200 epochs of 390 steps."""
+
+
+def epoch_steps(n: int, batch_size: int) -> int:
+    """Steps in one epoch of n examples: n // batch (`fit` drops the last partial batch)."""
+    return n // min(batch_size, n)
+
+
+def learning_rate(config: TrainConfig) -> optax.Schedule:
+    """Step t -> learning rate: a cosine decay from `lr` to 0 over `steps`, or `lr` times
+    STEP_FACTOR ** (milestones passed), the milestones at STEP_MILESTONES x steps (rounded)."""
+    if config.schedule == "cosine":
+        return optax.cosine_decay_schedule(config.lr, config.steps)
+    boundaries = jnp.asarray([round(f * config.steps) for f in STEP_MILESTONES])
+    return lambda t: config.lr * STEP_FACTOR ** jnp.sum(t >= boundaries)
+
+
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """Coupled weight decay, then SGD + momentum or Adam on a cosine decay from `lr` to 0."""
-    schedule = optax.cosine_decay_schedule(config.lr, config.steps)
+    """Coupled weight decay, then SGD + (Nesterov) momentum or Adam on `learning_rate(config)`."""
+    schedule = learning_rate(config)
     if config.optimizer == "sgd":
-        opt = optax.sgd(schedule, momentum=config.momentum or None)
+        opt = optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov)
     else:
         opt = optax.adam(schedule)
     return optax.chain(optax.add_decayed_weights(config.weight_decay), opt) if config.weight_decay else opt
@@ -236,27 +263,33 @@ def fit(
     progress: bool = False,
     desc: str = "train",
     on_step: Callable[[int, Array, dict], None] | None = None,
+    stop_after: int | None = None,
 ) -> TrainResult:
     """Trains `model` on images (n, H, W, C) with targets (n, C) for `config.steps` steps of
     `config.batch_size` examples, in per-epoch random orders (the last partial batch of an
     epoch is dropped). The same key gives the same result. With val_images / val_labels
     ((m, ...), (m,) int), records validation accuracy every `eval_every` steps and at the end.
     on_step(step, indices (b,), metrics) is called after each step (per-example statistics).
+    stop_after: run only the first `stop_after` steps of the `config.steps` schedule (a network
+    part-way through training, e.g. for scores at an early epoch; 0: the initial network).
     """
     config.check()
+    steps = config.steps if stop_after is None else stop_after
+    if not 0 <= steps <= config.steps:
+        raise InputError(f"stop_after must lie in 0..{config.steps} (the schedule's steps), got {stop_after}")
     check_training_set(model, images, targets, config.loss)
     x = jnp.asarray(images, jnp.float32)
     y = jnp.asarray(targets, jnp.float32)
     n = len(x)
     batch = min(config.batch_size, n)
-    per_epoch = n // batch
+    per_epoch = epoch_steps(n, batch)
     init_key, order_key, step_key = jax.random.split(key, 3)
     start = time.perf_counter()
     variables, opt_state = init(model, config, init_key, x[:1])
 
     losses, val = [], []
-    bar = tqdm(total=config.steps, disable=not progress, desc=desc, unit="step", file=sys.stderr, leave=False)
-    for t in range(config.steps):
+    bar = tqdm(total=steps, disable=not progress, desc=desc, unit="step", file=sys.stderr, leave=False)
+    for t in range(steps):
         if t % per_epoch == 0:
             order = jax.random.permutation(jax.random.fold_in(order_key, t // per_epoch), n)
         variables, opt_state, metrics, idx = _epoch_step(model, config, batch, variables, opt_state, x, y, order,
@@ -265,13 +298,13 @@ def fit(
         if on_step is not None:
             on_step(t, idx, metrics)
         done = t + 1
-        if val_images is not None and ((config.eval_every and done % config.eval_every == 0) or done == config.steps):
+        if val_images is not None and ((config.eval_every and done % config.eval_every == 0) or done == steps):
             val.append({"step": done, "accuracy": accuracy(model, variables, val_images, val_labels)})
-        if progress and (done % 100 == 0 or done == config.steps):
+        if progress and (done % 100 == 0 or done == steps):
             bar.set_postfix(loss=f"{float(metrics['loss']):.4g}", **({"val_acc": f"{val[-1]['accuracy']:.4f}"} if val else {}))
         bar.update(1)
     bar.close()
-    losses = np.asarray(jax.device_get(losses), np.float64)
+    losses = np.asarray(jax.device_get(losses), np.float64).reshape(steps)
     return TrainResult(variables, losses, val, time.perf_counter() - start)
 
 

@@ -15,7 +15,7 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 CONV = ("convnet", "convnet3", "myrtle5", "myrtle7", "myrtle10")
 
 
-@pytest.mark.parametrize("name", list(models.PRESETS))
+@pytest.mark.parametrize("name", [n for n in models.PRESETS if n != "resnet18"])  # ResNet: below, traced only
 @pytest.mark.parametrize("shape", [(8, 8, 1), (28, 28, 1), (32, 32, 3)])
 def test_output_shapes(name, shape):
     model = models.build(name, num_classes=7, width=4)
@@ -124,6 +124,7 @@ def test_conv_ntk_approaches_kip_kernel_preset(name):
         (dict(name="resnet9000"), "unknown model"),
         (dict(name="fc1", parameterization="mup"), "parameterization"),
         (dict(name="fc1", norm="instance"), "conv nets only"),
+        (dict(name="resnet18", norm="instance"), "conv nets only"),
         (dict(name="convnet", norm="batch"), "norm must be"),
         (dict(name="convnet", width=0), "at least 1"),
     ],
@@ -140,3 +141,46 @@ def test_images_too_small_for_the_pooling_are_refused():
     with pytest.raises(InputError, match="H x W x C"):
         models.build("myrtle5").check_input_shape((64,))
     models.build("fc1").check_input_shape((64,))
+
+
+def test_resnet18_has_the_cifar_layout_and_parameter_count():
+    # 3x3 stride-1 stem with 64 channels, no max-pool, 4 stages down to 4x4 at 32x32 inputs; the
+    # 11,173,962 parameters of the usual CIFAR ResNet-18 (e.g. torchvision-style BasicBlocks with
+    # 1x1 projection shortcuts), BatchNorm scale and bias included, running statistics not.
+    model = models.build("resnet18")
+    x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, capture_intermediates=True), x)
+    params, inter = variables["params"], variables
+    assert sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(params)) == 11_173_962
+    assert params["Conv_0"]["kernel"].shape == (3, 3, 3, 64) and "bias" not in params["Conv_0"]
+    assert [inter["intermediates"][f"BasicBlock_{i}"]["__call__"][0].shape[1:] for i in (0, 2, 4, 6, 7)] == [
+        (32, 32, 64), (16, 16, 128), (8, 8, 256), (4, 4, 512), (4, 4, 512)]
+    assert scores_last_layer(params) == "Dense_0"
+    for shape in [(8, 8, 1), (28, 28, 1)]:
+        small = models.build("resnet18", num_classes=7, width=4)
+        out = jax.eval_shape(lambda x: small.apply(small.init(jax.random.PRNGKey(0), x), x, train=True,
+                                                   mutable=["batch_stats"])[0], jnp.ones((3, *shape)))
+        assert out.shape == (3, 7)
+
+
+def scores_last_layer(params):
+    from kip import scores
+
+    return scores.last_layer(params)
+
+
+def test_resnet_block_uses_batch_statistics_in_train_mode_only():
+    block = models.BasicBlock(5, strides=2)  # with a projection shortcut: 3 convs, 3 BatchNorms
+    x = jax.random.normal(jax.random.PRNGKey(0), (6, 8, 8, 3))
+    variables = block.init(jax.random.PRNGKey(1), x, train=False)
+    assert sorted(variables["params"]) == ["BatchNorm_0", "BatchNorm_1", "BatchNorm_2", "Conv_0", "Conv_1", "Conv_2"]
+    # eval mode: an example's output does not depend on the rest of its batch
+    np.testing.assert_allclose(block.apply(variables, x, False)[:2], block.apply(variables, x[:2], False), rtol=1e-5, atol=1e-6)
+    out, state = block.apply(variables, x, True, mutable=["batch_stats"])
+    out_pair, _ = block.apply(variables, x[:2], True, mutable=["batch_stats"])
+    assert out.shape == (6, 4, 4, 5) and not np.allclose(out[:2], out_pair, atol=1e-4)
+    # the first running mean moves from 0 by (1 - momentum) x the batch mean of the first conv's output
+    conv = block.apply(variables, x, False, capture_intermediates=lambda m, _: type(m).__name__ == "Conv",
+                       mutable=["intermediates"])[1]["intermediates"]["Conv_0"]["__call__"][0]
+    np.testing.assert_allclose(state["batch_stats"]["BatchNorm_0"]["mean"], 0.1 * conv.mean(axis=(0, 1, 2)),
+                               rtol=1e-4, atol=1e-7)

@@ -210,3 +210,42 @@ def test_predict_refuses_images_of_the_wrong_shape():
     net = models.build("convnet3", num_classes=C, width=2)
     with pytest.raises(InputError, match="at least 8x8"):
         train.predict(net, {}, x)
+
+
+def test_step_schedule_drops_by_0_2_at_30_60_80_percent_of_the_steps():
+    # The Data Diet recipe: lr 0.1 x 0.2 at epochs 60 / 120 / 160 of 200 (390 steps each)
+    lr = train.learning_rate(train.DATA_DIET)
+    epoch = lambda e: e * 390  # noqa: E731
+    got = [float(lr(t)) for t in (0, epoch(60) - 1, epoch(60), epoch(120) - 1, epoch(120), epoch(160), epoch(200) - 1)]
+    np.testing.assert_allclose(got, [0.1, 0.1, 0.02, 0.02, 0.004, 0.0008, 0.0008], rtol=1e-6)
+
+
+def test_nesterov_momentum_by_hand():
+    # optax's Nesterov SGD: v_t = g_t + mu v_{t-1}, w -= lr (g_t + mu v_t). With a constant
+    # gradient g: first step lr (1 + mu) g, second lr (1 + mu + mu^2) g (heavy ball: (1 + mu) g).
+    lr, mu, g = 0.1, 0.9, 0.3
+    for nesterov, factors in ((True, (1 + mu, 1 + mu + mu**2)), (False, (1, 1 + mu))):
+        opt = train.make_optimizer(train.TrainConfig(steps=100, lr=lr, momentum=mu, nesterov=nesterov, weight_decay=0.0,
+                                                     schedule="step"))
+        w, state = jnp.array(1.0), opt.init(jnp.array(1.0))
+        for f in factors:
+            updates, state = opt.update(jnp.array(g), state, w)
+            np.testing.assert_allclose(float(updates), -lr * f * g, rtol=1e-6)
+            w = optax.apply_updates(w, updates)
+
+
+def test_stop_after_runs_the_first_steps_of_the_same_schedule():
+    x, _, y = tiny_problem()
+    config = train.TrainConfig(steps=12, batch_size=8, lr=0.1)
+    full = train.fit(FC, x, y, config, jax.random.PRNGKey(0))
+    part = train.fit(FC, x, y, config, jax.random.PRNGKey(0), stop_after=5)
+    np.testing.assert_array_equal(part.losses, full.losses[:5])
+    # the same as a run of 5 steps only if the schedule were 5 steps long: it is not (cosine over 12)
+    short = train.fit(FC, x, y, train.TrainConfig(steps=5, batch_size=8, lr=0.1), jax.random.PRNGKey(0))
+    assert not np.array_equal(short.losses, part.losses)
+    untrained = train.fit(FC, x, y, config, jax.random.PRNGKey(0), stop_after=0)
+    assert untrained.losses.shape == (0,)
+    with pytest.raises(InputError, match="stop_after must lie in 0..12"):
+        train.fit(FC, x, y, config, jax.random.PRNGKey(0), stop_after=13)
+    with pytest.raises(InputError, match="schedule"):
+        train.fit(FC, x, y, train.TrainConfig(schedule="linear"), jax.random.PRNGKey(0))
