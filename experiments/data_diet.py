@@ -104,7 +104,7 @@ def main() -> None:
             return {"accuracy": np.array(r["test_accuracies"][0]), "size": np.array(len(idx)),
                     "seconds": np.array(r["seconds_per_network"])}
 
-        result = diet.cached(os.path.join(runs_dir, "cells", f"{method}-keep{keep:g}-seed{seed}.npz"), meta, compute,
+        result = io.cached(os.path.join(runs_dir, "cells", f"{method}-keep{keep:g}-seed{seed}.npz"), meta, compute,
                              overwrite=True)
         print(f"  {method:>10} keep {keep:.0%} seed {seed}: test accuracy {100 * float(result['accuracy']):.2f}%")
         return float(result["accuracy"])

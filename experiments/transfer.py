@@ -58,8 +58,11 @@ def evaluate_set(name, images, labels, ds, x_test, x_val, y_val, args, log) -> d
         cells = {}
         for variant, options in variants(args, model_name).items():
             log(f"{name}: {model_name} (width {network.width}), {variant}")
+            cache = os.path.join(args.cache_dir, name.replace("/", "_").replace(" ", "_").replace(",", ""),
+                                 model_name, variant)
             cells[variant] = transfer.train_networks(model, images, labels, x_test, ds.y_test,
-                                                     dataclasses.replace(config, **options), args.seeds, args.seed, log=log)
+                                                     dataclasses.replace(config, **options), args.seeds, args.seed, log=log,
+                                                     cache_dir=cache)
         row["models"][model_name] = {"network": dataclasses.asdict(network), "train_config": dataclasses.asdict(config),
                                      "tune_grid": grid, "variants": cells}
     return row
@@ -120,6 +123,8 @@ def main() -> None:
     parser.add_argument("--label-smoothing", type=float, default=0.1, metavar="EPS")
     parser.add_argument("--k", type=int, default=knn.DEFAULT_K, help="SLaPkNN neighbours")
     parser.add_argument("--runs-dir", default="runs/transfer_quick", help="--quick: where its distilled sets go")
+    parser.add_argument("--cache-dir", default="runs/transfer_networks",
+                        help="each trained network's accuracy is kept here and reused when run again")
     parser.add_argument("--results-dir", default=report.RESULTS)
     parser.add_argument("--quick", action="store_true", help="digits, KIP-FC sets made here, tiny networks: a smoke run")
     args = parser.parse_args()

@@ -77,22 +77,6 @@ def standardised(ds: data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     return prep.apply(ds.x_train).astype(np.float32), prep.apply(ds.x_test).astype(np.float32)
 
 
-def cached(path: str, meta: dict, compute: Callable[[], dict], overwrite: bool = False) -> dict:
-    """`compute()` (a dict of arrays), saved at `path` with `meta`; reused when `path` already
-    holds a result of the same `meta`. A result of other options raises `InputError` unless
-    `overwrite`, which recomputes it."""
-    key = json.dumps(meta, sort_keys=True)
-    if os.path.exists(path):
-        arrays = io.read_npz(path)
-        if "meta" in arrays and str(arrays["meta"]) == key:
-            return {k: v for k, v in arrays.items() if k != "meta"}
-        if not overwrite:
-            raise InputError(f"{path} holds a result of other options: pass --overwrite to replace it, or another --out")
-    result = compute()
-    io.write_npz(path, meta=np.array(key), **result)
-    return result
-
-
 def _check_runs(runs: int, seed: int) -> None:
     if runs < 1:
         raise InputError(f"--runs must be at least 1, got {runs}")
@@ -147,7 +131,7 @@ def score_run(
         def compute(i=i):
             return scores.score_network(model, x_train, ds.y_train, config, jax.random.PRNGKey(seed + i), (score,), epoch,
                                         never_learned, last_layer_only, progress)
-        per_run.append(cached(os.path.join(runs_dir, f"run-{i:03d}.npz"), {**meta, "run": i}, compute, overwrite)[score])
+        per_run.append(io.cached(os.path.join(runs_dir, f"run-{i:03d}.npz"), {**meta, "run": i}, compute, overwrite)[score])
     per_run = np.stack(per_run)
     mean = per_run.mean(axis=0)
     meta["runs"] = runs

@@ -9,7 +9,7 @@ import json
 import os
 import tempfile
 import zipfile
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -77,3 +77,19 @@ def read_json(path: str) -> Any:
             return json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise InputError(f"{path}: not readable JSON ({e})") from None
+
+
+def cached(path: str, meta: dict, compute: Callable[[], dict], overwrite: bool = False) -> dict:
+    """`compute()` (a dict of arrays), saved at `path` with `meta`; reused when `path` already
+    holds a result of the same `meta`. A result of other options raises `InputError` unless
+    `overwrite`, which recomputes it."""
+    key = json.dumps(meta, sort_keys=True)
+    if os.path.exists(path):
+        arrays = read_npz(path)
+        if "meta" in arrays and str(arrays["meta"]) == key:
+            return {k: v for k, v in arrays.items() if k != "meta"}
+        if not overwrite:
+            raise InputError(f"{path} holds a result of other options: pass --overwrite to replace it, or another --out")
+    result = compute()
+    write_npz(path, meta=np.array(key), **result)
+    return result

@@ -4,12 +4,14 @@ accuracy over seeds, learning rate and weight decay optionally tuned on a valida
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 from typing import Callable
 
 import jax
 import numpy as np
 
-from kip import InputError, data, knn, models, preprocess, run, train
+from kip import InputError, data, io, knn, models, preprocess, run, train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +43,7 @@ def train_networks(
     seed: int = 0,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    cache_dir: str | None = None,
 ) -> dict:
     """Trains `seeds` networks (keys `seed_key(seed, i)`) on images (n, H, W, C) with labels
     (n, C), each tested on x_test (m, ...) against int labels y_test (m,).
@@ -48,19 +51,32 @@ def train_networks(
     Returns {'test_accuracy_mean', 'test_accuracy_std' (over seeds, ddof 1; 0 for one seed),
     'test_accuracies', 'seconds_per_network' (the median wall clock: the first network of a
     shape also compiles the step)}.
-    Raises `run.TrainingDiverged` if a loss becomes NaN or inf.
+    Raises `run.TrainingDiverged` if a loss becomes NaN or inf. With `cache_dir`, each finished
+    network's accuracy is kept there (keyed by the model, config, seed and a digest of the
+    data) and reused, so an interrupted run loses at most one network.
     """
     if seeds < 1:
         raise InputError(f"--seeds must be at least 1, got {seeds}")
+    digest = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in (images, labels, x_test, y_test)))
+    meta = {"model": repr(model), "config": dataclasses.asdict(config), "data": digest.hexdigest()}
     accuracies, seconds = [], []
     for i in range(seeds):
-        result = train.fit(model, images, labels, config, seed_key(seed, i), progress=progress, desc=f"seed {i}")
-        if result.diverged:
-            raise run.TrainingDiverged(f"network {i} (lr {config.lr:g}): the loss became NaN/inf - try a smaller --lr")
-        accuracies.append(train.accuracy(model, result.variables, x_test, y_test))
-        seconds.append(result.seconds)
+        def one_network(i=i) -> dict:
+            result = train.fit(model, images, labels, config, seed_key(seed, i), progress=progress, desc=f"seed {i}")
+            if result.diverged:
+                raise run.TrainingDiverged(f"network {i} (lr {config.lr:g}): the loss became NaN/inf - try a smaller --lr")
+            return {"accuracy": np.array(train.accuracy(model, result.variables, x_test, y_test)),
+                    "seconds": np.array(result.seconds)}
+
+        if cache_dir is None:
+            result = one_network()
+        else:
+            result = io.cached(os.path.join(cache_dir, f"seed{seed}-{i}.npz"), {**meta, "seed": [seed, i]},
+                               one_network, overwrite=True)
+        accuracies.append(float(result["accuracy"]))
+        seconds.append(float(result["seconds"]))
         if log:
-            log(f"  seed {i}: test accuracy {100 * accuracies[-1]:.2f}% ({result.seconds:.1f} s)")
+            log(f"  seed {i}: test accuracy {100 * accuracies[-1]:.2f}% ({seconds[-1]:.1f} s)")
     return {
         "test_accuracy_mean": float(np.mean(accuracies)),
         "test_accuracy_std": float(np.std(accuracies, ddof=1)) if seeds > 1 else 0.0,

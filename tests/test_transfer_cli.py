@@ -124,3 +124,22 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(real_support, tmp_pa
     assert len(err) == 1 and err[0].startswith("kip: error:") and message in err[0], err
     assert not out.exists()
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
+
+
+def test_train_networks_reuses_finished_networks_and_retrains_on_new_data(tmp_path, monkeypatch):
+    from kip import models, train, transfer
+
+    ds = data.load("digits")
+    x, y = ds.x_train[:40] / 16.0, np.asarray(data.one_hot(ds.y_train[:40], 10))
+    net, config = models.build("fc1", 10, 32), train.TrainConfig(steps=20, batch_size=20)
+    args = (net, x, y, ds.x_test[:50] / 16.0, ds.y_test[:50], config, 2, 0)
+    first = transfer.train_networks(*args, cache_dir=str(tmp_path))
+    assert len(list(tmp_path.iterdir())) == 2
+
+    def no_training(*a, **k):
+        raise AssertionError("a cached network was trained again")
+
+    monkeypatch.setattr(train, "fit", no_training)
+    assert transfer.train_networks(*args, cache_dir=str(tmp_path)) == first
+    with pytest.raises(AssertionError, match="trained again"):  # other labels: the cache does not apply
+        transfer.train_networks(net, x, -y, *args[3:], cache_dir=str(tmp_path))
