@@ -122,6 +122,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, metavar="FILE", help="JSON result; with subsets also the pruning curve, FILE.png")
     _add_recipe_args(p)
+
+    p = sub.add_parser("sweep", help="a grid of distill / label-solve runs from a TOML or JSON file: skips finished "
+                                       "cells, resumes interrupted ones, one table and plot (see kip/sweep.py)")
+    p.add_argument("config", help="sweep file (.toml or .json)")
+    p.add_argument("--out", default=None, help="parent folder of the sweep's runs (default: the file's out, else runs/sweeps)")
+    p.add_argument("--devices", type=int, default=None, help="devices to spread cells over (default: all)")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -221,6 +229,15 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 diet.train_run(data.load(args.dataset, args.data_dir), args.subset, _recipe(args), args.seeds, args.seed,
                                args.out, not args.no_progress)
+        elif args.command == "sweep":
+            from kip import sweep
+
+            grid = sweep.load(args.config, args.out)
+            if args.dry_run:
+                for point, _ in grid.cells():
+                    print(grid.cell_dir(point))
+            else:
+                print(sweep.write_summary(grid, sweep.run_sweep(grid, args.devices, not args.no_progress)))
         if args.command == "evaluate" and args.out:
             io.write_json(args.out, result)
     except InputError as e:

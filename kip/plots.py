@@ -80,17 +80,27 @@ def score_histogram(path: str, scores: np.ndarray, title: str, xlabel: str) -> N
     _save_axes(path, fig, ax, xlabel, "training examples", title)
 
 
-def pruning_curve(path: str, curves: dict[str, list], full: tuple[float, float] | None, title: str) -> None:
-    """Test accuracy against the fraction of the training set kept: curves {label: [(fraction,
-    accuracy mean, std), ...]}; full (mean, std) draws the full-data accuracy as a band."""
+def accuracy_curves(path: str, curves: dict[str, list], xlabel: str, title: str,
+                    full: tuple[float, float] | None = None, x_scale: float = 1.0, log_x: bool = False) -> None:
+    """Test accuracy (%) against x: curves {label: [(x, accuracy mean, std), ...]} (accuracies
+    as fractions; x multiplied by `x_scale` for display); full (mean, std) draws a reference
+    accuracy (the full data set's) as a band."""
     fig, ax = plt.subplots(figsize=(6, 4))
     if full is not None:
         ax.axhline(100 * full[0], color="k", lw=0.8, label=f"full data {100 * full[0]:.2f}%")
         ax.axhspan(100 * (full[0] - full[1]), 100 * (full[0] + full[1]), color="k", alpha=0.1)
     for label, points in curves.items():
-        f, m, s = (np.asarray(v, np.float64) for v in zip(*sorted(points)))
-        ax.errorbar(100 * f, 100 * m, yerr=100 * s, marker="o", ms=4, capsize=3, label=label)
-    _save_axes(path, fig, ax, "training data kept (%)", "test accuracy (%)", title)
+        x, m, s = (np.asarray(v, np.float64) for v in zip(*sorted(points)))
+        ax.errorbar(x_scale * x, 100 * m, yerr=100 * s, marker="o", ms=4, capsize=3, label=label)
+    if log_x:
+        ax.set_xscale("log")
+    _save_axes(path, fig, ax, xlabel, "test accuracy (%)", title)
+
+
+def pruning_curve(path: str, curves: dict[str, list], full: tuple[float, float] | None, title: str) -> None:
+    """Test accuracy against the fraction of the training set kept: curves {label: [(fraction,
+    accuracy mean, std), ...]}; full (mean, std) draws the full-data accuracy as a band."""
+    accuracy_curves(path, curves, "training data kept (%)", title, full, x_scale=100.0)
 
 
 def _save_axes(path: str, fig, ax, xlabel: str, ylabel: str, title: str) -> None:

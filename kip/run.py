@@ -299,15 +299,23 @@ def distill_run(
     return metrics
 
 
-def distill_cell(config: DistillConfig, out: str, progress: bool = False, log: Callable[[str], None] = print) -> dict:
-    """One cell of a table or sweep: reuses a finished run in `out` with the same options,
-    resumes an interrupted one, or starts it. Returns its metrics."""
+def finished(out: str, config, log: Callable[[str], None] = print) -> dict | None:
+    """The metrics of a finished run in `out` made with exactly `config`, else None."""
     metrics_path = os.path.join(out, "metrics.json")
     if os.path.exists(metrics_path):
         metrics = io.read_json(metrics_path)
         if metrics.get("config") == dataclasses.asdict(config):
             log(f"{out}: already done ({100 * metrics['test_accuracy']:.2f}%)")
             return metrics
+    return None
+
+
+def distill_cell(config: DistillConfig, out: str, progress: bool = False, log: Callable[[str], None] = print) -> dict:
+    """One cell of a table or sweep: reuses a finished run in `out` with the same options,
+    resumes an interrupted one, or starts it. Returns its metrics."""
+    metrics = finished(out, config, log)
+    if metrics is not None:
+        return metrics
     resume = os.path.exists(os.path.join(out, "checkpoint.npz"))
     if resume:
         try:  # a checkpoint of other options is stale: start again
@@ -393,6 +401,12 @@ def label_solve_run(config: LabelSolveConfig, out: str, overwrite: bool = False,
     log(f"label solve: {ds.name}, kernel {config.kernel}, {len(idx)} support images, {len(target_idx)} targets: "
         f"test accuracy {100 * before['test_accuracy']:.2f}% -> {100 * after['test_accuracy']:.2f}% in {seconds:.1f} s; wrote {out}/")
     return metrics
+
+
+def label_solve_cell(config: LabelSolveConfig, out: str, log: Callable[[str], None] = print) -> dict:
+    """`label_solve_run` unless `out` already holds its result with the same options."""
+    metrics = finished(out, config, log)
+    return metrics if metrics is not None else label_solve_run(config, out, overwrite=True, log=log)
 
 
 # --------------------------------------------------------------------------- evaluate

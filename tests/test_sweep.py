@@ -1,0 +1,118 @@
+"""`kip sweep`: grid files checked before anything runs, cells equal to the same `kip distill`
+runs made by hand, finished cells reused, interrupted ones resumed, and cells spread over
+devices (forced host devices, in a subprocess: the flag must precede JAX's start)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from kip import cli, io, run, sweep
+
+SPEC = textwrap.dedent("""
+    name = "tiny"
+    command = "distill"
+    [base]
+    dataset = "digits"
+    steps = 6
+    eval_every = 3
+    target_batch = 60
+    learn_labels = true
+    [grid]
+    ipc = [2]
+    seed = [0, 1]
+""")
+
+
+def write(tmp_path, text, name="tiny.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory):
+    """The tiny sweep run on one device: (sweep, records)."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    grid = sweep.load(write(tmp, SPEC), str(tmp / "runs"))
+    return grid, sweep.run_sweep(grid, progress=False)
+
+
+def test_cells_equal_runs_made_by_hand_and_are_reused(sequential, tmp_path, monkeypatch):
+    grid, records = sequential
+    assert [p for p, _ in grid.cells()] == [{"ipc": 2, "seed": 0}, {"ipc": 2, "seed": 1}]
+    table = sweep.write_summary(grid, records)
+    by_hand = run.distill_run(run.DistillConfig(dataset="digits", steps=6, eval_every=3, target_batch=60,
+                                                learn_labels=True, ipc=2, seed=1), str(tmp_path / "hand"), progress=False)
+    assert records[1]["test_accuracy"] == by_hand["test_accuracy"]
+    np.testing.assert_array_equal(io.read_npz(os.path.join(records[1]["out"], "distilled.npz"))["images"],
+                                  io.read_npz(str(tmp_path / "hand" / "distilled.npz"))["images"])
+    # one row per ipc, mean ± std over the two seeds
+    acc = [r["test_accuracy"] for r in records]
+    assert f"| 2 | 2 | {100 * np.mean(acc):.2f} ± {100 * np.std(acc, ddof=1):.2f} |" in table
+    folder = os.path.join(grid.out, "tiny")
+    assert os.path.exists(os.path.join(folder, "tiny.md")) and os.path.exists(os.path.join(folder, "tiny.png"))
+    assert len(io.read_json(os.path.join(folder, "tiny.json"))["records"]) == 2
+
+    def no_rerun(*a, **k):
+        raise AssertionError("a finished cell ran again")
+
+    monkeypatch.setattr(run, "distill_run", no_rerun)
+    assert sweep.run_sweep(grid, progress=False) == records
+
+
+def test_an_interrupted_cell_resumes_to_the_uninterrupted_result(tmp_path):
+    grid = sweep.load(write(tmp_path, SPEC.replace("seed = [0, 1]", "seed = [0]")), str(tmp_path / "runs"))
+    (point, config), = grid.cells()
+    # half the steps, as if stopped at the step-3 checkpoint: the sweep continues that run
+    run.distill_run(config.__class__(**{**config.__dict__, "steps": 3}), grid.cell_dir(point), progress=False)
+    os.remove(os.path.join(grid.cell_dir(point), "metrics.json"))
+    resumed, = sweep.run_sweep(grid, progress=False)
+    whole = run.distill_run(config, str(tmp_path / "whole"), progress=False)
+    assert resumed["test_accuracy"] == whole["test_accuracy"]
+    np.testing.assert_array_equal(io.read_npz(os.path.join(grid.cell_dir(point), "distilled.npz"))["images"],
+                                  io.read_npz(str(tmp_path / "whole" / "distilled.npz"))["images"])
+
+
+@pytest.mark.parametrize("text, message", [
+    (SPEC.replace('command = "distill"', 'command = "train"'), "command must be one of"),
+    (SPEC.replace("ipc = [2]", "ipcs = [2]"), "'ipcs' is not an option of kip distill"),
+    (SPEC.replace("ipc = [2]", "ipc = []"), "grid.ipc must be a non-empty list"),
+    (SPEC.replace("steps = 6", "steps = 6\nseed = 3"), "given in both base and grid"),
+    (SPEC.replace("ipc = [2]", "ipc = [2, 0]"), "--ipc must be at least 1"),
+    (SPEC.replace("[grid]", "[grid"), "not a valid TOML sweep file"),
+])
+def test_bad_sweep_files_exit_2_with_one_line_before_running_anything(tmp_path, capsys, text, message):
+    out = tmp_path / "runs"
+    assert cli.main(["sweep", write(tmp_path, text), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_missing_file_and_too_many_devices(tmp_path, capsys):
+    assert cli.main(["sweep", str(tmp_path / "none.toml")]) == 2
+    assert "no such sweep file" in capsys.readouterr().err
+    assert cli.main(["sweep", write(tmp_path, SPEC), "--out", str(tmp_path / "r"), "--devices", "64"]) == 2
+    assert "--devices must be between 1 and" in capsys.readouterr().err
+
+
+def test_cells_run_in_parallel_over_forced_host_devices(sequential, tmp_path):
+    grid, records = sequential
+    code = textwrap.dedent(f"""
+        import json, jax
+        jax.config.update("jax_enable_x64", True)
+        from kip import sweep
+        grid = sweep.load({os.path.join(os.path.dirname(grid.out), "tiny.toml")!r}, {str(tmp_path)!r})
+        print(json.dumps(sweep.run_sweep(grid, progress=False, log=lambda s: None)))
+    """)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    parallel = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len({r["device"] for r in parallel}) == 2  # both devices took a cell
+    assert [r["test_accuracy"] for r in parallel] == [r["test_accuracy"] for r in records]
