@@ -1,0 +1,174 @@
+"""How much data is enough? Test accuracy against the number of stored training examples, for
+sets made five ways: KIP (learned images and labels), Label Solve (real images, solved
+labels), EL2N-pruned real subsets (the hardest examples by early-training EL2N, class-balanced),
+random class-balanced real subsets, and the full training set; each judged by the kernel (KRR,
+FC1 NTK) and by a finite network (FC1, width 1024) trained on it. No paper here makes this
+comparison.
+
+    python experiments/data_budget.py --data-dir ../shared/datasets     # CPU mode: MNIST, 10..10,000 examples
+    python experiments/data_budget.py --gpu --data-dir ../shared/datasets
+    python experiments/data_budget.py --quick                          # embedded digits, a few minutes
+
+Every KIP / Label Solve run, score run and trained network is kept under --runs-dir and reused
+when the command runs again, so an interrupted run resumes. Writes
+results/data_budget_<dataset>.{md,json} and two plots (kernel, network).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import jax
+import numpy as np
+
+from kip import data, diet, io, models, plots, prune, report, run, train, transfer
+
+MODES = {
+    # sizes: stored examples (multiples of the number of classes); kip_max: largest KIP support (KIP's
+    # step costs O(n^3) in the support size); scores: EL2N of a small ConvNet at `score_epoch` of a
+    # `score_epochs` schedule averaged over `score_runs` networks (the Data Diet CPU recipe).
+    "cpu": dict(dataset="mnist", sizes=(10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000), kip_max=1000,
+                kip_steps=500, target_batch=5000, seeds=2, net_steps=1000, score_runs=3, score_epoch=1,
+                score_epochs=4, kernel_full=False),
+    "gpu": dict(dataset="mnist", sizes=(10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000), kip_max=10000,
+                kip_steps=5000, target_batch=10000, seeds=5, net_steps=5000, score_runs=10, score_epoch=1,
+                score_epochs=4, kernel_full=False),
+    "quick": dict(dataset="digits", sizes=(10, 50, 200, 1000), kip_max=200, kip_steps=50, target_batch=500,
+                  seeds=1, net_steps=200, score_runs=1, score_epoch=1, score_epochs=2, kernel_full=True),
+}
+KERNEL = "fc1"
+NET_WIDTH = 1024
+METHODS = ("KIP", "Label Solve", "EL2N", "random")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--gpu", action="store_true", help="larger KIP supports, more steps and seeds")
+    parser.add_argument("--quick", action="store_true", help="the embedded digits, small sizes: a smoke run")
+    parser.add_argument("--data-dir", default="../shared/datasets")
+    parser.add_argument("--runs-dir", default=None, help="(default: runs/data_budget_<mode>)")
+    parser.add_argument("--results-dir", default=report.RESULTS)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args()
+    mode = "gpu" if args.gpu else "quick" if args.quick else "cpu"
+    m = MODES[mode]
+    runs_dir = args.runs_dir or os.path.join("runs", f"data_budget_{mode}")
+    progress = not args.no_progress
+    started = time.time()
+
+    ds = data.load(m["dataset"], None if m["dataset"] == "digits" else args.data_dir)
+    n_train, num_classes = len(ds.y_train), ds.num_classes
+    sizes = [n for n in m["sizes"] if n <= n_train and n % num_classes == 0]
+    problem = run.prepare(ds, KERNEL)
+    krr_accuracy = run.make_evaluator(problem, 1e-6, 1000)
+    x_train, x_test = np.asarray(problem.x_train), np.asarray(problem.x_test)
+    one_hot = np.asarray(data.one_hot(ds.y_train, num_classes))  # centred, as KIP's labels start
+    network = models.build("fc1", num_classes, NET_WIDTH)
+    net_config = train.TrainConfig(steps=m["net_steps"])
+    print(f"data budget ({mode}): {ds.name}, {n_train} training examples, sizes {sizes}; kernel {KERNEL}, "
+          f"network fc1 width {NET_WIDTH}, {m['net_steps']} steps, {m['seeds']} seed(s)")
+
+    recipe = diet.Recipe("convnet", 16, m["score_epochs"], 32, 0.05, schedule="cosine", augment=("crop",))
+    score_file = os.path.join(runs_dir, "el2n.npz")
+    diet.score_run(ds, "el2n", score_file, recipe, m["score_runs"], m["score_epoch"], seed=0, overwrite=True,
+                   progress=progress)
+    el2n = diet.load_scores(score_file)[0]
+
+    def support(method: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """The n stored examples of `method` (images in the kernel's preprocessed space, labels)
+        and their KRR test accuracy."""
+        ipc = n // num_classes
+        if method in ("KIP", "Label Solve"):
+            common = dict(dataset=m["dataset"], data_dir=None if m["dataset"] == "digits" else args.data_dir,
+                          kernel=KERNEL, ipc=ipc, seed=seed)
+            out = os.path.join(runs_dir, "sets", f"{method.replace(' ', '_').lower()}-n{n}-seed{seed}")
+            if method == "KIP":
+                metrics = run.distill_cell(run.DistillConfig(**common, steps=m["kip_steps"], learn_labels=True,
+                                                             target_batch=min(m["target_batch"], n_train),
+                                                             eval_every=m["kip_steps"]), out, progress=progress)
+            else:
+                metrics = run.label_solve_cell(run.LabelSolveConfig(**common), out)
+            stored = io.read_npz(os.path.join(out, "distilled.npz"))
+            return stored["images"], stored["labels"], metrics["test_accuracy"]
+        if method == "full":
+            idx = np.arange(n_train)
+        elif method == "EL2N":
+            idx = prune.keep_highest(el2n, n / n_train, labels=ds.y_train, seed=seed)
+        else:
+            idx = np.sort(data.balanced_subset(jax.random.PRNGKey(seed), ds.y_train, num_classes, ipc))
+        meta = {"dataset": ds.name, "kernel": KERNEL, "indices": idx.tolist() if len(idx) < n_train else "all"}
+        acc = io.cached(os.path.join(runs_dir, "krr", f"{method}-n{n}-seed{seed}.npz"), meta,
+                        lambda: {"accuracy": np.array(krr_accuracy(x_train[idx], one_hot[idx])["test_accuracy"])},
+                        overwrite=True)["accuracy"] if (method != "full" or m["kernel_full"]) else np.nan
+        return x_train[idx], one_hot[idx], float(acc)
+
+    results = {}  # (method, n) -> {"kernel": [...], "network": [...]}
+    cells = [("full", n_train)] + [(method, n) for n in sizes for method in METHODS
+                                    if not (method == "KIP" and n > m["kip_max"])]
+    for method, n in cells:
+        # one set per seed where the set itself is random; KIP, Label Solve and EL2N sets are made once
+        set_seeds = range(m["seeds"]) if method == "random" else [0]
+        kernel_acc, net_acc = [], []
+        for seed in set_seeds:
+            images, labels, acc = support(method, n, seed)
+            kernel_acc.append(acc)
+            cache = os.path.join(runs_dir, "networks", f"{method.replace(' ', '_')}-n{n}-set{seed}")
+            r = transfer.train_networks(network, images, labels, x_test, ds.y_test, net_config,
+                                        1 if method == "random" else m["seeds"], seed, cache_dir=cache)
+            net_acc += r["test_accuracies"]
+        results[method, n] = {"kernel": kernel_acc, "network": net_acc}
+        print(f"  {method:>11} n={n:>6}: KRR {100 * np.nanmean(kernel_acc):.2f}%, network "
+              f"{100 * np.mean(net_acc):.2f}% ({time.time() - started:.0f} s so far)")
+
+    def stat(values) -> tuple[float, float]:
+        v = np.asarray(values, np.float64)
+        return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+
+    def fmt(key, judge) -> str:
+        if key not in results or np.all(np.isnan(results[key][judge])):
+            return "-"
+        mean, std = stat(results[key][judge])
+        return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if len(results[key][judge]) > 1 else "")
+
+    head = ["stored examples", *(f"{meth} (KRR)" for meth in METHODS), *(f"{meth} (network)" for meth in METHODS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for n in sizes:
+        lines.append(f"| {n} | " + " | ".join(fmt((meth, n), "kernel") for meth in METHODS) + " | "
+                     + " | ".join(fmt((meth, n), "network") for meth in METHODS) + " |")
+    full_kernel, full_net = fmt(("full", n_train), "kernel"), fmt(("full", n_train), "network")
+    lines.append(f"| {n_train} (full) | {full_kernel} | | | | {full_net} | | | |")
+    name = f"data_budget_{m['dataset']}" + ("_quick" if args.quick else "")
+    for judge, label in (("kernel", f"KRR, {KERNEL} NTK"), ("network", f"fc1 network (width {NET_WIDTH})")):
+        curves = {meth: [(n, *stat(results[meth, n][judge])) for n in sizes if (meth, n) in results]
+                  for meth in METHODS}
+        full = stat(results["full", n_train][judge]) if judge == "network" or m["kernel_full"] else None
+        plots.accuracy_curves(os.path.join(args.results_dir, f"{name}_{judge}.png"), curves, "stored training examples",
+                              f"{ds.name}: {label}", full=full, log_x=True)
+    minutes = (time.time() - started) / 60
+    body = "\n".join(lines) + f"""
+
+{ds.name} test accuracy (%, {len(ds.y_test)} test images) against the number of training examples kept.
+- KIP: `kip distill --kernel {KERNEL} --learn-labels`, {m['kip_steps']} steps, target batch {min(m['target_batch'], n_train)},
+  Adam 0.04, from a class-balanced real init (seed 0); up to {m['kip_max']} examples (its step costs O(n^3) in the support).
+- Label Solve: `kip label-solve --kernel {KERNEL}` on a class-balanced real support (seed 0), labels fitted to all {n_train} training images.
+- EL2N: the highest EL2N scores, class-balanced (each class in proportion), scores of a width-16 ConvNet at epoch
+  {m['score_epoch']} of a {m['score_epochs']}-epoch schedule, averaged over {m['score_runs']} run(s) (`kip.diet.score_run`).
+- random: a class-balanced random subset; {m['seeds']} subset(s) (seeds 0..{m['seeds'] - 1}), one network each.
+- KRR: kernel ridge regression with the {KERNEL} NTK on the set (centred one-hot labels for real subsets), ridge 1e-6 x trace.
+{'' if m['kernel_full'] else f'  Not run on the full {n_train}-example set (its {n_train}^2 kernel does not fit this machine).' + chr(10)}- network: fc1 of width {NET_WIDTH}, standard parameterization, MSE on the set's labels, SGD momentum 0.9, lr 0.1 on a
+  cosine decay, L2 1e-3, batch 100, {m['net_steps']} steps whatever the set size (the full set gets the same steps);
+  {m['seeds']} network(s) per KIP / Label Solve / EL2N / full set (mean ± std), one per random subset.
+- Images standardised per channel with the full training set's statistics. Total time {minutes:.0f} min on this machine
+  (cached cells count only when they ran). Plots: {name}_kernel.png, {name}_network.png.
+"""
+    report.write_results(name, f"Data budget on {ds.name}: accuracy against stored examples", body,
+                         {"mode": mode, "settings": m, "sizes": sizes,
+                          "results": [{"method": k[0], "n": k[1], **v} for k, v in results.items()]},
+                         results_dir=args.results_dir)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
