@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
     parser.add_argument("--steps", type=int, nargs="+", default=[4000, 10000, 10000],
-                        help="KIP steps, one per --ipc value (or one for all)")
+                        help="KIP steps: one for all, one per --ipc value, or one per (--kernel, --ipc) pair, kernel-major")
     parser.add_argument("--target-batch", type=int, default=5000)
     parser.add_argument("--kernel", nargs="+", default=["fc1"], help="one row group per kernel")
     parser.add_argument("--zca", action="store_true")
@@ -48,7 +48,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.dataset, args.data_dir, args.ipc, args.steps, args.eval_every = "digits", None, [1, 10], [200], 100
-    steps = dict(zip(args.ipc, args.steps if len(args.steps) == len(args.ipc) else args.steps[:1] * len(args.ipc)))
+    pairs = [(k, i) for k in args.kernel for i in args.ipc]
+    if len(args.steps) not in (1, len(args.ipc), len(pairs)):
+        parser.error(f"--steps takes 1, {len(args.ipc)} (one per --ipc) or {len(pairs)} (one per kernel and ipc) values")
+    steps = dict(zip(pairs, args.steps * len(pairs) if len(args.steps) == 1 else
+                     args.steps * len(args.kernel) if len(args.steps) == len(args.ipc) else args.steps))
 
     ds = data.load(args.dataset, args.data_dir)
     rows = []
@@ -57,7 +61,7 @@ def main() -> None:
         evaluate = run.make_evaluator(problem, krr.DEFAULT_REG, krr.DEFAULT_BLOCK)
         for ipc in args.ipc:
             config = run.DistillConfig(
-                dataset=args.dataset, data_dir=args.data_dir, kernel=kernel, ipc=ipc, steps=steps[ipc],
+                dataset=args.dataset, data_dir=args.data_dir, kernel=kernel, ipc=ipc, steps=steps[kernel, ipc],
                 target_batch=args.target_batch, learn_labels=True, zca=args.zca, precision=args.precision,
                 eval_every=args.eval_every,
             )
