@@ -45,7 +45,8 @@ def load(name: str = DEFAULT_DATASET, data_dir: str | None = None) -> Dataset:
         if not os.path.exists(path):
             if name == DEFAULT_DATASET:
                 return digits()
-            raise InputError(f"dataset {name!r}: no file {path}")
+            raise InputError(f"dataset {name!r}: no file {path} (pass --data-dir with a folder holding {name}.npz, "
+                             "or leave --data-dir out to load it through TFDS)")
         return from_npz(path, name)
     if name == DEFAULT_DATASET:
         return digits()
@@ -96,7 +97,8 @@ def from_tfds(name: str, data_dir: str | None = None) -> Dataset:
     try:
         splits, info = tfds.load(name, split=["train", "test"], as_supervised=True, with_info=True, data_dir=data_dir)
     except Exception as e:  # tfds raises many types: unknown name, no network, ...
-        raise InputError(f"dataset {name!r}: TFDS could not load it ({type(e).__name__}: {e})") from None
+        raise InputError(f"dataset {name!r}: TFDS could not load it ({type(e).__name__}: {e}); without TFDS, pass "
+                         f"--data-dir DIR with DIR/{name}.npz (keys x_train, y_train, x_test, y_test)") from None
     arrays = []
     for split in splits:
         images, labels = zip(*tfds.as_numpy(split.batch(4096)))
