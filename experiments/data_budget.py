@@ -16,7 +16,6 @@ results/data_budget_<dataset>.{md,json} and two plots (kernel, network).
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -44,17 +43,9 @@ METHODS = ("KIP", "Label Solve", "EL2N", "random")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--gpu", action="store_true", help="larger KIP supports, more steps and seeds")
-    parser.add_argument("--quick", action="store_true", help="the embedded digits, small sizes: a smoke run")
-    parser.add_argument("--data-dir", default="../shared/datasets")
-    parser.add_argument("--runs-dir", default=None, help="(default: runs/data_budget_<mode>)")
-    parser.add_argument("--results-dir", default=report.RESULTS)
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args()
-    mode = "gpu" if args.gpu else "quick" if args.quick else "cpu"
+    args, mode, runs_dir = report.experiment_args(__doc__, "data_budget", "larger KIP supports, more steps and seeds",
+                                                  "the embedded digits, small sizes: a smoke run")
     m = MODES[mode]
-    runs_dir = args.runs_dir or os.path.join("runs", f"data_budget_{mode}")
     progress = not args.no_progress
     started = time.time()
 

@@ -16,7 +16,6 @@ results/data_diet_<dataset>.{md,json,png}.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 
@@ -57,17 +56,9 @@ def training_set(name: str, data_dir: str | None, size: int | None) -> data.Data
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--gpu", action="store_true", help="the paper's CIFAR-10 ResNet-18 protocol")
-    parser.add_argument("--quick", action="store_true", help="a smoke run on the embedded digits")
-    parser.add_argument("--data-dir", default="../shared/datasets")
-    parser.add_argument("--runs-dir", default=None, help="(default: runs/data_diet_<mode>)")
-    parser.add_argument("--results-dir", default=report.RESULTS)
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args()
-    mode = "gpu" if args.gpu else "quick" if args.quick else "cpu"
+    args, mode, runs_dir = report.experiment_args(__doc__, "data_diet", "the paper's CIFAR-10 ResNet-18 protocol",
+                                                  "a smoke run on the embedded digits")
     m = MODES[mode]
-    runs_dir = args.runs_dir or os.path.join("runs", f"data_diet_{mode}")
     progress = not args.no_progress
 
     ds = training_set(m["dataset"], args.data_dir, m["train_size"])

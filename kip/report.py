@@ -3,6 +3,7 @@ results/<name>.{md,json} written atomically."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import shlex
@@ -66,3 +67,20 @@ def write_results(name: str, title: str, body: str, payload: dict, results_dir: 
     io.write_bytes(os.path.join(results_dir, f"{name}.md"), (header + body.rstrip() + "\n").encode())
     io.write_json(os.path.join(results_dir, f"{name}.json"), {"command": command_line(), "machine": env, **payload})
     print(f"wrote {os.path.relpath(results_dir)}/{name}.md and .json")
+
+
+def experiment_args(doc: str, name: str, gpu_help: str, quick_help: str,
+                    argv: list[str] | None = None) -> tuple[argparse.Namespace, str, str]:
+    """The flags every experiment script with cpu / gpu / quick modes shares (--gpu, --quick,
+    --data-dir, --runs-dir, --results-dir, --no-progress). Returns (args, mode, runs folder:
+    --runs-dir or runs/<name>_<mode>)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--gpu", action="store_true", help=gpu_help)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--data-dir", default="../shared/datasets")
+    parser.add_argument("--runs-dir", default=None, help=f"(default: runs/{name}_<mode>)")
+    parser.add_argument("--results-dir", default=RESULTS)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    mode = "gpu" if args.gpu else "quick" if args.quick else "cpu"
+    return args, mode, args.runs_dir or os.path.join("runs", f"{name}_{mode}")

@@ -1,0 +1,37 @@
+"""Every script in experiments/ in its quickest setting (--quick: the embedded digits, small
+sizes), as CI runs them so none of them rots: it runs to the end, writes its table and plots,
+and the numbers in the table are real accuracies (above chance)."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# script, extra flags, results file, a line of the table that must be there
+QUICK = [
+    ("kip_fc.py", [], "kip_fc_digits_quick.md", r"\| fc1 \| 10 \|"),
+    ("transfer.py", ["--cache-dir", "{tmp}/networks"], "transfer_digits_quick.md", r"\| .*ipc10.* \| 10 \| fc1"),
+    ("data_diet.py", ["--no-progress"], "data_diet_digits_quick.md", r"\| 50% \("),
+    ("data_budget.py", ["--no-progress"], "data_budget_digits_quick.md", r"\| 50 \| "),
+]
+
+
+@pytest.mark.parametrize("script, flags, result, row", QUICK, ids=[q[0] for q in QUICK])
+def test_quick_mode_runs_and_writes_its_table(tmp_path, script, flags, result, row):
+    results = tmp_path / "results"
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", script), "--quick", "--results-dir", str(results),
+           "--runs-dir", str(tmp_path / "runs"), *(f.format(tmp=tmp_path) for f in flags)]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (results / result).read_text()
+    assert text.startswith("# ") and "Command: `python" in text and "Machine:" in text
+    line = next((ln for ln in text.splitlines() if re.match(row, ln)), None)
+    assert line is not None, text
+    accuracies = [float(v) for v in re.findall(r"\b(\d{1,3}\.\d{1,2})\b", line.split("|", 3)[-1])]
+    assert accuracies and max(accuracies) > 20.0, line  # digits: chance is 10%
+    assert (results / result.replace(".md", ".json")).exists()
