@@ -34,8 +34,8 @@ MODES = {
     "gpu": dict(dataset="mnist", sizes=(10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000), kip_max=10000,
                 kip_steps=5000, target_batch=10000, seeds=5, net_steps=5000, score_runs=10, score_epoch=1,
                 score_epochs=4, kernel_full=False),
-    "quick": dict(dataset="digits", sizes=(10, 50, 200, 1000), kip_max=200, kip_steps=50, target_batch=500,
-                  seeds=1, net_steps=200, score_runs=1, score_epoch=1, score_epochs=2, kernel_full=True),
+    "quick": dict(dataset="digits", sizes=(10, 50, 200), kip_max=50, kip_steps=30, target_batch=300,
+                  seeds=1, net_steps=100, score_runs=1, score_epoch=1, score_epochs=2, kernel_full=True),
 }
 KERNEL = "fc1"
 NET_WIDTH = 1024
