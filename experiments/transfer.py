@@ -53,13 +53,27 @@ def evaluate_set(name, images, labels, ds, x_test, x_val, y_val, args, log) -> d
         model = network.build(ds.num_classes)
         config = train.TrainConfig(steps=args.conv_steps if conv else args.steps, lr=args.lr, batch_size=args.batch_size)
         grid = None
+        folder = os.path.join(args.cache_dir, name.replace("/", "_").replace(" ", "_").replace(",", ""), model_name)
         if args.tune:
-            config, grid = train.tune(model, images, labels, config, transfer.seed_key(args.seed, 0), x_val, y_val, log=log)
+            lrs = tuple(args.lr_grid) if args.lr_grid else tuple(args.lr * f for f in train.LR_FACTORS)
+            wds = tuple(args.wd_grid) if args.wd_grid else train.WEIGHT_DECAYS
+
+            def tuned():
+                best, g = train.tune(model, images, labels, config, transfer.seed_key(args.seed, 0), x_val, y_val,
+                                     lrs, wds, log=log)
+                return {"lr": np.array(best.lr), "weight_decay": np.array(best.weight_decay),
+                        "grid": np.array([[r["lr"], r["weight_decay"], r["val_accuracy"]] for r in g])}
+
+            meta = {"model": repr(model), "config": dataclasses.asdict(config), "lrs": lrs, "wds": wds,
+                    "validation": len(y_val), "seed": args.seed}
+            t = io.cached(os.path.join(folder, "tune.npz"), meta, tuned, overwrite=True)
+            config = dataclasses.replace(config, lr=float(t["lr"]), weight_decay=float(t["weight_decay"]))
+            grid = [{"lr": float(a), "weight_decay": float(b), "val_accuracy": float(c)} for a, b, c in t["grid"]]
+            log(f"{name}: {model_name} tuned: lr {config.lr:g}, weight decay {config.weight_decay:g}")
         cells = {}
         for variant, options in variants(args, model_name).items():
             log(f"{name}: {model_name} (width {network.width}), {variant}")
-            cache = os.path.join(args.cache_dir, name.replace("/", "_").replace(" ", "_").replace(",", ""),
-                                 model_name, variant)
+            cache = os.path.join(folder, variant)
             cells[variant] = transfer.train_networks(model, images, labels, x_test, ds.y_test,
                                                      dataclasses.replace(config, **options), args.seeds, args.seed, log=log,
                                                      cache_dir=cache)
@@ -84,7 +98,8 @@ def pct(x) -> str:
 
 def table(rows, args) -> str:
     names = list(variants(args))
-    head = ["set", "images/class", "model", "published KIP-ConvNet -> ConvNet", "KRR", "SLaPkNN", *names, "s / network"]
+    head = ["set", "images/class", "model", "published KIP-ConvNet -> ConvNet", "KRR", "SLaPkNN", *names, "lr / L2",
+            "s / network"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         for model_name, m in r["models"].items():
@@ -94,7 +109,8 @@ def table(rows, args) -> str:
             secs = np.mean([c["seconds_per_network"] for c in m["variants"].values()])
             lines.append(f"| {r['set']} | {r['ipc']} | {model_name} (width {m['network']['width']}) | "
                          f"{'-' if pub is None else pub} | {pct(r.get('krr'))} | {pct(r['slapknn'])} | "
-                         + " | ".join(cells) + f" | {secs:.1f} |")
+                         + " | ".join(cells) + f" | {m['train_config']['lr']:g} / {m['train_config']['weight_decay']:g}"
+                         + f" | {secs:.1f} |")
     return "\n".join(lines)
 
 
@@ -111,7 +127,11 @@ def main() -> None:
     parser.add_argument("--conv-steps", type=int, default=5000, help="conv training steps")
     parser.add_argument("--lr", type=float, default=train.TrainConfig.lr, help="learning rate (unless --tune)")
     parser.add_argument("--tune", action="store_true",
-                        help="grid-search lr and weight decay per set and model on a validation split (12 networks each)")
+                        help="grid-search lr and weight decay per set and model on a validation split (lr x weight decay networks each; kept in --cache-dir)")
+    parser.add_argument("--lr-grid", type=float, nargs="+", default=None,
+                        help="learning rates --tune tries (default: --lr times 0.1, 0.3, 1, 3)")
+    parser.add_argument("--wd-grid", type=float, nargs="+", default=None,
+                        help="weight decays --tune tries (default: 0, 1e-4, 1e-3)")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", nargs="+", default=["plain", "mixup", "smoothing"], choices=["plain", "mixup", "smoothing"])
