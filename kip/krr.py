@@ -69,8 +69,12 @@ def predict(
 
     x_support (n_s, ...), y_support (n_s, C), x_test (n_t, ...) -> (n_t, C).
     """
-    alpha = solve(kernel_fn(x_support, None), y_support, reg)
-    return map_blocks(lambda xb: kernel_fn(xb, x_support) @ alpha, x_test, block_size)
+    return _predictions(kernel_fn, x_support, solve(kernel_fn(x_support, None), y_support, reg), x_test, block_size)
+
+
+def _predictions(kernel_fn: KernelMatrixFn, x_support: Array, alpha: Array, x: Array, block_size: int) -> Array:
+    """K(x, x_s) alpha, `block_size` rows of x at a time."""
+    return map_blocks(lambda xb: kernel_fn(xb, x_support) @ alpha, x, block_size)
 
 
 def test_metrics(
@@ -96,16 +100,9 @@ def test_metrics(
 
     def sums(shared, w, x, lab, y):
         alpha, x_s = shared
-        pred = map_blocks(lambda xb: kernel_fn(xb, x_s) @ alpha, x, block_size)
+        pred = _predictions(kernel_fn, x_s, alpha, x, block_size)
         return {"n": w.sum(), "correct": jnp.sum(w * (jnp.argmax(pred, axis=1) == lab)),
                 "squared_error": jnp.sum(w[:, None] * (pred - y) ** 2)}
 
     s = parallel.row_sums(sums, mesh, (alpha, x_support), weights, x_test, labels, y_test)
     return s["correct"] / s["n"], s["squared_error"] / (s["n"] * y_test.shape[1])
-
-
-def accuracy_and_mse(pred: Array, labels: Array, y_target: Array) -> tuple[Array, Array]:
-    """Argmax accuracy against int labels (n,), and mean squared error against targets (n, C)."""
-    acc = jnp.mean(jnp.argmax(pred, axis=1) == labels)
-    mse = jnp.mean((pred - y_target) ** 2)
-    return acc, mse
