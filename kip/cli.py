@@ -12,6 +12,7 @@ import os
 import sys
 
 from kip import InputError, data, knn, krr, models, scores, train
+from kip.kernels import rf
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -25,7 +26,15 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     _add_dataset_args(p)
     p.add_argument("--kernel", default="fc1",
-                   help="kernel preset: fc1, fc2, fc3, convnet, convnet3, myrtle5, myrtle7, myrtle10 (default: %(default)s)")
+                   help="kernel preset: fc1, fc2, fc3, convnet, convnet3, myrtle5, myrtle7, myrtle10; rf-NAME: "
+                        "the random-feature NNGP estimate of preset NAME, e.g. rf-convnet3 (default: %(default)s)")
+    p.add_argument("--rf-models", type=int, default=rf.DEFAULT_MODELS,
+                   help="rf- kernels: random networks per estimate (default: %(default)s)")
+    p.add_argument("--rf-width", type=int, default=rf.DEFAULT_WIDTH,
+                   help="rf- kernels: channels / hidden units of each network; features in float32, "
+                        "Gram matrix and ridge solve in float64 (default: %(default)s)")
+    p.add_argument("--devices", type=int, default=None,
+                   help="devices the targets / test set are split over, data-parallel (default: all visible)")
     p.add_argument("--zca", action="store_true", help="ZCA-whiten after standardisation (KIP ConvNet recipe)")
     p.add_argument("--precision", choices=("float64", "float32"), default="float64",
                    help="dtype of images and kernels; the ridge solve is always float64 (default: %(default)s)")
@@ -66,7 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target-batch", type=int, default=5000, help="class-balanced target images per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=0.04, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--learn-labels", action="store_true", help="learn the support labels too")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--loss", choices=("mse", "platt"), default="mse",
+                   help="platt: cross-entropy of a learned temperature times the KRR prediction (default: %(default)s)")
+    p.add_argument("--rf-fixed", dest="rf_resample", action="store_false",
+                   help="rf- kernels: the same random networks every step (default: fresh ones each step)")
+    p.add_argument("--seed", type=int, default=0, help="support initialisation, target batches and random networks")
     p.add_argument("--eval-every", type=int, default=100, help="steps between test evaluations and checkpoints (default: %(default)s)")
     p.add_argument("--out", default=None, help="output folder (default: runs/distill-DATASET-KERNEL-ipcN-seedS)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -202,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
             config = run.LabelSolveConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(run.LabelSolveConfig)})
             run.label_solve_run(config, args.out or _default_out("label-solve", args), overwrite=args.overwrite)
         elif args.command == "evaluate" and args.method == "krr":
-            result = run.evaluate_run(args.distilled, args.dataset, args.data_dir, args.kernel, args.zca,
-                                      args.precision, args.reg, args.block_size, max_memory=args.max_memory)
+            options = run.KernelOptions(args.kernel, args.rf_models, args.rf_width, seed=args.seed)
+            result = run.evaluate_run(args.distilled, args.dataset, args.data_dir, options, args.zca, args.precision,
+                                      args.reg, args.block_size, max_memory=args.max_memory, devices=args.devices)
         elif args.command == "evaluate":
             from kip import transfer
 

@@ -11,8 +11,10 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
-from kip import data, krr
+from kip import data, krr, parallel
+from kip.kernels import rf
 
 Array = jax.Array
 
@@ -36,6 +38,22 @@ class TrainData(NamedTuple):
     stats: Array | None = None  # cached kernel_fn.input_stats(images): one pass less per step
 
 
+def mse(pred: Array, y_target: Array, params: dict) -> Array:
+    """KIP's loss per target row: 0.5 * mean over classes of (pred - y)^2. (n, C) -> (n,)."""
+    return 0.5 * jnp.mean((pred - y_target) ** 2, axis=1)
+
+
+def platt(pred: Array, y_target: Array, params: dict) -> Array:
+    """RFAD's "Platt" loss per target row: cross-entropy of softmax(tau * pred) against the
+    target's class, tau = exp(params['log_temperature']) learned with the images. (n, C) -> (n,)."""
+    logits = jnp.exp(params["log_temperature"]).astype(pred.dtype) * pred
+    return jax.nn.logsumexp(logits, axis=1) - jnp.take_along_axis(logits, jnp.argmax(y_target, axis=1)[:, None], 1)[:, 0]
+
+
+LOSSES = {"mse": mse, "platt": platt}
+PLATT_INIT_TEMPERATURE = 10.0  # our choice: logits of about +-10 for the centred one-hot targets
+
+
 def kip_loss(
     kernel_fn: krr.KernelMatrixFn,
     params: dict,
@@ -44,27 +62,45 @@ def kip_loss(
     reg: float = krr.DEFAULT_REG,
     learn_labels: bool = False,
     target_stats: Array | None = None,
+    loss: str = "mse",
+    mesh: Mesh | None = None,
 ) -> tuple[Array, Array]:
-    """0.5 * mean((K_ts (K_ss + ridge)^-1 y_s - y_t)^2), and the argmax accuracy (aux).
+    """The mean over target rows of `LOSSES[loss]` of the KRR prediction K_ts (K_ss + ridge)^-1 y_s
+    (mse: 0.5 * mean((pred - y_t)^2), KIP's), and the argmax accuracy (aux).
 
-    params: {'images': (n_s, ...), 'labels': (n_s, C)}; x_target (n_t, ...), y_target (n_t, C).
+    params: {'images': (n_s, ...), 'labels': (n_s, C)[, 'log_temperature': () for platt]};
+    x_target (n_t, ...), y_target (n_t, C).
     target_stats: the targets' cached `kernel_fn.input_stats` (kernel_fn must then take cov2).
+    mesh: split the target rows over its devices (`kip.parallel`); the support is replicated.
     """
     x_s = params["images"]
     y_s = params["labels"] if learn_labels else jax.lax.stop_gradient(params["labels"])
     alpha = krr.solve(kernel_fn(x_s, None), y_s, reg)
-    # K_st (n_s, n_t) rather than K_ts: the gradient then reaches x_s through a plain
-    # (not transposed) matmul, which XLA:CPU runs much faster in float64.
-    k_st = kernel_fn(x_s, x_target) if target_stats is None else kernel_fn(x_s, x_target, cov2=target_stats)
-    pred = k_st.T @ alpha
-    loss = 0.5 * jnp.mean((pred - y_target) ** 2)
-    acc = jnp.mean(jnp.argmax(pred, axis=1) == jnp.argmax(y_target, axis=1))
-    return loss.astype(x_s.dtype), acc
+    row_loss = LOSSES[loss]
+
+    def sums(shared, w, x_t, y_t, *stats_t):
+        params, alpha = shared
+        # K_st (n_s, n_t) rather than K_ts: the gradient then reaches x_s through a plain
+        # (not transposed) matmul, which XLA:CPU runs much faster in float64.
+        k_st = kernel_fn(params["images"], x_t, cov2=stats_t[0]) if stats_t else kernel_fn(params["images"], x_t)
+        pred = k_st.T @ alpha
+        correct = jnp.argmax(pred, axis=1) == jnp.argmax(y_t, axis=1)
+        return {"n": w.sum(), "loss": jnp.sum(w * row_loss(pred, y_t, params)), "correct": jnp.sum(w * correct)}
+
+    stats = () if target_stats is None else (target_stats,)
+    weights = jnp.ones(x_target.shape[0], alpha.dtype)
+    s = parallel.row_sums(sums, mesh, (params, alpha), weights, x_target, y_target, *stats)
+    return (s["loss"] / s["n"]).astype(x_s.dtype), s["correct"] / s["n"]
 
 
-def init_state(images: Array, labels: Array, optimizer: optax.GradientTransformation, key: Array) -> KipState:
-    """Start of a run from an initial support set (n_s, ...) with labels (n_s, C)."""
+def init_state(
+    images: Array, labels: Array, optimizer: optax.GradientTransformation, key: Array, loss: str = "mse"
+) -> KipState:
+    """Start of a run from an initial support set (n_s, ...) with labels (n_s, C); the Platt
+    loss adds its learned log temperature."""
     params = {"images": jnp.asarray(images), "labels": jnp.asarray(labels)}
+    if loss == "platt":
+        params["log_temperature"] = jnp.log(jnp.asarray(PLATT_INIT_TEMPERATURE, params["images"].dtype))
     return KipState(params, optimizer.init(params), key, jnp.zeros((), jnp.int32))
 
 
@@ -85,28 +121,34 @@ def make_step(
     target_batch: int,
     reg: float = krr.DEFAULT_REG,
     learn_labels: bool = False,
+    loss: str = "mse",
+    mesh: Mesh | None = None,
 ) -> Callable[[KipState, TrainData], tuple[KipState, dict]]:
     """One KIP step `(state, train) -> (state, {'loss', 'accuracy'})`, pure and jittable.
 
     The target batch (`target_batch` images, class-balanced, fresh each step) is drawn on
-    the device; when it is at least the training set, the whole set is the target.
+    the device; when it is at least the training set, the whole set is the target. A
+    random-feature kernel draws fresh networks each step from the step's key (see
+    `kip.kernels.rf.for_step`). With a mesh, the target batch is split over its
+    devices (`kip.parallel`); `train` and the state are then best replicated on it.
     """
 
     def step(state: KipState, train: TrainData) -> tuple[KipState, dict]:
         n_train = train.images.shape[0]
+        key = jax.random.fold_in(state.key, state.step)
         if target_batch >= n_train:
             x_t, y_t, stats_t = train.images, train.targets, train.stats
         else:
-            key = jax.random.fold_in(state.key, state.step)
             idx = data.balanced_sample(key, train.class_table, train.class_counts, target_batch)
             x_t, y_t = train.images[idx], train.targets[idx]
             stats_t = None if train.stats is None else train.stats[idx]
-        (loss, acc), grads = jax.value_and_grad(kip_loss, argnums=1, has_aux=True)(
-            kernel_fn, state.params, x_t, y_t, reg, learn_labels, stats_t
+        step_kernel = rf.for_step(kernel_fn, jax.random.fold_in(key, 1))
+        (loss_value, acc), grads = jax.value_and_grad(kip_loss, argnums=1, has_aux=True)(
+            step_kernel, state.params, x_t, y_t, reg, learn_labels, stats_t, loss, mesh
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return KipState(params, opt_state, state.key, state.step + 1), {"loss": loss, "accuracy": acc}
+        return KipState(params, opt_state, state.key, state.step + 1), {"loss": loss_value, "accuracy": acc}
 
     return step
 
@@ -128,32 +170,34 @@ def label_solve(
     y_target: Array,
     reg: float = krr.DEFAULT_REG,
     block_size: int = krr.DEFAULT_BLOCK,
+    mesh: Mesh | None = None,
 ) -> Array:
     """Labels for a fixed support set that best fit the targets through KRR.
 
     With K_st (n_s, n_t): M = K_st K_st^T + reg/n_s I, z = M^-1 K_st y_t, and
     y_s* = (K_ss + reg/n_s I) z: the least-squares solution of K_ts (K_ss + reg/n_s I)^-1 y_s
     ~ y_t (ridge reg/n_s on z, not trace-scaled, as in the authors' notebook).
-    K_st is never formed whole: M and K_st y_t are summed over target blocks.
+    K_st is never formed whole: M and K_st y_t are summed over target blocks (and over the
+    devices of `mesh`, which split the targets between them).
     x_support (n_s, ...), x_target (n_t, ...), y_target (n_t, C) -> (n_s, C).
     """
     n_s = x_support.shape[0]
-    dtype = jnp.result_type(x_support.dtype, jnp.float64)
+    dtype = krr.solve_dtype(x_support.dtype)
 
-    def block_stats(xy):
-        x_b, y_b, w_b = xy
-        k_sb = kernel_fn(x_support, x_b).astype(dtype) * w_b[None, :]
-        return k_sb @ k_sb.T, k_sb @ y_b.astype(dtype)
+    def sums(x_s, w, x_t, y_t):
+        def block_stats(xyw):
+            x_b, y_b, w_b = xyw
+            k_sb = kernel_fn(x_s, x_b).astype(dtype) * w_b[None, :]
+            return k_sb @ k_sb.T, k_sb @ y_b.astype(dtype)
 
-    n_t = x_target.shape[0]
-    num_blocks = -(-n_t // block_size)
-    pad = num_blocks * block_size - n_t
-    # Padding rows get weight 0, so they add nothing to M or K_st y_t.
-    weights = jnp.concatenate([jnp.ones(n_t, dtype), jnp.zeros(pad, dtype)])
-    xp = jnp.concatenate([x_target, jnp.broadcast_to(x_target[:1], (pad,) + x_target.shape[1:])])
-    yp = jnp.concatenate([y_target, jnp.zeros((pad,) + y_target.shape[1:], y_target.dtype)])
-    shape = lambda a: a.reshape((num_blocks, block_size) + a.shape[1:])  # noqa: E731
-    m_blocks, b_blocks = jax.lax.map(block_stats, (shape(xp), shape(yp), shape(weights)))
+        block = min(block_size, w.shape[0])
+        # Padding rows get weight 0, so they add nothing to M or K_st y_t.
+        w, x_t, y_t = parallel.pad_rows(block, w, x_t, y_t)
+        shape = lambda a: a.reshape((-1, block) + a.shape[1:])  # noqa: E731
+        m_blocks, b_blocks = jax.lax.map(block_stats, (shape(x_t), shape(y_t), shape(w)))
+        return m_blocks.sum(0), b_blocks.sum(0)
+
+    m, b = parallel.row_sums(sums, mesh, x_support, jnp.ones(x_target.shape[0], dtype), x_target, y_target)
     eye = jnp.eye(n_s, dtype=dtype)
-    z = jnp.linalg.solve(m_blocks.sum(0) + (reg / n_s) * eye, b_blocks.sum(0))
+    z = jnp.linalg.solve(m + (reg / n_s) * eye, b)
     return (kernel_fn(x_support, None).astype(dtype) + (reg / n_s) * eye) @ z

@@ -10,6 +10,9 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from kip import parallel
 
 Array = jax.Array
 KernelMatrixFn = Callable[[Array, Array | None], Array]
@@ -42,14 +45,14 @@ def regularize(k_ss: Array, reg: float = DEFAULT_REG) -> Array:
     return k_ss + (reg * jnp.trace(k_ss) / n) * jnp.eye(n, dtype=k_ss.dtype)
 
 
-def _solve_dtype(dtype) -> jnp.dtype:
-    # The solve runs in float64 whenever x64 is on, even for float32 kernels.
+def solve_dtype(dtype) -> jnp.dtype:
+    """The dtype ridge solves run in: float64 whenever x64 is on, even for float32 kernels."""
     return jnp.result_type(dtype, jnp.float64)
 
 
 def solve(k_ss: Array, y_s: Array, reg: float = DEFAULT_REG) -> Array:
     """alpha = (K + reg tr(K)/n I)^-1 y by Cholesky. k_ss (n, n), y_s (n, C) -> (n, C)."""
-    dtype = _solve_dtype(k_ss.dtype)
+    dtype = solve_dtype(k_ss.dtype)
     factor = jax.scipy.linalg.cho_factor(regularize(k_ss.astype(dtype), reg), lower=True)
     return jax.scipy.linalg.cho_solve(factor, y_s.astype(dtype))
 
@@ -66,12 +69,40 @@ def predict(
 
     x_support (n_s, ...), y_support (n_s, C), x_test (n_t, ...) -> (n_t, C).
     """
+    return _predictions(kernel_fn, x_support, solve(kernel_fn(x_support, None), y_support, reg), x_test, block_size)
+
+
+def _predictions(kernel_fn: KernelMatrixFn, x_support: Array, alpha: Array, x: Array, block_size: int) -> Array:
+    """K(x, x_s) alpha, `block_size` rows of x at a time."""
+    return map_blocks(lambda xb: kernel_fn(xb, x_support) @ alpha, x, block_size)
+
+
+def test_metrics(
+    kernel_fn: KernelMatrixFn,
+    x_support: Array,
+    y_support: Array,
+    x_test: Array,
+    labels: Array,
+    y_test: Array,
+    reg: float = DEFAULT_REG,
+    block_size: int = DEFAULT_BLOCK,
+    mesh: Mesh | None = None,
+    weights: Array | None = None,
+) -> tuple[Array, Array]:
+    """Argmax accuracy and mean squared error of the KRR predictions for x_test, with the test
+    rows split over the devices of `mesh` (see `kip.parallel`), `block_size` rows at a time on each.
+
+    x_support (n_s, ...), y_support (n_s, C), x_test (n, ...), labels (n,) int, y_test (n, C);
+    weights (n,): 1 for real rows, 0 for padding (`parallel.split_rows`); None: all ones.
+    """
     alpha = solve(kernel_fn(x_support, None), y_support, reg)
-    return map_blocks(lambda xb: kernel_fn(xb, x_support) @ alpha, x_test, block_size)
+    weights = jnp.ones(x_test.shape[0], alpha.dtype) if weights is None else weights
 
+    def sums(shared, w, x, lab, y):
+        alpha, x_s = shared
+        pred = _predictions(kernel_fn, x_s, alpha, x, block_size)
+        return {"n": w.sum(), "correct": jnp.sum(w * (jnp.argmax(pred, axis=1) == lab)),
+                "squared_error": jnp.sum(w[:, None] * (pred - y) ** 2)}
 
-def accuracy_and_mse(pred: Array, labels: Array, y_target: Array) -> tuple[Array, Array]:
-    """Argmax accuracy against int labels (n,), and mean squared error against targets (n, C)."""
-    acc = jnp.mean(jnp.argmax(pred, axis=1) == labels)
-    mse = jnp.mean((pred - y_target) ** 2)
-    return acc, mse
+    s = parallel.row_sums(sums, mesh, (alpha, x_support), weights, x_test, labels, y_test)
+    return s["correct"] / s["n"], s["squared_error"] / (s["n"] * y_test.shape[1])

@@ -96,10 +96,15 @@ class Network(nn.Module):
     b_std: float | None = KIP_B_STD
     parameterization: str = "standard"
     param_dtype: Any = jnp.float32
+    head: bool = True  # False: return the (n, D) features the output layer reads (random features)
 
     def _layer(self, cls, features: int, **kwargs) -> nn.Module:
         return cls(features, W_std=self.W_std, b_std=self.b_std, parameterization=self.parameterization,
                    param_dtype=self.param_dtype, **kwargs)
+
+    def readout(self, features: Array) -> Array:
+        """(n, D) -> (n, num_classes) by the output Dense layer; with `head=False` the features themselves."""
+        return self._layer(Dense, self.num_classes)(features) if self.head else features
 
     min_size = 1  # smallest image height / width the network accepts
 
@@ -127,7 +132,7 @@ class FC(Network):
         x = x.reshape(x.shape[0], -1)
         for _ in range(self.depth):
             x = nn.relu(self._layer(Dense, self.width)(x))
-        return self._layer(Dense, self.num_classes)(x)
+        return self.readout(x)
 
 
 class _ConvNetwork(Network):
@@ -158,7 +163,7 @@ class ConvNet(_ConvNetwork):
             x = self.conv_relu(x)
         for _ in range(3):
             x = avg_pool(self.conv_relu(x))
-        return self._layer(Dense, self.num_classes)(x.reshape(x.shape[0], -1))
+        return self.readout(x.reshape(x.shape[0], -1))
 
 
 MYRTLE_CONVS = {5: (2, 1, 1), 7: (2, 2, 2), 10: (3, 3, 3)}  # Conv + Relu layers in each stage
@@ -182,7 +187,7 @@ class Myrtle(_ConvNetwork):
                 x = self.conv_relu(x)
             if i < len(stages) - 1:
                 x = avg_pool(x)
-        return self._layer(Dense, self.num_classes)(jnp.mean(x, axis=(1, 2)))
+        return self.readout(jnp.mean(x, axis=(1, 2)))
 
 
 class BasicBlock(nn.Module):
@@ -229,7 +234,7 @@ class ResNet18(Network):
                 strides = 2 if stage > 0 and block == 0 else 1
                 x = BasicBlock(self.width * 2**stage, strides, self.W_std, self.parameterization,
                                self.param_dtype)(x, train)
-        return self._layer(Dense, self.num_classes)(jnp.mean(x, axis=(1, 2)))
+        return self.readout(jnp.mean(x, axis=(1, 2)))
 
 
 PRESETS: dict[str, Callable[..., Network]] = {
@@ -251,6 +256,7 @@ def build(
     W_std: float = KIP_W_STD,
     b_std: float | None = KIP_B_STD,
     param_dtype: Any = jnp.float32,
+    head: bool = True,
 ) -> Network:
     """The finite network registered under `name` (see `PRESETS`): a flax module mapping
     (n, H, W, C) images to (n, num_classes) outputs, called as `apply(variables, x, train=...)`.
@@ -258,6 +264,7 @@ def build(
     width: hidden units / channels (ResNet-18: of its first stage); None is the preset's
     default, `DEFAULT_WIDTHS` or 1024.
     norm: 'instance' puts an instance norm after each conv (KIP conv nets only; the DC/DSA protocol).
+    head: False drops the output layer: the network maps to the (n, D) features it would read.
     """
     if name not in PRESETS:
         raise InputError(f"unknown model {name!r}; choose one of {', '.join(PRESETS)}")
@@ -268,7 +275,7 @@ def build(
     if width < 1 or num_classes < 1:
         raise InputError(f"width and num_classes must be at least 1, got {width} and {num_classes}")
     kwargs = dict(num_classes=num_classes, width=width, W_std=W_std, b_std=b_std,
-                  parameterization=parameterization, param_dtype=param_dtype)
+                  parameterization=parameterization, param_dtype=param_dtype, head=head)
     if norm != "none":
         if name.startswith("fc") or name == "resnet18":
             raise InputError(f"--norm {norm} applies to the KIP conv nets only, not {name}")

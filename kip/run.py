@@ -18,7 +18,8 @@ import optax
 from tqdm.auto import tqdm
 
 import kip
-from kip import InputError, data, distill, io, kernels, krr, plots, preprocess, report
+from kip import InputError, data, distill, io, kernels, krr, parallel, plots, preprocess, report
+from kip.kernels import rf
 
 OUTPUT_FILES = ("distilled.npz", "metrics.json", "support.png", "curve.png", "checkpoint.npz")
 
@@ -34,10 +35,25 @@ class Problem:
     dataset: data.Dataset
     preprocessing: preprocess.Preprocessing
     x_train: jax.Array  # preprocessed, (N, H, W, C), in the run's dtype
-    x_test: jax.Array
-    kernel_fn: krr.KernelMatrixFn  # (x1, x2 | None) -> (n1, n2) NTK
+    x_test: jax.Array  # with its rows split over the mesh's devices, padded to a multiple of them
+    test_weights: jax.Array  # (len(x_test),): 1 for test images, 0 for padding
+    kernel_fn: krr.KernelMatrixFn  # (x1, x2 | None) -> (n1, n2): NTK, or a kernels.RandomFeatures NNGP estimate
     dtype: Any
-    layer: kernels.Layer  # the preset behind kernel_fn
+    layer: kernels.Layer | None  # the preset behind an exact kernel_fn (None for random features)
+    mesh: jax.sharding.Mesh  # the devices runs are split over
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelOptions:
+    """Which kernel: a preset name ('convnet3'), or 'rf-' and a preset for its random-feature
+    NNGP estimate from `rf_models` networks of width `rf_width` (drawn from `seed`; KIP draws
+    fresh ones each step unless `rf_resample` is False)."""
+
+    name: str = "fc1"
+    rf_models: int = rf.DEFAULT_MODELS
+    rf_width: int = rf.DEFAULT_WIDTH
+    rf_resample: bool = True
+    seed: int = 0
 
 
 def dtype_for(precision: str):
@@ -47,50 +63,71 @@ def dtype_for(precision: str):
     return jnp.float32 if precision == "float32" else jnp.float64
 
 
-def check_kernel(kernel: str) -> None:
-    if kernel not in kernels.PRESETS:
-        raise InputError(f"unknown kernel {kernel!r}; choose one of {', '.join(sorted(kernels.PRESETS))}")
+def check_kernel(kernel: str | KernelOptions) -> None:
+    options = kernel if isinstance(kernel, KernelOptions) else KernelOptions(kernel)
+    name = rf.parse(options.name) or options.name
+    if name not in kernels.PRESETS:
+        raise InputError(f"unknown kernel {options.name!r}; choose one of {', '.join(sorted(kernels.PRESETS))}, "
+                         f"or {rf.PREFIX}NAME for random features")
+    if rf.parse(options.name):
+        for flag, value in (("--rf-models", options.rf_models), ("--rf-width", options.rf_width)):
+            if value < 1:
+                raise InputError(f"{flag} must be at least 1, got {value}")
+
+
+def make_kernel(options: KernelOptions, ds: data.Dataset, dtype, max_memory: float | None = None
+                ) -> tuple[krr.KernelMatrixFn, kernels.Layer | None]:
+    """The kernel function `(x1, x2 | None) -> (n1, n2)` and, for an exact kernel, its preset
+    (with `max_memory` bytes for the pairs computed at once, where that matters). Random
+    features run in float32 (their Gram matrix and the solve in float64)."""
+    check_kernel(options)
+    arch = rf.parse(options.name)
+    if arch:
+        key = jax.random.fold_in(jax.random.PRNGKey(options.seed), 0x5F)
+        return kernels.random_features(arch, options.rf_models, options.rf_width, key, options.rf_resample), None
+    layer = kernels.preset(options.name, num_classes=ds.num_classes)
+    if max_memory:
+        layer = layer._replace(kernel_fn=layer.kernel_fn.with_max_memory(max_memory, ds.image_shape, dtype))
+    return functools.partial(layer.kernel_fn, get="ntk"), layer
 
 
 def prepare(
     ds: data.Dataset,
-    kernel: str,
+    kernel: str | KernelOptions,
     zca: bool = False,
     precision: str = "float64",
     preprocessing: preprocess.Preprocessing | None = None,
     max_memory: float | None = None,
+    devices: int | None = None,
 ) -> Problem:
-    """Fits (or reuses) the preprocessing on `ds` and builds the kernel preset (with
-    `max_memory` bytes for the pairs computed at once, where that matters)."""
+    """Fits (or reuses) the preprocessing on `ds`, builds the kernel (see `make_kernel`) and the
+    mesh of `devices` devices (None: all), and puts the test set on it, split by rows."""
     dtype = dtype_for(precision)
-    check_kernel(kernel)
-    layer = kernels.preset(kernel, num_classes=ds.num_classes)
-    if max_memory:
-        layer = layer._replace(kernel_fn=layer.kernel_fn.with_max_memory(max_memory, ds.image_shape, dtype))
+    options = kernel if isinstance(kernel, KernelOptions) else KernelOptions(kernel)
+    kernel_fn, layer = make_kernel(options, ds, dtype, max_memory)
+    mesh = parallel.make_mesh(devices)
     prep = preprocessing or preprocess.fit(ds.x_train, zca=zca)
-    return Problem(
-        ds,
-        prep,
-        jnp.asarray(prep.apply(ds.x_train), dtype),
-        jnp.asarray(prep.apply(ds.x_test), dtype),
-        functools.partial(layer.kernel_fn, get="ntk"),
-        dtype,
-        layer,
-    )
+    x_test = jnp.asarray(prep.apply(ds.x_test), dtype)
+    test_weights, x_test = parallel.split_rows(mesh, jnp.ones(len(x_test), dtype), x_test)
+    return Problem(ds, prep, jnp.asarray(prep.apply(ds.x_train), dtype), x_test, test_weights, kernel_fn, dtype,
+                   layer, mesh)
 
 
 def make_evaluator(problem: Problem, reg: float, block_size: int) -> Callable[[jax.Array, jax.Array], dict]:
-    """(support images, support labels) -> {'test_accuracy', 'test_mse'} on the full test set."""
-    targets = data.one_hot(problem.dataset.y_test, problem.dataset.num_classes, dtype=problem.dtype)
-    labels = jnp.asarray(problem.dataset.y_test)
+    """(support images, support labels) -> {'test_accuracy', 'test_mse'} on the full test set,
+    its rows split over the problem's devices."""
+    ds, mesh = problem.dataset, problem.mesh
+    _, labels, targets = parallel.split_rows(mesh, jnp.ones(len(ds.y_test), problem.dtype), jnp.asarray(ds.y_test),
+                                             data.one_hot(ds.y_test, ds.num_classes, dtype=problem.dtype))
 
     @jax.jit
-    def metrics(images, support_labels, x_test, labels, targets):
-        pred = krr.predict(problem.kernel_fn, images, support_labels, x_test, reg, block_size)
-        return krr.accuracy_and_mse(pred, labels, targets)
+    def metrics(images, support_labels, x_test, weights, labels, targets):
+        return krr.test_metrics(problem.kernel_fn, images, support_labels, x_test, labels, targets, reg, block_size,
+                                mesh, weights)
 
     def evaluate(images, support_labels) -> dict:
-        acc, mse = metrics(jnp.asarray(images, problem.dtype), jnp.asarray(support_labels), problem.x_test, labels, targets)
+        support = parallel.replicate(mesh, (jnp.asarray(images, problem.dtype), jnp.asarray(support_labels)))
+        acc, mse = metrics(*support, problem.x_test, problem.test_weights, labels, targets)
         return {"test_accuracy": float(acc), "test_mse": float(mse)}
 
     return evaluate
@@ -135,8 +172,20 @@ class DistillConfig:
     eval_every: int = 100
     block_size: int = krr.DEFAULT_BLOCK
     max_memory: float | None = None
+    rf_models: int = rf.DEFAULT_MODELS
+    rf_width: int = rf.DEFAULT_WIDTH
+    rf_resample: bool = True
+    loss: str = "mse"
+    devices: int | None = None  # None: all visible devices
+
+    @property
+    def kernel_options(self) -> KernelOptions:
+        return KernelOptions(self.kernel, self.rf_models, self.rf_width, self.rf_resample, self.seed)
 
     def check(self) -> None:
+        check_kernel(self.kernel_options)
+        if self.loss not in distill.LOSSES:
+            raise InputError(f"--loss must be one of {', '.join(distill.LOSSES)}, got {self.loss!r}")
         for name in ("ipc", "target_batch", "eval_every", "block_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -149,7 +198,7 @@ class DistillConfig:
 
 
 # Options that may change when a run is resumed (the rest must match the checkpoint).
-_RESUMABLE_CHANGES = ("steps", "data_dir")
+_RESUMABLE_CHANGES = ("steps", "data_dir", "devices")
 
 
 def _save_checkpoint(path: str, state: distill.KipState, meta: dict) -> None:
@@ -193,10 +242,9 @@ def distill_run(
     last good checkpoint in place.
     """
     config.check()
-    check_kernel(config.kernel)
     _prepare_out(out, resume, overwrite)
-    problem = prepare(data.load(config.dataset, config.data_dir), config.kernel, config.zca, config.precision,
-                      max_memory=config.max_memory)
+    problem = prepare(data.load(config.dataset, config.data_dir), config.kernel_options, config.zca, config.precision,
+                      max_memory=config.max_memory, devices=config.devices)
     ds = problem.dataset
     key = jax.random.PRNGKey(config.seed)
     init_key, run_key = jax.random.split(key)
@@ -208,8 +256,9 @@ def distill_run(
         data.check_per_class(-(-target_batch // ds.num_classes), data.class_table(ds.y_train, ds.num_classes)[1], "--target-batch")
 
     optimizer = optax.adam(config.lr)
-    state = distill.init_state(init_images, init_labels, optimizer, run_key)
-    train = distill.train_data(problem.x_train, ds.y_train, ds.num_classes, problem.dtype, problem.layer.kernel_fn)
+    state = distill.init_state(init_images, init_labels, optimizer, run_key, config.loss)
+    train = distill.train_data(problem.x_train, ds.y_train, ds.num_classes, problem.dtype,
+                               problem.layer.kernel_fn if problem.layer else None)
     evaluate = make_evaluator(problem, config.reg, config.block_size)
     ckpt_path = os.path.join(out, "checkpoint.npz")
     config_dict = dataclasses.asdict(config)
@@ -225,13 +274,16 @@ def distill_run(
             raise InputError(f"--resume: {out} was run with different options ({before})")
         losses, evals, seconds = meta["losses"], meta["evals"], meta["seconds"]
         log(f"resuming {out} from step {int(state.step)}")
+    state, train = parallel.replicate(problem.mesh, (state, train))
 
     log(f"kip distill: {ds.name} ({len(ds.y_train)} train / {len(ds.y_test)} test, {ds.num_classes} classes), "
         f"kernel {config.kernel}, {config.ipc} images/class, target batch {target_batch}, "
         f"{config.precision}, {environment()['device']}")
+    log(f"kip distill: {parallel.describe(problem.mesh)}; the target batch is split between them")
     if not evals:
         evals.append({"step": 0, **evaluate(state.params["images"], state.params["labels"])})
-    step_fn = distill.make_step(problem.kernel_fn, optimizer, target_batch, config.reg, config.learn_labels)
+    step_fn = distill.make_step(problem.kernel_fn, optimizer, target_batch, config.reg, config.learn_labels,
+                                config.loss, problem.mesh)
     runners: dict[int, Callable] = {}
 
     def checkpoint(state: distill.KipState) -> None:
@@ -357,17 +409,21 @@ class LabelSolveConfig:
     precision: str = "float64"
     block_size: int = krr.DEFAULT_BLOCK
     max_memory: float | None = None
+    rf_models: int = rf.DEFAULT_MODELS
+    rf_width: int = rf.DEFAULT_WIDTH
+    devices: int | None = None
 
 
 def label_solve_run(config: LabelSolveConfig, out: str, overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
     """Label Solve on a class-balanced real support set; writes the same files as KIP."""
     if config.ipc < 1 or config.block_size < 1:
         raise InputError("--ipc and --block-size must be at least 1")
-    check_kernel(config.kernel)
+    options = KernelOptions(config.kernel, config.rf_models, config.rf_width, seed=config.seed)
+    check_kernel(options)
     _prepare_out(out, resume=False, overwrite=overwrite)
     start = time.perf_counter()
-    problem = prepare(data.load(config.dataset, config.data_dir), config.kernel, config.zca, config.precision,
-                      max_memory=config.max_memory)
+    problem = prepare(data.load(config.dataset, config.data_dir), options, config.zca, config.precision,
+                      max_memory=config.max_memory, devices=config.devices)
     ds = problem.dataset
     init_key, target_key = jax.random.split(jax.random.PRNGKey(config.seed))
     idx = data.balanced_subset(init_key, ds.y_train, ds.num_classes, config.ipc)
@@ -381,8 +437,10 @@ def label_solve_run(config: LabelSolveConfig, out: str, overwrite: bool = False,
     x_s = problem.x_train[idx]
     y_init = data.one_hot(ds.y_train[idx], ds.num_classes, dtype=problem.dtype)
     y_t = data.one_hot(ds.y_train[target_idx], ds.num_classes, dtype=problem.dtype)
-    solve = jax.jit(functools.partial(distill.label_solve, problem.kernel_fn, reg=config.reg, block_size=config.block_size))
-    y_s = solve(x_s, problem.x_train[target_idx], y_t)
+    log(f"label solve: {parallel.describe(problem.mesh)}; the targets are split between them")
+    solve = jax.jit(functools.partial(distill.label_solve, problem.kernel_fn, reg=config.reg, block_size=config.block_size,
+                                      mesh=problem.mesh))
+    y_s = solve(*parallel.replicate(problem.mesh, (x_s, problem.x_train[target_idx], y_t)))
     evaluate = make_evaluator(problem, config.reg, config.block_size)
     before, after = evaluate(x_s, y_init), evaluate(x_s, y_s)
     seconds = time.perf_counter() - start
@@ -457,22 +515,29 @@ def evaluate_run(
     distilled: str,
     dataset: str = data.DEFAULT_DATASET,
     data_dir: str | None = None,
-    kernel: str = "fc1",
+    kernel: str | KernelOptions = "fc1",
     zca: bool = False,
     precision: str = "float64",
     reg: float = krr.DEFAULT_REG,
     block_size: int = krr.DEFAULT_BLOCK,
     log: Callable[[str], None] = print,
     max_memory: float | None = None,
+    devices: int | None = None,
 ) -> dict:
-    """KRR test accuracy of a distilled set under a kernel. The file's own preprocessing is
-    re-applied to the test set; for the authors' format it is fitted on train (`zca`)."""
-    check_kernel(kernel)
+    """KRR test accuracy of a distilled set under a kernel (a name, or `KernelOptions` for
+    random features), the test set split over `devices` devices (None: all). The file's own
+    preprocessing is re-applied to the test set; for the authors' format it is fitted on train (`zca`)."""
+    options = kernel if isinstance(kernel, KernelOptions) else KernelOptions(kernel)
+    check_kernel(options)
     ds, images, labels, prep, prep_note = load_distilled_for(distilled, dataset, data_dir, zca)
-    problem = prepare(ds, kernel, zca, precision, preprocessing=prep, max_memory=max_memory)
+    problem = prepare(ds, options, zca, precision, preprocessing=prep, max_memory=max_memory, devices=devices)
+    log(f"kip evaluate: {parallel.describe(problem.mesh)}; the test set is split between them")
     result = make_evaluator(problem, reg, block_size)(images, labels)
+    kernel = options.name
+    if rf.parse(kernel):
+        result.update(rf_models=options.rf_models, rf_width=options.rf_width, rf_seed=options.seed)
     result.update(support_size=int(len(images)), kernel=kernel, dataset=ds.name, test_size=int(len(ds.y_test)),
-                  preprocessing=prep_note)
+                  preprocessing=prep_note, devices=problem.mesh.size)
     log(f"{distilled}: {len(images)} images, kernel {kernel}, {ds.name} test accuracy "
         f"{100 * result['test_accuracy']:.2f}%, test mse {result['test_mse']:.5f}")
     return result

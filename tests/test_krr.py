@@ -47,8 +47,17 @@ def test_interpolates_training_points_as_ridge_vanishes():
     np.testing.assert_allclose(krr.predict(kfn, xs, ys, xs, reg=1e-12), ys, atol=1e-6)
 
 
-def test_accuracy_and_mse():
-    pred = jnp.array([[0.9, 0.1], [0.2, 0.3], [0.6, 0.5]])
-    acc, mse = krr.accuracy_and_mse(pred, jnp.array([0, 0, 0]), jnp.array([[1.0, 0.0]] * 3))
-    np.testing.assert_allclose(acc, 2 / 3)
-    np.testing.assert_allclose(mse, np.mean((np.asarray(pred) - np.array([[1.0, 0.0]] * 3)) ** 2))
+def test_test_metrics_are_accuracy_and_mse_of_the_predictions():
+    kfn = functools.partial(kernels.fc(1).kernel_fn, get="ntk")
+    xs, xt = jax.random.normal(jax.random.PRNGKey(3), (8, 4)), jax.random.normal(jax.random.PRNGKey(4), (23, 4))
+    ys = jax.nn.one_hot(jnp.arange(8) % 3, 3) - 1 / 3
+    labels = jnp.arange(23) % 3
+    yt = jax.nn.one_hot(labels, 3) - 1 / 3
+    pred = np.asarray(krr.predict(kfn, xs, ys, xt, reg=1e-4))
+    acc, mse = krr.test_metrics(kfn, xs, ys, xt, labels, yt, reg=1e-4, block_size=5)
+    np.testing.assert_allclose(acc, np.mean(pred.argmax(1) == np.asarray(labels)))
+    np.testing.assert_allclose(mse, np.mean((pred - np.asarray(yt)) ** 2), rtol=1e-12)
+    # zero-weight rows (padding) count for nothing
+    w = jnp.concatenate([jnp.ones(20), jnp.zeros(3)])
+    acc20, _ = krr.test_metrics(kfn, xs, ys, xt, labels, yt, reg=1e-4, weights=w)
+    np.testing.assert_allclose(acc20, np.mean(pred[:20].argmax(1) == np.asarray(labels[:20])))

@@ -3,6 +3,7 @@
 
 from kip.kernels.conv import AvgPool, Conv, GlobalAvgPool
 from kip.kernels.presets import PRESETS, convnet, fc, myrtle, preset
+from kip.kernels.rf import RandomFeatures, random_features
 from kip.kernels.stax import (
     ABRelu,
     Dense,
@@ -29,6 +30,7 @@ __all__ = [
     "KernelFn",
     "Layer",
     "PRESETS",
+    "RandomFeatures",
     "Relu",
     "bytes_per_pair",
     "convnet",
@@ -36,5 +38,6 @@ __all__ = [
     "input_kernel",
     "myrtle",
     "preset",
+    "random_features",
     "serial",
 ]

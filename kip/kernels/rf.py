@@ -1,0 +1,117 @@
+"""Random-feature NNGP kernels (RFAD, Loo et al. 2022): K(x1, x2) ~ Φ(x1) Φ(x2)ᵀ, with Φ the
+last features of freshly drawn finite random networks of a preset's architecture (cost linear in
+the number of points, instead of the exact kernel's pairs of covariances)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from kip import InputError, krr, models
+from kip.kernels.presets import KIP_B_STD, KIP_W_STD, PRESETS
+
+Array = jax.Array
+PREFIX = "rf-"  # "rf-convnet3": the random-feature estimate of the preset "convnet3"
+DEFAULT_MODELS = 8  # RFAD's M
+DEFAULT_WIDTH = 256  # RFAD's width
+DEFAULT_BLOCK = 256  # images per forward pass (memory of one block of activations)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: hashed by identity (it holds a key array)
+class RandomFeatures:
+    """The NNGP of preset `arch` estimated from `n_models` random networks of width `width`.
+
+    Called like the exact kernels, `kernel(x1, x2=None, get='nngp') -> (n1, n2)`; the networks
+    are drawn from `key` (NTK parameterization, W ~ N(0, 1), no normalisation, output layer
+    removed). `resampled(key)` gives fresh networks (KIP draws them every step) unless
+    `resample` is False. Features are computed in `dtype` (float32: fast) and multiplied out in
+    float64 when x64 is on, so the ridge solve downstream (`kip.krr.solve`) is float64 too.
+    Without x64 the product and the solve are float32 at HIGHEST matmul precision, the most
+    precise JAX then offers.
+    """
+
+    arch: str
+    n_models: int
+    width: int
+    key: Array
+    resample: bool = True
+    dtype: Any = jnp.float32
+    block_size: int = DEFAULT_BLOCK
+    W_std: float = KIP_W_STD
+    b_std: float = KIP_B_STD
+
+    def __post_init__(self):
+        if self.arch not in PRESETS:
+            raise InputError(f"unknown architecture {self.arch!r} for random features; choose one of {', '.join(sorted(PRESETS))}")
+        for name in ("n_models", "width", "block_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"random features: {name} must be at least 1, got {getattr(self, name)}")
+
+    @property
+    def network(self) -> models.Network:
+        """The finite network without its output layer: (n, ...) -> (n, D)."""
+        return models.build(self.arch, num_classes=1, width=self.width, parameterization="ntk", W_std=self.W_std,
+                            b_std=self.b_std, param_dtype=self.dtype, head=False)
+
+    def resampled(self, key: Array) -> "RandomFeatures":
+        """Fresh networks drawn from `key` (the same ones when `resample` is False)."""
+        return dataclasses.replace(self, key=key) if self.resample else self
+
+    def features(self, x: Array) -> Array:
+        """Φ(x): (n, ...) -> (n, n_models * D + 1) with E[Φ(x1) Φ(x2)ᵀ] the NNGP of the preset's output.
+
+        Model m's features φ_m (n, D) enter as W_std φ_m / sqrt(n_models D) (the output layer's
+        weights' variance, averaged over models), and a constant column b_std carries its bias.
+        """
+        net = self.network
+        x = jnp.asarray(x).astype(self.dtype)
+
+        def one_model(key):
+            variables = net.init(key, x[:1])
+            phi = krr.map_blocks(lambda xb: net.apply(variables, xb), x, self.block_size)
+            return phi * (self.W_std / math.sqrt(self.n_models * phi.shape[1]))
+
+        phi = jax.lax.map(one_model, jax.random.split(self.key, self.n_models))  # (M, n, D)
+        phi = jnp.moveaxis(phi, 0, 1).reshape(x.shape[0], -1)
+        return jnp.concatenate([phi, jnp.full((x.shape[0], 1), self.b_std, phi.dtype)], axis=1)
+
+    def __call__(self, x1: Array, x2: Array | None = None, get: str = "nngp") -> Array:
+        """Φ(x1) Φ(x2)ᵀ: (n1, ...), (n2, ...) or None (x2 = x1) -> (n1, n2), in float64 when x64 is on."""
+        if get != "nngp":
+            raise ValueError(f"random features estimate the NNGP only, not {get!r}")
+        dtype = krr.solve_dtype(self.dtype)
+        f1 = self.features(x1).astype(dtype)
+        f2 = f1 if x2 is None else self.features(x2).astype(dtype)
+        return jnp.matmul(f1, f2.T, precision=jax.lax.Precision.HIGHEST)
+
+
+def random_features(
+    arch: str,
+    n_models: int = DEFAULT_MODELS,
+    width: int = DEFAULT_WIDTH,
+    key: Array | None = None,
+    resample: bool = True,
+    dtype: Any = jnp.float32,
+    block_size: int = DEFAULT_BLOCK,
+) -> RandomFeatures:
+    """The random-feature NNGP kernel of preset `arch` (e.g. 'convnet3'; see `RandomFeatures`).
+
+    `key` draws the networks (default PRNGKey(0)); `resample=False` keeps them fixed in KIP.
+    """
+    return RandomFeatures(arch, n_models, width, jax.random.PRNGKey(0) if key is None else key, resample, dtype,
+                          block_size)
+
+
+def for_step(kernel_fn, key: Array):
+    """The kernel one KIP step uses: fresh random networks from `key` for a `RandomFeatures`
+    kernel that resamples, `kernel_fn` itself otherwise (exact kernels are deterministic)."""
+    return kernel_fn.resampled(key) if isinstance(kernel_fn, RandomFeatures) else kernel_fn
+
+
+def parse(name: str) -> str | None:
+    """'rf-convnet3' -> 'convnet3'; None for an exact kernel's name."""
+    return name[len(PREFIX):] if name.startswith(PREFIX) else None
