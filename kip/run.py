@@ -351,12 +351,21 @@ def distill_run(
     return metrics
 
 
+def same_options(stored: dict, config, ignore: tuple[str, ...] = ("devices",)) -> bool:
+    """Whether a run's stored config dict asked for what `config` asks for. Options added
+    to the config class after the run was written count at their defaults (so finished runs
+    stay reusable as kip grows); `ignore` lists options that do not change the result."""
+    known = {**dataclasses.asdict(type(config)()), **stored}
+    wanted = dataclasses.asdict(config)
+    return {k: v for k, v in known.items() if k not in ignore} == {k: v for k, v in wanted.items() if k not in ignore}
+
+
 def finished(out: str, config, log: Callable[[str], None] = print) -> dict | None:
-    """The metrics of a finished run in `out` made with exactly `config`, else None."""
+    """The metrics of a finished run in `out` made with `config` (see `same_options`), else None."""
     metrics_path = os.path.join(out, "metrics.json")
     if os.path.exists(metrics_path):
         metrics = io.read_json(metrics_path)
-        if metrics.get("config") == dataclasses.asdict(config):
+        if isinstance(metrics.get("config"), dict) and same_options(metrics["config"], config):
             log(f"{out}: already done ({100 * metrics['test_accuracy']:.2f}%)")
             return metrics
     return None
@@ -374,8 +383,7 @@ def distill_cell(config: DistillConfig, out: str, progress: bool = False, log: C
             _, meta = _load_checkpoint(os.path.join(out, "checkpoint.npz"), None)
         except InputError:
             meta = {}
-        resume = {k: v for k, v in meta.get("config", {}).items() if k not in _RESUMABLE_CHANGES} == {
-            k: v for k, v in dataclasses.asdict(config).items() if k not in _RESUMABLE_CHANGES}
+        resume = same_options(meta.get("config", {}), config, ignore=_RESUMABLE_CHANGES)
     return distill_run(config, out, resume=resume, overwrite=not resume, progress=progress, log=log)
 
 

@@ -116,3 +116,15 @@ def test_cells_run_in_parallel_over_forced_host_devices(sequential, tmp_path):
     parallel = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len({r["device"] for r in parallel}) == 2  # both devices took a cell
     assert [r["test_accuracy"] for r in parallel] == [r["test_accuracy"] for r in records]
+
+
+def test_runs_written_before_an_option_existed_still_count_as_finished(sequential):
+    grid, records = sequential
+    (point, config), _ = grid.cells()
+    path = os.path.join(grid.cell_dir(point), "metrics.json")
+    metrics = io.read_json(path)
+    older = {k: v for k, v in metrics["config"].items() if k not in ("rf_models", "loss", "devices")}
+    assert run.same_options(older, config)
+    assert run.same_options({**metrics["config"], "devices": 4}, config)  # devices do not change the result
+    assert not run.same_options({**older, "lr": 0.5}, config)
+    assert not run.same_options({**older, "loss": "platt"}, config)
