@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--runs-dir", default="runs/kip_fc")
     parser.add_argument("--results-dir", default=report.RESULTS)
+    parser.add_argument("--name", default=None, help="results file name (default: kip_fc_<dataset>)")
     parser.add_argument("--quick", action="store_true", help="digits, 1 and 10 per class, 200 steps: a smoke run")
     args = parser.parse_args()
     if args.quick:
@@ -100,7 +101,7 @@ them (labels fitted to the whole training set), and a uniformly random real subs
 class-balanced: at 1 image per class it may miss classes) with centred one-hot labels.
 Runs (distilled sets, curves, support grids) in {args.runs_dir}/.
 """
-    report.write_results(f"kip_fc_{args.dataset}" + ("_quick" if args.quick else ""),
+    report.write_results(args.name or f"kip_fc_{args.dataset}" + ("_quick" if args.quick else ""),
                          f"KIP-FC on {name}: KRR test accuracy against the published figures", body,
                          {"rows": [{**r, "kip": {k: v for k, v in r["kip"].items() if k != "losses"}} for r in rows],
                           "args": vars(args)}, results_dir=args.results_dir)
