@@ -35,6 +35,8 @@ def machine() -> dict:
         "jax": jax.__version__,
         "python": platform.python_version(),
         "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+        # other jobs on the machine slow every timing: the 1-minute load average when written
+        "load_average": round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None,
         "date": time.strftime("%Y-%m-%d"),
         "commit": _commit(),
     }
@@ -63,7 +65,8 @@ def write_results(name: str, title: str, body: str, payload: dict, results_dir: 
     """results/<name>.md (title, command, machine, body) and results/<name>.json (all of it)."""
     env = machine()
     header = (f"# {title}\n\nCommand: `{command_line()}`  \nMachine: {env['cpu']}, {env['cores']} cores, "
-              f"{env['device']}, JAX {env['jax']}; commit {env['commit']}; {env['date']}\n\n")
+              f"{env['device']}, JAX {env['jax']}; commit {env['commit']}; {env['date']}; "
+              f"load average {env['load_average']} when written\n\n")
     io.write_bytes(os.path.join(results_dir, f"{name}.md"), (header + body.rstrip() + "\n").encode())
     io.write_json(os.path.join(results_dir, f"{name}.json"), {"command": command_line(), "machine": env, **payload})
     print(f"wrote {os.path.relpath(results_dir)}/{name}.md and .json")
