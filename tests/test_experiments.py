@@ -17,6 +17,7 @@ QUICK = [
     ("transfer.py", ["--cache-dir", "{tmp}/networks"], "transfer_digits_quick.md", r"\| .*ipc10.* \| 10 \| fc1"),
     ("data_diet.py", ["--no-progress"], "data_diet_digits_quick.md", r"\| 50% \("),
     ("data_budget.py", ["--no-progress"], "data_budget_digits_quick.md", r"\| 50 \| "),
+    ("kip_convnet.py", [], "kip_convnet_digits_quick.md", r"\| 10 \| "),
 ]
 
 
