@@ -32,7 +32,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from kip import InputError, plots, report, run
+from kip import InputError, parallel, plots, report, run
 
 COMMANDS = {"distill": run.DistillConfig, "label-solve": run.LabelSolveConfig}
 DEFAULT_OUT = os.path.join("runs", "sweeps")
@@ -110,10 +110,7 @@ def run_sweep(sweep: Sweep, devices: int | None = None, progress: bool = True,
     """Runs every unfinished cell (in parallel over `devices` of `jax.devices()`, default all;
     one cell per device at a time). Returns one record per cell: its grid values, folder,
     test accuracy, initial (real-image) accuracy, seconds and the device it ran on."""
-    available = jax.devices()
-    if devices is not None and not 1 <= devices <= len(available):
-        raise InputError(f"--devices must be between 1 and {len(available)} (the devices visible), got {devices}")
-    used = available[: devices or len(available)]
+    used = list(parallel.make_mesh(devices).devices.flat)  # checks --devices
     cells = sweep.cells()
     log(f"sweep {sweep.name}: {len(cells)} cells of kip {sweep.command} over {len(used)} device(s); "
         f"folders under {os.path.join(sweep.out, sweep.name)}/")
