@@ -7,7 +7,7 @@ separate process, timed both as the jitted step alone and with its host sampling
 Both run `--steps` KIP steps from a class-balanced real support set and report KRR test accuracy at the
 end, so speed is compared at equal accuracy. Writes results/kip_step.{md,json}.
 
-    python benchmarks/kip_step.py --data-dir ../shared/datasets
+    python -m benchmarks.kip_step --data-dir ../shared/datasets
 """
 
 from __future__ import annotations
