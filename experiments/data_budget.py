@@ -54,7 +54,8 @@ def main() -> None:
     sizes = [n for n in m["sizes"] if n <= n_train and n % num_classes == 0]
     problem = run.prepare(ds, KERNEL)
     krr_accuracy = run.make_evaluator(problem, 1e-6, 1000)
-    x_train, x_test = np.asarray(problem.x_train), np.asarray(problem.x_test)
+    # problem.x_test may be padded to a multiple of the devices: the real test images come first
+    x_train, x_test = np.asarray(problem.x_train), np.asarray(problem.x_test)[: len(ds.y_test)]
     one_hot = np.asarray(data.one_hot(ds.y_train, num_classes))  # centred, as KIP's labels start
     network = models.build("fc1", num_classes, NET_WIDTH)
     net_config = train.TrainConfig(steps=m["net_steps"])
