@@ -74,9 +74,13 @@ def evaluate_set(name, images, labels, ds, x_test, x_val, y_val, args, log) -> d
         for variant, options in variants(args, model_name).items():
             log(f"{name}: {model_name} (width {network.width}), {variant}")
             cache = os.path.join(folder, variant)
-            cells[variant] = transfer.train_networks(model, images, labels, x_test, ds.y_test,
-                                                     dataclasses.replace(config, **options), args.seeds, args.seed, log=log,
-                                                     cache_dir=cache)
+            try:
+                cells[variant] = transfer.train_networks(model, images, labels, x_test, ds.y_test,
+                                                         dataclasses.replace(config, **options), args.seeds, args.seed,
+                                                         log=log, cache_dir=cache)
+            except run.TrainingDiverged as e:  # one cell of the table, not the whole table
+                log(f"  diverged: {e}")
+                cells[variant] = {"diverged": str(e)}
         row["models"][model_name] = {"network": dataclasses.asdict(network), "train_config": dataclasses.asdict(config),
                                      "tune_grid": grid, "variants": cells}
     return row
@@ -103,10 +107,17 @@ def table(rows, args) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         for model_name, m in r["models"].items():
-            cells = [f"{pct(m['variants'][v]['test_accuracy_mean'])} ± {pct(m['variants'][v]['test_accuracy_std'])}"
-                     if v in m["variants"] else "not run" for v in names]
+            def cell(v):
+                c = m["variants"].get(v)
+                if c is None:
+                    return "not run"
+                if "diverged" in c:
+                    return "diverged"
+                return f"{pct(c['test_accuracy_mean'])} ± {pct(c['test_accuracy_std'])}"
+
+            cells = [cell(v) for v in names]
             pub = PUBLISHED.get(args.dataset, {}).get(r["ipc"]) if model_name == "convnet" else None
-            secs = np.mean([c["seconds_per_network"] for c in m["variants"].values()])
+            secs = np.mean([c["seconds_per_network"] for c in m["variants"].values() if "diverged" not in c] or [np.nan])
             lines.append(f"| {r['set']} | {r['ipc']} | {model_name} (width {m['network']['width']}) | "
                          f"{'-' if pub is None else pub} | {pct(r.get('krr'))} | {pct(r['slapknn'])} | "
                          + " | ".join(cells) + f" | {m['train_config']['lr']:g} / {m['train_config']['weight_decay']:g}"
@@ -180,7 +191,8 @@ soft-label prototype kNN (k = {args.k}). Training: MSE, SGD momentum 0.9 with co
 {'lr and L2 tuned per set and model on ' + str(len(y_val)) + ' validation images' if args.tune else f'lr {args.lr:g}, L2 1e-3'},
 batch {args.batch_size} (or the whole set when smaller), FC {args.steps} steps, conv {args.conv_steps} steps, standard
 parameterization, W_std = sqrt 2, b_std = 0.1. Columns: plain; mixup with alpha = {args.mixup};
-label smoothing with eps = {args.label_smoothing}. "s / network": median wall-clock seconds to train one
+label smoothing with eps = {args.label_smoothing}; "diverged": a network's loss became NaN/inf at the tuned lr
+(the grid is searched with one seed; another seed may diverge where it did not). "s / network": median wall-clock seconds to train one
 network on this CPU (programs compile once per shape and are reused, so short runs mostly time compilation). Published: Nguyen et al., arXiv 2107.13034, Table 1,
 KIP-ConvNet sets -> ConvNet of width 1024 (our rows transfer KIP-FC sets unless named otherwise).
 """ + ("\nSmoke run (--quick): tiny networks, few steps, 2 seeds; it checks the pipeline, not the method.\n"
