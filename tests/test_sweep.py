@@ -2,6 +2,7 @@
 runs made by hand, finished cells reused, interrupted ones resumed, and cells spread over
 devices (forced host devices, in a subprocess: the flag must precede JAX's start)."""
 
+import glob
 import json
 import os
 import subprocess
@@ -128,3 +129,10 @@ def test_runs_written_before_an_option_existed_still_count_as_finished(sequentia
     assert run.same_options({**metrics["config"], "devices": 4}, config)  # devices do not change the result
     assert not run.same_options({**older, "lr": 0.5}, config)
     assert not run.same_options({**older, "loss": "platt"}, config)
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "experiments",
+                                                             "sweeps", "*.toml"))))
+def test_committed_sweep_files_are_valid(path):
+    grid = sweep.load(path)
+    assert grid.cells() and all(len(p) == len(grid.grid) for p, _ in grid.cells())
