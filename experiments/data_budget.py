@@ -90,10 +90,12 @@ def main() -> None:
             idx = prune.keep_highest(el2n, n / n_train, labels=ds.y_train, seed=seed)
         else:
             idx = np.sort(data.balanced_subset(jax.random.PRNGKey(seed), ds.y_train, num_classes, ipc))
+        if method == "full" and not m["kernel_full"]:  # its kernel matrix does not fit this machine
+            return x_train[idx], one_hot[idx], np.nan
         meta = {"dataset": ds.name, "kernel": KERNEL, "indices": idx.tolist() if len(idx) < n_train else "all"}
         acc = io.cached(os.path.join(runs_dir, "krr", f"{method}-n{n}-seed{seed}.npz"), meta,
                         lambda: {"accuracy": np.array(krr_accuracy(x_train[idx], one_hot[idx])["test_accuracy"])},
-                        overwrite=True)["accuracy"] if (method != "full" or m["kernel_full"]) else np.nan
+                        overwrite=True)["accuracy"]
         return x_train[idx], one_hot[idx], float(acc)
 
     results = {}  # (method, n) -> {"kernel": [...], "network": [...]}
@@ -114,14 +116,10 @@ def main() -> None:
         print(f"  {method:>11} n={n:>6}: KRR {100 * np.nanmean(kernel_acc):.2f}%, network "
               f"{100 * np.mean(net_acc):.2f}% ({time.time() - started:.0f} s so far)")
 
-    def stat(values) -> tuple[float, float]:
-        v = np.asarray(values, np.float64)
-        return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
-
     def fmt(key, judge) -> str:
         if key not in results or np.all(np.isnan(results[key][judge])):
             return "-"
-        mean, std = stat(results[key][judge])
+        mean, std = report.mean_std(results[key][judge])
         return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if len(results[key][judge]) > 1 else "")
 
     head = ["stored examples", *(f"{meth} (KRR)" for meth in METHODS), *(f"{meth} (network)" for meth in METHODS)]
@@ -133,9 +131,9 @@ def main() -> None:
     lines.append(f"| {n_train} (full) | {full_kernel} | | | | {full_net} | | | |")
     name = f"data_budget_{m['dataset']}" + ("_quick" if args.quick else "")
     for judge, label in (("kernel", f"KRR, {KERNEL} NTK"), ("network", f"fc1 network (width {NET_WIDTH})")):
-        curves = {meth: [(n, *stat(results[meth, n][judge])) for n in sizes if (meth, n) in results]
+        curves = {meth: [(n, *report.mean_std(results[meth, n][judge])) for n in sizes if (meth, n) in results]
                   for meth in METHODS}
-        full = stat(results["full", n_train][judge]) if judge == "network" or m["kernel_full"] else None
+        full = report.mean_std(results["full", n_train][judge]) if judge == "network" or m["kernel_full"] else None
         plots.accuracy_curves(os.path.join(args.results_dir, f"{name}_{judge}.png"), curves, "stored training examples",
                               f"{ds.name}: {label}", full=full, log_x=True)
     minutes = (time.time() - started) / 60

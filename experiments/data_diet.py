@@ -105,7 +105,7 @@ def main() -> None:
     grid = {(method, keep): [cell(method, keep, s) for s in seeds] for method in METHODS for keep in m["keeps"]}
 
     name = f"data_diet_{m['dataset']}" + ("_quick" if args.quick else "")
-    mean_std = lambda a: (float(np.mean(a)), float(np.std(a, ddof=1)) if len(a) > 1 else 0.0)  # noqa: E731
+    mean_std = report.mean_std
     pct = lambda a: f"{100 * mean_std(a)[0]:.2f} ± {100 * mean_std(a)[1]:.2f}"  # noqa: E731
     lines = ["| kept | " + " | ".join(METHODS) + " |", "|---|" + "---|" * len(METHODS)]
     for keep in m["keeps"]:

@@ -12,6 +12,7 @@ import sys
 import time
 
 import jax
+import numpy as np
 
 from kip import io
 
@@ -70,6 +71,12 @@ def write_results(name: str, title: str, body: str, payload: dict, results_dir: 
     io.write_bytes(os.path.join(results_dir, f"{name}.md"), (header + body.rstrip() + "\n").encode())
     io.write_json(os.path.join(results_dir, f"{name}.json"), {"command": command_line(), "machine": env, **payload})
     print(f"wrote {os.path.relpath(results_dir)}/{name}.md and .json")
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value) of a result over seeds."""
+    v = np.asarray(values, np.float64)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
 def experiment_args(doc: str, name: str, gpu_help: str, quick_help: str,

@@ -157,10 +157,10 @@ def summarise(sweep: Sweep, records: list[dict]) -> tuple[str, dict[tuple, dict]
     for key, rs in groups.items():
         acc = np.array([r["test_accuracy"] for r in rs])
         init = np.array([r["initial_test_accuracy"] for r in rs if r["initial_test_accuracy"] is not None])
-        std = lambda a: float(np.std(a, ddof=1)) if len(a) > 1 else 0.0  # noqa: E731
-        rows[key] = {"mean": float(acc.mean()), "std": std(acc), "runs": len(rs)}
+        mean, std = report.mean_std(acc)
+        rows[key] = {"mean": mean, "std": std, "runs": len(rs)}
         secs = [r["seconds"] for r in rs if r["seconds"] is not None]
-        lines.append("| " + " | ".join(str(v) for v in key) + f" | {len(rs)} | {100 * acc.mean():.2f} ± {100 * std(acc):.2f} | "
+        lines.append("| " + " | ".join(str(v) for v in key) + f" | {len(rs)} | {100 * mean:.2f} ± {100 * std:.2f} | "
                      + (f"{100 * init.mean():.2f}" if len(init) else "-") + " | "
                      + (f"{np.mean(secs):.0f}" if secs else "-") + " |")
     return "\n".join(lines), rows

@@ -11,7 +11,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from kip import InputError, data, io, knn, models, preprocess, run, train
+from kip import InputError, data, io, knn, models, preprocess, report, run, train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +77,10 @@ def train_networks(
         seconds.append(float(result["seconds"]))
         if log:
             log(f"  seed {i}: test accuracy {100 * accuracies[-1]:.2f}% ({seconds[-1]:.1f} s)")
+    mean, std = report.mean_std(accuracies)
     return {
-        "test_accuracy_mean": float(np.mean(accuracies)),
-        "test_accuracy_std": float(np.std(accuracies, ddof=1)) if seeds > 1 else 0.0,
+        "test_accuracy_mean": mean,
+        "test_accuracy_std": std,
         "test_accuracies": accuracies,
         "seconds_per_network": float(np.median(seconds)),
     }
