@@ -55,6 +55,11 @@ class KernelOptions:
     rf_resample: bool = True
     seed: int = 0
 
+    @staticmethod
+    def of(kernel: "str | KernelOptions") -> "KernelOptions":
+        """A preset name as options (exact kernels and rf- defaults); options as they are."""
+        return kernel if isinstance(kernel, KernelOptions) else KernelOptions(kernel)
+
 
 def dtype_for(precision: str):
     if precision not in ("float32", "float64"):
@@ -64,7 +69,7 @@ def dtype_for(precision: str):
 
 
 def check_kernel(kernel: str | KernelOptions) -> None:
-    options = kernel if isinstance(kernel, KernelOptions) else KernelOptions(kernel)
+    options = KernelOptions.of(kernel)
     name = rf.parse(options.name) or options.name
     if name not in kernels.PRESETS:
         raise InputError(f"unknown kernel {options.name!r}; choose one of {', '.join(sorted(kernels.PRESETS))}, "
@@ -103,7 +108,7 @@ def prepare(
     """Fits (or reuses) the preprocessing on `ds`, builds the kernel (see `make_kernel`) and the
     mesh of `devices` devices (None: all), and puts the test set on it, split by rows."""
     dtype = dtype_for(precision)
-    options = kernel if isinstance(kernel, KernelOptions) else KernelOptions(kernel)
+    options = KernelOptions.of(kernel)
     kernel_fn, layer = make_kernel(options, ds, dtype, max_memory)
     mesh = parallel.make_mesh(devices)
     prep = preprocessing or preprocess.fit(ds.x_train, zca=zca)
@@ -421,12 +426,16 @@ class LabelSolveConfig:
     rf_width: int = rf.DEFAULT_WIDTH
     devices: int | None = None
 
+    @property
+    def kernel_options(self) -> KernelOptions:
+        return KernelOptions(self.kernel, self.rf_models, self.rf_width, seed=self.seed)
+
 
 def label_solve_run(config: LabelSolveConfig, out: str, overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
     """Label Solve on a class-balanced real support set; writes the same files as KIP."""
     if config.ipc < 1 or config.block_size < 1:
         raise InputError("--ipc and --block-size must be at least 1")
-    options = KernelOptions(config.kernel, config.rf_models, config.rf_width, seed=config.seed)
+    options = config.kernel_options
     check_kernel(options)
     _prepare_out(out, resume=False, overwrite=overwrite)
     start = time.perf_counter()
@@ -535,7 +544,7 @@ def evaluate_run(
     """KRR test accuracy of a distilled set under a kernel (a name, or `KernelOptions` for
     random features), the test set split over `devices` devices (None: all). The file's own
     preprocessing is re-applied to the test set; for the authors' format it is fitted on train (`zca`)."""
-    options = kernel if isinstance(kernel, KernelOptions) else KernelOptions(kernel)
+    options = KernelOptions.of(kernel)
     check_kernel(options)
     ds, images, labels, prep, prep_note = load_distilled_for(distilled, dataset, data_dir, zca)
     problem = prepare(ds, options, zca, precision, preprocessing=prep, max_memory=max_memory, devices=devices)
