@@ -104,17 +104,20 @@ def main() -> None:
     for method, n in cells:
         # one set per seed where the set itself is random; KIP, Label Solve and EL2N sets are made once
         set_seeds = range(m["seeds"]) if method == "random" else [0]
-        kernel_acc, net_acc = [], []
+        kernel_acc, net_acc, lrs = [], [], set()
         for seed in set_seeds:
             images, labels, acc = support(method, n, seed)
             kernel_acc.append(acc)
             cache = os.path.join(runs_dir, "networks", f"{method.replace(' ', '_')}-n{n}-set{seed}")
-            r = transfer.train_networks(network, images, labels, x_test, ds.y_test, net_config,
-                                        1 if method == "random" else m["seeds"], seed, cache_dir=cache)
+            r = transfer.train_networks_stable(network, images, labels, x_test, ds.y_test, net_config,
+                                               seeds=1 if method == "random" else m["seeds"], seed=seed, cache_dir=cache)
             net_acc += r["test_accuracies"]
-        results[method, n] = {"kernel": kernel_acc, "network": net_acc}
-        print(f"  {method:>11} n={n:>6}: KRR {100 * np.nanmean(kernel_acc):.2f}%, network "
-              f"{100 * np.mean(net_acc):.2f}% ({time.time() - started:.0f} s so far)")
+            lrs.add(r["lr"])
+        results[method, n] = {"kernel": kernel_acc, "network": net_acc, "lr": sorted(lrs)}
+        krr_text = "-" if np.all(np.isnan(kernel_acc)) else f"{100 * np.nanmean(kernel_acc):.2f}%"
+        print(f"  {method:>11} n={n:>6}: KRR {krr_text}, network "
+              f"{100 * np.mean(net_acc):.2f}% (lr {'/'.join(f'{lr:g}' for lr in sorted(lrs))}; "
+              f"{time.time() - started:.0f} s so far)")
 
     def fmt(key, judge) -> str:
         if key not in results or np.all(np.isnan(results[key][judge])):
@@ -137,6 +140,8 @@ def main() -> None:
         plots.accuracy_curves(os.path.join(args.results_dir, f"{name}_{judge}.png"), curves, "stored training examples",
                               f"{ds.name}: {label}", full=full, log_x=True)
     minutes = (time.time() - started) / 60
+    reduced = ", ".join(f"{meth} n={n}: lr {'/'.join(f'{lr:g}' for lr in r['lr'])}" for (meth, n), r in results.items()
+                        if r["lr"] != [net_config.lr])
     body = "\n".join(lines) + f"""
 
 {ds.name} test accuracy (%, {len(ds.y_test)} test images) against the number of training examples kept.
@@ -148,7 +153,7 @@ def main() -> None:
 - random: a class-balanced random subset; {m['seeds']} subset(s) (seeds 0..{m['seeds'] - 1}), one network each.
 - KRR: kernel ridge regression with the {KERNEL} NTK on the set (centred one-hot labels for real subsets), ridge 1e-6 x trace.
 {'' if m['kernel_full'] else f'  Not run on the full {n_train}-example set (its {n_train}^2 kernel does not fit this machine).' + chr(10)}- network: fc1 of width {NET_WIDTH}, standard parameterization, MSE on the set's labels, SGD momentum 0.9, lr 0.1 on a
-  cosine decay, L2 1e-3, batch 100, {m['net_steps']} steps whatever the set size (the full set gets the same steps);
+  cosine decay (lr 0.01, then 0.001, where a network's loss became NaN/inf: {reduced or 'none needed'}), L2 1e-3, batch 100, {m['net_steps']} steps whatever the set size (the full set gets the same steps);
   {m['seeds']} network(s) per KIP / Label Solve / EL2N / full set (mean ± std), one per random subset.
 - Images standardised per channel with the full training set's statistics. Total time {minutes:.0f} min on this machine
   (cached cells count only when they ran). Plots: {name}_kernel.png, {name}_network.png.

@@ -86,6 +86,22 @@ def train_networks(
     }
 
 
+def train_networks_stable(model: models.Network, images: np.ndarray, labels: np.ndarray, x_test: np.ndarray,
+                          y_test: np.ndarray, config: train.TrainConfig, lr_factors: tuple[float, ...] = (1.0, 0.1, 0.01),
+                          **kwargs) -> dict:
+    """`train_networks` at the largest of `config.lr` x `lr_factors` at which no network's loss
+    becomes NaN/inf: a choice made from the training loss alone (no validation or test data), for
+    sets whose learned labels are too large for the default lr. Returns its dict plus 'lr'.
+    Raises `run.TrainingDiverged` when every lr diverges."""
+    for factor in lr_factors:
+        lr_config = dataclasses.replace(config, lr=config.lr * factor)
+        try:
+            return {**train_networks(model, images, labels, x_test, y_test, lr_config, **kwargs), "lr": lr_config.lr}
+        except run.TrainingDiverged as e:
+            last = e
+    raise last
+
+
 def random_subset(key: jax.Array, ds: data.Dataset, prep: preprocess.Preprocessing, per_class: int) -> tuple[np.ndarray, np.ndarray]:
     """A class-balanced random subset of real training images, preprocessed by `prep`, with
     centred one-hot labels: the baseline a distilled set of that size must beat.

@@ -143,3 +143,22 @@ def test_train_networks_reuses_finished_networks_and_retrains_on_new_data(tmp_pa
     assert transfer.train_networks(*args, cache_dir=str(tmp_path)) == first
     with pytest.raises(AssertionError, match="trained again"):  # other labels: the cache does not apply
         transfer.train_networks(net, x, -y, *args[3:], cache_dir=str(tmp_path))
+
+
+def test_train_networks_stable_steps_the_lr_down_until_no_loss_diverges():
+    """Labels of size 1e3 (KIP's learned labels grow large) blow up lr 100; lr 0.01 trains.
+    The lr is chosen from the training loss alone, so the result equals plain training at that lr."""
+    from kip import models, run, train, transfer
+
+    ds = data.load("digits")
+    x, y = ds.x_train[:40] / 16.0, 1e3 * np.asarray(data.one_hot(ds.y_train[:40], 10))
+    net, config = models.build("fc1", 10, 32), train.TrainConfig(steps=20, batch_size=20, lr=100.0)
+    args = (net, x, y, ds.x_test[:50] / 16.0, ds.y_test[:50])
+    with pytest.raises(run.TrainingDiverged):
+        transfer.train_networks(*args, config, seeds=1)
+    stable = transfer.train_networks_stable(*args, config, lr_factors=(1.0, 1e-4), seeds=1)
+    assert stable["lr"] == pytest.approx(1e-2)
+    plain = transfer.train_networks(*args, train.TrainConfig(steps=20, batch_size=20, lr=1e-2), seeds=1)
+    assert stable["test_accuracies"] == plain["test_accuracies"]
+    with pytest.raises(run.TrainingDiverged):
+        transfer.train_networks_stable(*args, config, lr_factors=(1.0, 0.9), seeds=1)
