@@ -1,6 +1,8 @@
 """Data parallelism over devices with JAX's own sharding: rows (target batch, test set) are split
 over a 1-D `Mesh`, the support set is replicated, and sums over rows are reduced by `shard_map`'s
-psum. Multi-host: call `jax.distributed.initialize()` first; `jax.devices()` then spans all hosts."""
+psum. Multi-host: call `jax.distributed.initialize()` first; `jax.devices()` then spans all hosts,
+and the replicated host arrays every process loads identically are placed by `jax.device_put` as
+they are (tests/test_parallel.py runs two processes against one)."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from kip import parallel
@@ -99,3 +100,50 @@ def test_distill_devices_flag_splits_and_matches_one_device(tmp_path):
 def test_devices_out_of_range_is_an_input_error():
     with pytest.raises(ValueError, match="--devices must be between 1 and"):
         parallel.make_mesh(0)
+
+
+MULTI_PROCESS = textwrap.dedent("""
+    import sys, jax
+    port, process, processes = sys.argv[1:4]
+    if int(processes) > 1:
+        jax.distributed.initialize(f"localhost:{port}", num_processes=int(processes), process_id=int(process))
+    from kip import cli
+    sys.exit(cli.main(sys.argv[4:]))
+""")
+
+
+def test_two_processes_of_two_devices_give_one_process_of_four_devices_run(tmp_path):
+    """Multi-host with no code change: `jax.distributed.initialize` (two local processes, two host
+    devices each, gloo collectives between them) and the same `kip distill` as one process with
+    four devices: every process ends with that run's images, labels, losses and accuracy."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    common = ["distill", "--ipc", "2", "--steps", "6", "--eval-every", "3", "--target-batch", "102", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+    def launch(process: int, processes: int, devices: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-c", MULTI_PROCESS, str(port), str(process), str(processes), *common,
+             "--out", str(tmp_path / f"{processes}-{process}")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            env={**env, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"})
+
+    procs = [launch(0, 2, 2), launch(1, 2, 2)]
+    single = launch(0, 1, 4)
+    for p in [*procs, single]:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-4000:]
+        assert "using 4 of 4 devices (cpu)" in out + err
+    reference = np.load(tmp_path / "1-0" / "distilled.npz")
+    ref_metrics = json.loads((tmp_path / "1-0" / "metrics.json").read_text())
+    for process in (0, 1):
+        got = np.load(tmp_path / f"2-{process}" / "distilled.npz")
+        for key in ("images", "labels"):
+            np.testing.assert_allclose(got[key], reference[key], rtol=1e-9, atol=1e-12)
+        metrics = json.loads((tmp_path / f"2-{process}" / "metrics.json").read_text())
+        assert metrics["test_accuracy"] == ref_metrics["test_accuracy"]
+        assert metrics["environment"]["device"].startswith("4 x cpu")
+        np.testing.assert_allclose([r[1] for r in metrics["losses"]], [r[1] for r in ref_metrics["losses"]], rtol=1e-9)
