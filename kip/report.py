@@ -10,6 +10,7 @@ import shlex
 import subprocess
 import sys
 import time
+from typing import Callable
 
 import jax
 import numpy as np
@@ -79,11 +80,11 @@ def mean_std(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
-def experiment_args(doc: str, name: str, gpu_help: str, quick_help: str,
-                    argv: list[str] | None = None) -> tuple[argparse.Namespace, str, str]:
+def experiment_args(doc: str, name: str, gpu_help: str, quick_help: str, argv: list[str] | None = None,
+                    extra: Callable[[argparse.ArgumentParser], None] | None = None) -> tuple[argparse.Namespace, str, str]:
     """The flags every experiment script with cpu / gpu / quick modes shares (--gpu, --quick,
-    --data-dir, --runs-dir, --results-dir, --no-progress). Returns (args, mode, runs folder:
-    --runs-dir or runs/<name>_<mode>)."""
+    --data-dir, --runs-dir, --results-dir, --no-progress), plus the script's own added by `extra`.
+    Returns (args, mode, runs folder: --runs-dir or runs/<name>_<mode>)."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--gpu", action="store_true", help=gpu_help)
     parser.add_argument("--quick", action="store_true", help=quick_help)
@@ -91,6 +92,8 @@ def experiment_args(doc: str, name: str, gpu_help: str, quick_help: str,
     parser.add_argument("--runs-dir", default=None, help=f"(default: runs/{name}_<mode>)")
     parser.add_argument("--results-dir", default=RESULTS)
     parser.add_argument("--no-progress", action="store_true")
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args(argv)
     mode = "gpu" if args.gpu else "quick" if args.quick else "cpu"
     return args, mode, args.runs_dir or os.path.join("runs", f"{name}_{mode}")

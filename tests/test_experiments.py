@@ -18,6 +18,7 @@ QUICK = [
     ("data_diet.py", ["--no-progress"], "data_diet_digits_quick.md", r"\| 50% \("),
     ("data_budget.py", ["--no-progress"], "data_budget_digits_quick.md", r"\| 50 \| "),
     ("kip_convnet.py", [], "kip_convnet_digits_quick.md", r"\| 10 \| "),
+    ("neurips2021_table1.py", ["--no-progress"], "neurips2021_table1_digits_quick.md", r"\| digits \| 5 \| "),
 ]
 
 
@@ -47,3 +48,16 @@ def test_a_diverging_cell_is_marked_and_the_table_still_written(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [ln for ln in (tmp_path / "transfer_digits_quick.md").read_text().splitlines() if ln.startswith("| ")][1:]
     assert len(rows) == 8 and all("| diverged | diverged | diverged |" in ln for ln in rows)  # 4 sets x 2 models
+
+
+@pytest.mark.parametrize("flags, message", [
+    ([], "takes days per cell on a CPU"),
+    (["--gpu", "--datasets", "imagenet"], "--datasets: ['imagenet'] not in the table"),
+])
+def test_neurips_table1_refuses_what_it_cannot_run_in_one_line(tmp_path, flags, message):
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "neurips2021_table1.py"), "--runs-dir", str(tmp_path / "runs"),
+           "--results-dir", str(tmp_path), *flags]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode != 0 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not list(tmp_path.glob("*.md")) and not (tmp_path / "runs").exists()
