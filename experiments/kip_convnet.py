@@ -17,11 +17,24 @@ import argparse
 import dataclasses
 import os
 
-from kip import report, run
+import numpy as np
+
+from kip import io, report, run
 
 # arXiv 2107.13034 Table 1, KIP-ConvNet kernel (KRR) accuracy (%), by images per class.
 PUBLISHED = {"mnist": {1: 96.5, 10: 99.1, 50: 99.5}, "fashion_mnist": {1: 76.7, 10: 88.8, 50: 91.0},
              "cifar10": {1: 63.4, 10: 75.5, 50: 79.7}}
+
+
+def evaluated(cell: str, options: run.KernelOptions, args: argparse.Namespace) -> dict:
+    """KRR test accuracy of the cell's distilled set under `options`, kept in the cell folder (the
+    many-model and exact evaluations take minutes) and reused while the run is unchanged."""
+    done = io.read_json(os.path.join(cell, "metrics.json"))
+    meta = {"kernel": dataclasses.asdict(options), "steps": done["steps"], "config": done["config"], "zca": args.zca}
+    result = io.cached(os.path.join(cell, f"eval-{options.name}.npz"), meta, lambda: {
+        k: np.asarray(v) for k, v in run.evaluate_run(os.path.join(cell, "distilled.npz"), args.dataset, args.data_dir,
+                                                      options, args.zca).items()}, overwrite=True)
+    return {k: v.item() for k, v in result.items()}
 
 
 def main() -> None:
@@ -30,7 +43,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--steps", type=int, nargs="+", default=[1000, 500], help="one per --ipc value (or one for all)")
-    parser.add_argument("--target-batch", type=int, default=500)
+    parser.add_argument("--target-batch", type=int, nargs="+", default=[500], help="one per --ipc value (or one for all)")
     parser.add_argument("--rf-models", type=int, default=4)
     parser.add_argument("--rf-width", type=int, default=128)
     parser.add_argument("--loss", default="mse", choices=("mse", "platt"))
@@ -38,23 +51,29 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--eval", nargs="+", default=["rf"], choices=("rf", "exact"),
                         help="final evaluation kernels: rf (many-model estimate) and/or exact ConvNet3 NTK")
+    parser.add_argument("--exact-max-ipc", type=int, default=1,
+                        help="the exact evaluation only up to this many images per class (its cost grows with the support)")
     parser.add_argument("--eval-models", type=int, default=8)
     parser.add_argument("--eval-width", type=int, default=256)
     parser.add_argument("--runs-dir", default="runs/kip_convnet")
+    parser.add_argument("--name", default=None, help="results file name (default: kip_convnet_<dataset>)")
     parser.add_argument("--results-dir", default=report.RESULTS)
     parser.add_argument("--quick", action="store_true", help="digits, 1 and 10 per class, 100 steps: a smoke run")
     args = parser.parse_args()
     if args.quick:
-        args.dataset, args.data_dir, args.steps, args.target_batch, args.eval_every = "digits", None, [100], 200, 50
+        args.dataset, args.data_dir, args.steps, args.target_batch, args.eval_every = "digits", None, [100], [200], 50
         args.rf_models, args.rf_width, args.eval_models, args.eval_width = 2, 64, 8, 128
-    steps = dict(zip(args.ipc, args.steps if len(args.steps) == len(args.ipc) else args.steps[:1] * len(args.ipc)))
+    for flag in ("steps", "target_batch"):
+        if len(getattr(args, flag)) not in (1, len(args.ipc)):
+            parser.error(f"--{flag.replace('_', '-')}: give one value, or one per --ipc value ({len(args.ipc)})")
+    steps, target_batch = ({ipc: v[i % len(v)] for i, ipc in enumerate(args.ipc)} for v in (args.steps, args.target_batch))
     kernel = "rf-convnet3"
 
     rows = []
     for ipc in args.ipc:
         config = run.DistillConfig(
             dataset=args.dataset, data_dir=args.data_dir, kernel=kernel, ipc=ipc, steps=steps[ipc],
-            target_batch=args.target_batch, learn_labels=True, zca=args.zca, eval_every=args.eval_every,
+            target_batch=target_batch[ipc], learn_labels=True, zca=args.zca, eval_every=args.eval_every,
             rf_models=args.rf_models, rf_width=args.rf_width, loss=args.loss)
         cell = os.path.join(args.runs_dir, f"{args.dataset}-{kernel}-{args.rf_models}x{args.rf_width}"
                                            f"{'-zca' if args.zca else ''}-{args.loss}-ipc{ipc}")
@@ -63,36 +82,37 @@ def main() -> None:
         run.distill_cell(dataclasses.replace(config, steps=0), cell + "-init")
         evals, baseline = {}, {}
         for which in args.eval:
+            if which == "exact" and ipc > args.exact_max_ipc:
+                continue
             options = (run.KernelOptions(kernel, args.eval_models, args.eval_width, seed=12345) if which == "rf"
                        else run.KernelOptions("convnet3"))
-            evals[which], baseline[which] = (run.evaluate_run(os.path.join(c, "distilled.npz"), args.dataset,
-                                                              args.data_dir, options, args.zca) for c in (cell, cell + "-init"))
-        rows.append({"ipc": ipc, "published": PUBLISHED.get(args.dataset, {}).get(ipc), "kip": kip, "evals": evals,
-                     "real_images": baseline})
+            evals[which], baseline[which] = (evaluated(c, options, args) for c in (cell, cell + "-init"))
+        rows.append({"ipc": ipc, "target_batch": target_batch[ipc], "published": PUBLISHED.get(args.dataset, {}).get(ipc),
+                     "kip": kip, "evals": evals, "real_images": baseline})
 
     names = {"rf": f"rf-convnet3 estimate ({args.eval_models} x width {args.eval_width}, other networks)",
              "exact": "exact ConvNet3 NTK"}
     lines = ["| images/class | published KIP-ConvNet (kernel) | "
              + " | ".join(f"ours, {names[e]}: KIP (real images it started from)" for e in args.eval)
-             + " | during the run (its own rf kernel) | steps | time (min) |",
-             "|---|---|" + "---|" * len(args.eval) + "---|---|---|"]
+             + " | during the run (its own rf kernel) | steps | target batch | time (min) |",
+             "|---|---|" + "---|" * len(args.eval) + "---|---|---|---|"]
     for r in rows:
         k = r["kip"]
         pub = f"{r['published']:.1f}" if r["published"] else "-"
         accs = " | ".join(f"**{100 * r['evals'][e]['test_accuracy']:.2f}** ({100 * r['real_images'][e]['test_accuracy']:.2f})"
-                          for e in args.eval)
+                          if e in r["evals"] else "-" for e in args.eval)
         lines.append(f"| {r['ipc']} | {pub} | {accs} | {100 * k['test_accuracy']:.2f} | {k['steps']} | "
                      f"{k['seconds'] / 60:.1f} |")
     body = "\n".join(lines) + f"""
 
 {args.dataset}, KIP with {kernel}: {args.rf_models} random ConvNet3s of width {args.rf_width} drawn afresh every
-step (float32 features, float64 Gram matrix and solve), learned labels, {args.loss} loss, target batch
-{args.target_batch}, Adam 0.04, ridge 1e-6 x tr(K)/n, {'ZCA' if args.zca else 'standardised'} inputs.
+step (float32 features, float64 Gram matrix and solve), learned labels, {args.loss} loss, Adam 0.04,
+ridge 1e-6 x tr(K)/n, {'ZCA' if args.zca else 'standardised'} inputs.
 Test accuracy of KRR on the full test set ({rows[0]['kip']['test_size']} images). Published: Nguyen et al.,
 arXiv 2107.13034, Table 1 (exact ConvNet kernels, hundreds of accelerators, to convergence).
 Runs (distilled sets, curves) in {args.runs_dir}/.
 """
-    report.write_results(f"kip_convnet_{args.dataset}" + ("_quick" if args.quick else ""),
+    report.write_results(args.name or f"kip_convnet_{args.dataset}" + ("_quick" if args.quick else ""),
                          f"KIP-ConvNet (random features) on {args.dataset}: KRR test accuracy against the published figures",
                          body, {"rows": [{**r, "kip": {k: v for k, v in r["kip"].items() if k != "losses"}} for r in rows],
                                 "args": vars(args)}, results_dir=args.results_dir)
