@@ -194,8 +194,13 @@ def label_solve(
         # Padding rows get weight 0, so they add nothing to M or K_st y_t.
         w, x_t, y_t = parallel.pad_rows(block, w, x_t, y_t)
         shape = lambda a: a.reshape((-1, block) + a.shape[1:])  # noqa: E731
-        m_blocks, b_blocks = jax.lax.map(block_stats, (shape(x_t), shape(y_t), shape(w)))
-        return m_blocks.sum(0), b_blocks.sum(0)
+
+        # A running sum: stacking every block's (n_s, n_s) M first would need n_t / block of them.
+        def add_block(totals, xyw):
+            return jax.tree_util.tree_map(jnp.add, totals, block_stats(xyw)), None
+
+        zeros = (jnp.zeros((n_s, n_s), dtype), jnp.zeros((n_s, y_t.shape[1]), dtype))
+        return jax.lax.scan(add_block, zeros, (shape(x_t), shape(y_t), shape(w)))[0]
 
     m, b = parallel.row_sums(sums, mesh, x_support, jnp.ones(x_target.shape[0], dtype), x_target, y_target)
     eye = jnp.eye(n_s, dtype=dtype)

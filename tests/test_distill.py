@@ -122,6 +122,23 @@ def test_label_solve_blocks_do_not_change_the_result():
     np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
+def test_label_solve_memory_does_not_grow_with_the_number_of_target_blocks():
+    """M = K_st K_st^T is a running sum over target blocks: the compiled working set for 300
+    support images and 64 blocks of targets stays far below the 64 (300, 300) blocks a stacked
+    sum would hold (46 MB), and is the same with 8 blocks."""
+    kfn = functools.partial(kernels.fc(1, num_classes=3).kernel_fn, get="ntk")
+    xs = jnp.zeros((300, 4), jnp.float64)
+
+    def temp_bytes(n_targets):
+        solve = jax.jit(lambda xs, xt, yt: distill.label_solve(kfn, xs, xt, yt, block_size=50))
+        args = (xs, jnp.zeros((n_targets, 4), jnp.float64), jnp.zeros((n_targets, 3), jnp.float64))
+        return solve.lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+    many, few = temp_bytes(64 * 50), temp_bytes(8 * 50)
+    assert many < 10 * 300 * 300 * 8, many
+    assert many < few + 64 * 50 * 8 * 8, (many, few)  # at most copies of the (n_t, 4 + 3) inputs grow
+
+
 @pytest.mark.parametrize("prepend_conv", [False, True])
 def test_kip_gradient_through_convnet_kernel_matches_finite_differences(prepend_conv):
     """The pair-by-pair full-covariance kernel (pooling) differentiated end to end."""
