@@ -98,7 +98,8 @@ def main() -> None:
                         overwrite=True)["accuracy"]
         return x_train[idx], one_hot[idx], float(acc)
 
-    results = {}  # (method, n) -> {"kernel": [...], "network": [...]}
+    lr_text = lambda lrs: "/".join(f"{lr:g}" for lr in lrs)  # noqa: E731
+    results = {}  # (method, n) -> {"kernel": [...], "network": [...], "lr": [the lrs its networks trained at]}
     cells = [("full", n_train)] + [(method, n) for n in sizes for method in METHODS
                                     if not (method == "KIP" and n > m["kip_max"])]
     for method, n in cells:
@@ -116,7 +117,7 @@ def main() -> None:
         results[method, n] = {"kernel": kernel_acc, "network": net_acc, "lr": sorted(lrs)}
         krr_text = "-" if np.all(np.isnan(kernel_acc)) else f"{100 * np.nanmean(kernel_acc):.2f}%"
         print(f"  {method:>11} n={n:>6}: KRR {krr_text}, network "
-              f"{100 * np.mean(net_acc):.2f}% (lr {'/'.join(f'{lr:g}' for lr in sorted(lrs))}; "
+              f"{100 * np.mean(net_acc):.2f}% (lr {lr_text(sorted(lrs))}; "
               f"{time.time() - started:.0f} s so far)")
 
     def fmt(key, judge) -> str:
@@ -140,7 +141,7 @@ def main() -> None:
         plots.accuracy_curves(os.path.join(args.results_dir, f"{name}_{judge}.png"), curves, "stored training examples",
                               f"{ds.name}: {label}", full=full, log_x=True)
     minutes = (time.time() - started) / 60
-    reduced = ", ".join(f"{meth} n={n}: lr {'/'.join(f'{lr:g}' for lr in r['lr'])}" for (meth, n), r in results.items()
+    reduced = ", ".join(f"{meth} n={n}: lr {lr_text(r['lr'])}" for (meth, n), r in results.items()
                         if r["lr"] != [net_config.lr])
     body = "\n".join(lines) + f"""
 

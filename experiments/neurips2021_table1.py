@@ -71,7 +71,7 @@ def main() -> None:
         data_dirs = {}
         for name in kip_sweep.grid["dataset"]:
             path = os.path.join(args.data_dir, f"{name}.npz")
-            data_dirs[name] = args.data_dir if os.path.exists(path) or name == "digits" else None
+            data_dirs[name] = args.data_dir if os.path.exists(path) else None
             data.load(name, data_dirs[name])  # DIR/NAME.npz where it exists, else TFDS; a missing one stops here
     except InputError as e:
         sys.exit(f"neurips2021_table1.py: {e}")
