@@ -63,8 +63,8 @@ def train_networks(
     for i in range(seeds):
         def one_network(i=i) -> dict:
             result = train.fit(model, images, labels, config, seed_key(seed, i), progress=progress, desc=f"seed {i}")
-            if result.diverged:
-                raise run.TrainingDiverged(f"network {i} (lr {config.lr:g}): the loss became NaN/inf - try a smaller --lr")
+            if result.diverged:  # kept in the cache too, so a resumed run does not train it again
+                return {"diverged": np.array(True), "seconds": np.array(result.seconds)}
             return {"accuracy": np.array(train.accuracy(model, result.variables, x_test, y_test)),
                     "seconds": np.array(result.seconds)}
 
@@ -73,6 +73,8 @@ def train_networks(
         else:
             result = io.cached(os.path.join(cache_dir, f"seed{seed}-{i}.npz"), {**meta, "seed": [seed, i]},
                                one_network, overwrite=True)
+        if "diverged" in result:
+            raise run.TrainingDiverged(f"network {i} (lr {config.lr:g}): the loss became NaN/inf - try a smaller --lr")
         accuracies.append(float(result["accuracy"]))
         seconds.append(float(result["seconds"]))
         if log:
@@ -92,11 +94,15 @@ def train_networks_stable(model: models.Network, images: np.ndarray, labels: np.
     """`train_networks` at the largest of `config.lr` x `lr_factors` at which no network's loss
     becomes NaN/inf: a choice made from the training loss alone (no validation or test data), for
     sets whose learned labels are too large for the default lr. Returns its dict plus 'lr'.
-    Raises `run.TrainingDiverged` when every lr diverges."""
+    Raises `run.TrainingDiverged` when every lr diverges. With `cache_dir`, each reduced lr keeps
+    its networks in a subfolder `lr-x<factor>` so that no attempt overwrites another's."""
+    cache_dir = kwargs.pop("cache_dir", None)
     for factor in lr_factors:
         lr_config = dataclasses.replace(config, lr=config.lr * factor)
+        cache = cache_dir if cache_dir is None or factor == 1.0 else os.path.join(cache_dir, f"lr-x{factor:g}")
         try:
-            return {**train_networks(model, images, labels, x_test, y_test, lr_config, **kwargs), "lr": lr_config.lr}
+            return {**train_networks(model, images, labels, x_test, y_test, lr_config, cache_dir=cache, **kwargs),
+                    "lr": lr_config.lr}
         except run.TrainingDiverged as e:
             last = e
     raise last

@@ -162,3 +162,23 @@ def test_train_networks_stable_steps_the_lr_down_until_no_loss_diverges():
     assert stable["test_accuracies"] == plain["test_accuracies"]
     with pytest.raises(run.TrainingDiverged):
         transfer.train_networks_stable(*args, config, lr_factors=(1.0, 0.9), seeds=1)
+
+
+def test_train_networks_stable_resumes_without_training_anything_again(tmp_path, monkeypatch):
+    """The diverged attempt is cached as such and each lr keeps its own networks, so a second
+    call (a resumed run) trains nothing and returns the same figures."""
+    from kip import models, train, transfer
+
+    ds = data.load("digits")
+    x, y = ds.x_train[:40] / 16.0, 1e3 * np.asarray(data.one_hot(ds.y_train[:40], 10))
+    net, config = models.build("fc1", 10, 32), train.TrainConfig(steps=20, batch_size=20, lr=100.0)
+    args = (net, x, y, ds.x_test[:50] / 16.0, ds.y_test[:50], config)
+    first = transfer.train_networks_stable(*args, lr_factors=(1.0, 1e-4), seeds=2, cache_dir=str(tmp_path))
+    assert first["lr"] == pytest.approx(1e-2)
+    assert sorted(os.listdir(tmp_path / "lr-x0.0001")) == ["seed0-0.npz", "seed0-1.npz"]
+
+    def no_training(*a, **k):
+        raise AssertionError("a cached network was trained again")
+
+    monkeypatch.setattr(train, "fit", no_training)
+    assert transfer.train_networks_stable(*args, lr_factors=(1.0, 1e-4), seeds=2, cache_dir=str(tmp_path)) == first
