@@ -334,17 +334,55 @@ def _gram_bwd(residuals, g):
 gram.defvjp(_gram_fwd, _gram_bwd)
 
 
+def _identity_scatter(x: Array) -> Array:
+    return jnp.zeros_like(x).at[jnp.arange(x.shape[0])].set(x, indices_are_sorted=True, unique_indices=True)
+
+
+@jax.custom_vjp
+def _materialize(x: Array) -> Array:
+    return _identity_scatter(x)
+
+
+def _materialize_fwd(x):
+    return _identity_scatter(x), None
+
+
+def _materialize_bwd(_, g):
+    # A scatter's own transpose is a gather, which XLA:CPU fuses with the cotangent's
+    # producers and runs element by element (~30x slower than a vectorised pass).
+    return (_identity_scatter(g),)
+
+
+_materialize.defvjp(_materialize_fwd, _materialize_bwd)
+
+
 def materialize(x: Array) -> Array:
-    """x, computed once into memory before its consumers read it.
+    """x, computed once into memory before its consumers read it (and so is its cotangent).
 
     XLA fuses cheap-looking producers into every consumer, so a small array read by each
     entry of a large one is recomputed per entry (16x for a 2x2 pool's output, far more for
     the layers after it). XLA:CPU drops `optimization_barrier` before fusing, but keeps a
     scatter as a fusion boundary: an identity scatter costs one pass over x.
     """
-    if x.ndim == 0:
-        return x
-    return jnp.zeros_like(x).at[jnp.arange(x.shape[0])].set(x, indices_are_sorted=True, unique_indices=True)
+    return x if x.ndim == 0 else _materialize(x)
+
+
+@jax.custom_vjp
+def materialize_cotangent(x: Array) -> Array:
+    """x unchanged; its cotangent is computed once into memory (see `materialize`) before
+    the backward pass reads it, typically several times over at shifted positions."""
+    return x
+
+
+def _materialize_cotangent_fwd(x):
+    return x, None
+
+
+def _materialize_cotangent_bwd(_, g):
+    return (g if g.ndim == 0 else _identity_scatter(g),)
+
+
+materialize_cotangent.defvjp(_materialize_cotangent_fwd, _materialize_cotangent_bwd)
 
 
 def _sq_norms(f: Array) -> Array:
@@ -396,8 +434,10 @@ def _nonlinearity_variances(k: Kernel) -> tuple[Array, Array, Kernel]:
     with its tape advanced (REPLAY) or extended (RECORD)."""
     if k.mode == REPLAY:
         return k.tape1[k.tape_pos], k.tape2[k.tape_pos], k.replace(tape_pos=k.tape_pos + 1)
-    v1 = _variances(k.cov1, k.spatial)
-    v2 = v1 if k.cov2 is k.cov1 else _variances(k.cov2, k.spatial)
+    # Materialised: XLA otherwise fuses the strided diagonal slice (and the layer that made
+    # the covariance) into each entry of the (HW)^2 outer product, unvectorised (~10x slower).
+    v1 = materialize(_variances(k.cov1, k.spatial))
+    v2 = v1 if k.cov2 is k.cov1 else materialize(_variances(k.cov2, k.spatial))
     if k.mode == RECORD:
         k = k.replace(tape1=k.tape1 + (v1,))
     return v1, v2, k
@@ -474,7 +514,8 @@ def _atan2_nonneg(y: Array, x: Array, fill: float) -> Array:
     poly = jnp.full_like(z, _ATAN_COEFFS[-1])
     for c in _ATAN_COEFFS[-2::-1]:
         poly = poly * z + c
-    angle = u * poly + jnp.where(shifted, math.pi / 4, 0)  # atan(lo / hi) in [0, pi/4]
+    # atan(lo / hi) in [0, pi/4]; pi/4 in u's dtype, or this select runs in float64
+    angle = u * poly + jnp.where(shifted, jnp.asarray(math.pi / 4, u.dtype), 0)
     angle = jnp.where(y > ax, math.pi / 2 - angle, angle)
     angle = jnp.where(x < 0, math.pi - angle, angle)
     return jnp.where(hi > 0, angle, fill)
@@ -491,10 +532,17 @@ def _arc_cosine(nngp: Array, prod: Array, ntk: Array | None, factor: float, gain
     kernel's is closed-form and cheap (no arctan2 on the way back):
     dK'/dK = d, dK'/dP = f s / (2P), dΘ'/dΘ = d, dΘ'/dK = f Θ / s, dΘ'/dP = -f Θ K / (2 P s).
     """
-    return _arc_cosine_fwd(nngp, prod, ntk, factor, gain)[0]
+    return _arc_cosine_parts(nngp, prod, ntk, factor, gain)[0]
 
 
 def _arc_cosine_fwd(nngp, prod, ntk, factor, gain):
+    # The residuals are read by several backward fusions (one per shifted read of the
+    # cotangent): materialised, or XLA recomputes the arctan polynomial in each.
+    out, (nngp, prod, ntk, root, dot_sigma) = _arc_cosine_parts(nngp, prod, ntk, factor, gain)
+    return out, (nngp, prod, ntk, materialize(root), materialize(dot_sigma))
+
+
+def _arc_cosine_parts(nngp, prod, ntk, factor, gain):
     gap = prod - nngp**2
     # A point paired with itself has gap = 0 exactly; rounding leaves ~eps * prod, whose
     # square root would put a sqrt(eps) ~ 1e-8 error on the diagonal. Snap it to 0.
