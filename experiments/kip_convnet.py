@@ -4,6 +4,8 @@ beside the published KIP-ConvNet kernel figures.
 
     python experiments/kip_convnet.py --data-dir ../shared/datasets            # MNIST, <= 60 min per run on 2 cores
     python experiments/kip_convnet.py --quick                                   # digits, minutes
+    python experiments/kip_convnet.py --data-dir ../shared/datasets --kernel convnet3 --ipc 1 --target-batch 20 \
+        --steps 300 --eval exact rf --name kip_convnet_mnist_exact                # KIP with the exact ConvNet3 NTK
 
 Each cell is a `kip distill` run in runs/kip_convnet/ (reused when done, resumed when interrupted).
 The final evaluation kernel is --eval: 'rf' (an estimate from --eval-models networks, fixed seed)
@@ -44,6 +46,10 @@ def main() -> None:
     parser.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--steps", type=int, nargs="+", default=[1000, 500], help="one per --ipc value (or one for all)")
     parser.add_argument("--target-batch", type=int, nargs="+", default=[500], help="one per --ipc value (or one for all)")
+    parser.add_argument("--kernel", default="rf-convnet3", choices=("rf-convnet3", "convnet3"),
+                        help="KIP's kernel: random features (default) or the exact ConvNet3 NTK (small --target-batch)")
+    parser.add_argument("--precision", default="float64", choices=("float32", "float64"),
+                        help="the exact kernel's dtype (random features always compute in float32)")
     parser.add_argument("--rf-models", type=int, default=4)
     parser.add_argument("--rf-width", type=int, default=128)
     parser.add_argument("--loss", default="mse", choices=("mse", "platt"))
@@ -67,16 +73,16 @@ def main() -> None:
         if len(getattr(args, flag)) not in (1, len(args.ipc)):
             parser.error(f"--{flag.replace('_', '-')}: give one value, or one per --ipc value ({len(args.ipc)})")
     steps, target_batch = ({ipc: v[i % len(v)] for i, ipc in enumerate(args.ipc)} for v in (args.steps, args.target_batch))
-    kernel = "rf-convnet3"
+    kernel, exact = args.kernel, args.kernel == "convnet3"
 
     rows = []
     for ipc in args.ipc:
         config = run.DistillConfig(
             dataset=args.dataset, data_dir=args.data_dir, kernel=kernel, ipc=ipc, steps=steps[ipc],
             target_batch=target_batch[ipc], learn_labels=True, zca=args.zca, eval_every=args.eval_every,
-            rf_models=args.rf_models, rf_width=args.rf_width, loss=args.loss)
-        cell = os.path.join(args.runs_dir, f"{args.dataset}-{kernel}-{args.rf_models}x{args.rf_width}"
-                                           f"{'-zca' if args.zca else ''}-{args.loss}-ipc{ipc}")
+            rf_models=args.rf_models, rf_width=args.rf_width, loss=args.loss, precision=args.precision)
+        setting = f"{args.precision}-tb{target_batch[ipc]}" if exact else f"{args.rf_models}x{args.rf_width}"
+        cell = os.path.join(args.runs_dir, f"{args.dataset}-{kernel}-{setting}{'-zca' if args.zca else ''}-{args.loss}-ipc{ipc}")
         kip = run.distill_cell(config, cell)
         # The same run at 0 steps: its initial real images, evaluated below like the distilled ones.
         run.distill_cell(dataclasses.replace(config, steps=0), cell + "-init")
@@ -84,7 +90,10 @@ def main() -> None:
         for which in args.eval:
             if which == "exact" and ipc > args.exact_max_ipc:
                 continue
-            options = (run.KernelOptions(kernel, args.eval_models, args.eval_width, seed=12345) if which == "rf"
+            if which == "exact" and exact:  # the run's own final evaluation already is this one
+                evals[which], baseline[which] = (io.read_json(os.path.join(c, "metrics.json")) for c in (cell, cell + "-init"))
+                continue
+            options = (run.KernelOptions("rf-convnet3", args.eval_models, args.eval_width, seed=12345) if which == "rf"
                        else run.KernelOptions("convnet3"))
             evals[which], baseline[which] = (evaluated(c, options, args) for c in (cell, cell + "-init"))
         rows.append({"ipc": ipc, "target_batch": target_batch[ipc], "published": PUBLISHED.get(args.dataset, {}).get(ipc),
@@ -94,7 +103,7 @@ def main() -> None:
              "exact": "exact ConvNet3 NTK"}
     lines = ["| images/class | published KIP-ConvNet (kernel) | "
              + " | ".join(f"ours, {names[e]}: KIP (real images it started from)" for e in args.eval)
-             + " | during the run (its own rf kernel) | steps | target batch | time (min) |",
+             + f" | during the run (its own {'exact' if exact else 'rf'} kernel) | steps | target batch | time (min) |",
              "|---|---|" + "---|" * len(args.eval) + "---|---|---|---|"]
     for r in rows:
         k = r["kip"]
@@ -102,18 +111,19 @@ def main() -> None:
         accs = " | ".join(f"**{100 * r['evals'][e]['test_accuracy']:.2f}** ({100 * r['real_images'][e]['test_accuracy']:.2f})"
                           if e in r["evals"] else "-" for e in args.eval)
         lines.append(f"| {r['ipc']} | {pub} | {accs} | {100 * k['test_accuracy']:.2f} | {k['steps']} | "
-                     f"{k['seconds'] / 60:.1f} |")
+                     f"{r['target_batch']} | {k['seconds'] / 60:.1f} |")
     body = "\n".join(lines) + f"""
 
-{args.dataset}, KIP with {kernel}: {args.rf_models} random ConvNet3s of width {args.rf_width} drawn afresh every
-step (float32 features, float64 Gram matrix and solve), learned labels, {args.loss} loss, Adam 0.04,
+{args.dataset}, KIP with {kernel}: {f'the exact ConvNet3 NTK in {args.precision}' if exact else
+f'{args.rf_models} random ConvNet3s of width {args.rf_width} drawn afresh every step (float32 features, float64 Gram matrix and solve)'},
+learned labels, {args.loss} loss, Adam 0.04,
 ridge 1e-6 x tr(K)/n, {'ZCA' if args.zca else 'standardised'} inputs.
 Test accuracy of KRR on the full test set ({rows[0]['kip']['test_size']} images). Published: Nguyen et al.,
 arXiv 2107.13034, Table 1 (exact ConvNet kernels, hundreds of accelerators, to convergence).
 Runs (distilled sets, curves) in {args.runs_dir}/.
 """
     report.write_results(args.name or f"kip_convnet_{args.dataset}" + ("_quick" if args.quick else ""),
-                         f"KIP-ConvNet (random features) on {args.dataset}: KRR test accuracy against the published figures",
+                         f"KIP-ConvNet ({'exact kernel' if exact else 'random features'}) on {args.dataset}: KRR test accuracy against the published figures",
                          body, {"rows": [{**r, "kip": {k: v for k, v in r["kip"].items() if k != "losses"}} for r in rows],
                                 "args": vars(args)}, results_dir=args.results_dir)
     print(body)
