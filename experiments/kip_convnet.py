@@ -4,8 +4,8 @@ beside the published KIP-ConvNet kernel figures.
 
     python experiments/kip_convnet.py --data-dir ../shared/datasets            # MNIST, <= 60 min per run on 2 cores
     python experiments/kip_convnet.py --quick                                   # digits, minutes
-    python experiments/kip_convnet.py --data-dir ../shared/datasets --kernel convnet3 --ipc 1 --target-batch 20 \
-        --steps 300 --eval exact rf --name kip_convnet_mnist_exact                # KIP with the exact ConvNet3 NTK
+    python experiments/kip_convnet.py --data-dir ../shared/datasets --kernel convnet3 --precision float32 --ipc 1 \
+        --target-batch 20 --steps 300 --eval-every 300 --eval exact rf --name kip_convnet_mnist_exact   # exact NTK, 14 min
 
 Each cell is a `kip distill` run in runs/kip_convnet/ (reused when done, resumed when interrupted).
 The final evaluation kernel is --eval: 'rf' (an estimate from --eval-models networks, fixed seed)

@@ -367,24 +367,6 @@ def materialize(x: Array) -> Array:
     return x if x.ndim == 0 else _materialize(x)
 
 
-@jax.custom_vjp
-def materialize_cotangent(x: Array) -> Array:
-    """x unchanged; its cotangent is computed once into memory (see `materialize`) before
-    the backward pass reads it, typically several times over at shifted positions."""
-    return x
-
-
-def _materialize_cotangent_fwd(x):
-    return x, None
-
-
-def _materialize_cotangent_bwd(_, g):
-    return (g if g.ndim == 0 else _identity_scatter(g),)
-
-
-materialize_cotangent.defvjp(_materialize_cotangent_fwd, _materialize_cotangent_bwd)
-
-
 def _sq_norms(f: Array) -> Array:
     # Kept out of later fusions: XLA:CPU otherwise fuses this reduction into the
     # (n1, n2) outer product of variances and runs it ~8x slower.
