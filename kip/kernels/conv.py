@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 
 from kip.kernels.stax import (
-    DIAG, FLAT, FULL, Array, Kernel, Layer, _HIGHEST, _is_zero, _layer, _map_linear, _positionwise, materialize,
+    DIAG, FLAT, FULL, Array, Kernel, Layer, _HIGHEST, _is_zero, _layer, _map_linear, _positionwise, gram,
+    materialize,
 )
 
 PADDINGS = ("VALID", "SAME", "CIRCULAR")
@@ -142,27 +143,6 @@ def _patches(x: Array, filter_shape, strides, padding: str) -> Array:
     )[0]
 
 
-@jax.custom_vjp
-def _patch_gram(u: Array, v: Array) -> Array:
-    """u @ v.T for (P, K) patch matrices, P >> K."""
-    return jnp.matmul(u, v.T, precision=_HIGHEST)
-
-
-def _patch_gram_fwd(u, v):
-    return _patch_gram(u, v), (u, v)
-
-
-def _patch_gram_bwd(residuals, g):
-    u, v = residuals
-    # g.T @ u contracts g's leading axis inside the matrix product: XLA:CPU would otherwise
-    # copy out g's (P, P) transpose element by element, ~40x the product's own time.
-    g_t_u = jax.lax.dot_general(g, u, (((0,), (0,)), ((), ())), precision=_HIGHEST)
-    return jnp.matmul(g, v, precision=_HIGHEST), g_t_u
-
-
-_patch_gram.defvjp(_patch_gram_fwd, _patch_gram_bwd)
-
-
 def Conv(
     out_chan: int,
     filter_shape: Sequence[int],
@@ -221,12 +201,12 @@ def Conv(
         pa, pb = (_patches(x, filter_shape, strides, padding) for x in (a, b))
         scale = 1.0 / pa.shape[-1]  # the mean over filter offsets and input channels
 
-        def gram(u, v):  # (H', W', K) x (H', W', K) -> (H', W', H', W'), as one matrix product
-            flat = _patch_gram(u.reshape(-1, u.shape[-1]), v.reshape(-1, v.shape[-1]))
+        def patch_gram(u, v):  # (H', W', K) x (H', W', K) -> (H', W', H', W'), as one matrix product
+            flat = gram(u.reshape(-1, u.shape[-1]), v.reshape(-1, v.shape[-1]), copy_transpose=False)
             return flat.reshape(u.shape[:2] + v.shape[:2]) * scale
 
-        nngp_sum = None if k.mode == "record" else gram(pa, pb)
-        cov_sum = None if k.mode == "replay" else gram(pa, pa)
+        nngp_sum = None if k.mode == "record" else patch_gram(pa, pb)
+        cov_sum = None if k.mode == "replay" else patch_gram(pa, pa)
         return nngp_sum, cov_sum, k.replace(inputs=())
 
     def transform(k: Kernel) -> Kernel:

@@ -313,25 +313,37 @@ def _examples_first(k: Kernel) -> Kernel:
 # --------------------------------------------------------------------------- helpers
 
 
-@jax.custom_vjp
-def gram(f1: Array, f2: Array) -> Array:
-    """f1 @ f2.T for (n1, d), (n2, d) -> (n1, n2)."""
+def gram(f1: Array, f2: Array, copy_transpose: bool = True) -> Array:
+    """f1 @ f2.T for (n1, d), (n2, d) -> (n1, n2).
+
+    Its gradient needs g.T @ f1 for the (n1, n2) cotangent g. `copy_transpose` materialises
+    g.T first: faster for a small g (XLA's CPU float64 matmul is ~2.5x slower when it
+    contracts leading axes); pass False for a large g, such as the (P, P) cotangent of a
+    patch Gram, whose transpose XLA:CPU would copy element by element (~40x the product).
+    """
+    return _gram(f1, f2, copy_transpose)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _gram(f1: Array, f2: Array, copy_transpose: bool) -> Array:
     return jnp.matmul(f1, f2.T, precision=_HIGHEST)
 
 
-def _gram_fwd(f1, f2):
-    return gram(f1, f2), (f1, f2)
+def _gram_fwd(f1, f2, copy_transpose):
+    return _gram(f1, f2, copy_transpose), (f1, f2)
 
 
-def _gram_bwd(residuals, g):
+def _gram_bwd(copy_transpose, residuals, g):
     f1, f2 = residuals
-    # XLA's CPU float64 matmul is ~2.5x slower when it contracts the leading axes (g.T @ f1)
-    # than on a materialised transpose; the barrier keeps XLA from folding the transpose back.
-    g_t = jax.lax.optimization_barrier(jax.lax.optimization_barrier(g).T)
-    return jnp.matmul(g, f2, precision=_HIGHEST), jnp.matmul(g_t, f1, precision=_HIGHEST)
+    if copy_transpose:  # the barrier keeps XLA from folding the transpose back into the product
+        g_t = jax.lax.optimization_barrier(jax.lax.optimization_barrier(g).T)
+        g_t_f1 = jnp.matmul(g_t, f1, precision=_HIGHEST)
+    else:
+        g_t_f1 = jax.lax.dot_general(g, f1, (((0,), (0,)), ((), ())), precision=_HIGHEST)
+    return jnp.matmul(g, f2, precision=_HIGHEST), g_t_f1
 
 
-gram.defvjp(_gram_fwd, _gram_bwd)
+_gram.defvjp(_gram_fwd, _gram_bwd)
 
 
 def _identity_scatter(x: Array) -> Array:
