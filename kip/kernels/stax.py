@@ -346,23 +346,27 @@ def _gram_bwd(copy_transpose, residuals, g):
 _gram.defvjp(_gram_fwd, _gram_bwd)
 
 
-def _identity_scatter(x: Array) -> Array:
-    return jnp.zeros_like(x).at[jnp.arange(x.shape[0])].set(x, indices_are_sorted=True, unique_indices=True)
+def _rewrite_first_row(x: Array) -> Array:
+    # x with its first row written back in place: XLA must have x in memory to update it,
+    # and the update of one row costs nothing. The row index is an iota so that XLA does not
+    # fold the no-op away.
+    first = jax.lax.iota(jnp.int32, 1)[0]
+    return jax.lax.dynamic_update_slice_in_dim(x, jax.lax.dynamic_slice_in_dim(x, first, 1, 0), first, 0)
 
 
 @jax.custom_vjp
 def _materialize(x: Array) -> Array:
-    return _identity_scatter(x)
+    return _rewrite_first_row(x)
 
 
 def _materialize_fwd(x):
-    return _identity_scatter(x), None
+    return _rewrite_first_row(x), None
 
 
 def _materialize_bwd(_, g):
-    # A scatter's own transpose is a gather, which XLA:CPU fuses with the cotangent's
-    # producers and runs element by element (~30x slower than a vectorised pass).
-    return (_identity_scatter(g),)
+    # The cotangent materialised too (the default transpose would split it into a
+    # zeroed row and a padded one).
+    return (_rewrite_first_row(g),)
 
 
 _materialize.defvjp(_materialize_fwd, _materialize_bwd)
@@ -373,8 +377,9 @@ def materialize(x: Array) -> Array:
 
     XLA fuses cheap-looking producers into every consumer, so a small array read by each
     entry of a large one is recomputed per entry (16x for a 2x2 pool's output, far more for
-    the layers after it). XLA:CPU drops `optimization_barrier` before fusing, but keeps a
-    scatter as a fusion boundary: an identity scatter costs one pass over x.
+    the layers after it). XLA:CPU drops `optimization_barrier` before fusing, but an
+    in-place update of x needs x in memory: a fusion boundary at no cost (an identity
+    scatter, used before, cost two passes over x).
     """
     return x if x.ndim == 0 else _materialize(x)
 
@@ -405,9 +410,10 @@ def _position_diagonal(m: Array) -> Array:
     return flat[:: h * w + 1].reshape((h, w) + m.shape[4:])
 
 
-def _outer(v1: Array, v2: Array, spatial: int) -> Array:
-    """v1[p, a] * v2[q, b] laid out like nngp: positions of x1 and x2 first (interleaved
-    for FULL), then x1's example axes, then x2's. v1 (*pos, *ex1), v2 (*pos, *ex2)."""
+def _outer_factors(v1: Array, v2: Array, spatial: int) -> tuple[Array, Array]:
+    """v1 and v2 reshaped so that their product is v1[p, a] * v2[q, b] laid out like nngp:
+    positions of x1 and x2 first (interleaved for FULL), then x1's example axes, then
+    x2's. v1 (*pos, *ex1), v2 (*pos, *ex2)."""
     pos = 0 if spatial == FLAT else 2
     e1, e2 = v1.ndim - pos, v2.ndim - pos
     a = v1.reshape(v1.shape + (1,) * e2)
@@ -415,12 +421,25 @@ def _outer(v1: Array, v2: Array, spatial: int) -> Array:
     if spatial == FULL:  # (H, W, ...) -> (H, W, 1, 1, ...) and (1, 1, H, W, ...)
         a = a.reshape(a.shape[:2] + (1, 1) + a.shape[2:])
         b = b.reshape((1, 1) + b.shape)
+    return a, b
+
+
+def _outer(v1: Array, v2: Array, spatial: int) -> Array:
+    """v1[p, a] * v2[q, b] laid out like nngp (see `_outer_factors`)."""
+    a, b = _outer_factors(v1, v2, spatial)
     return a * b
+
+
+def _self_outer_factors(v: Array) -> tuple[Array, Array]:
+    """v reshaped twice so that the product is v[p, a] * v[q, a], laid out like a FULL
+    cov: (H, W, ...) -> (H, W, 1, 1, ...) and (1, 1, H, W, ...)."""
+    return v[:, :, None, None], v[None, None, :, :]
 
 
 def _self_outer(v: Array) -> Array:
     """v[p, a] * v[q, a] laid out like a FULL cov: (H, W, ...) -> (H, W, H, W, ...)."""
-    return v[:, :, None, None] * v[None, None, :, :]
+    a, b = _self_outer_factors(v)
+    return a * b
 
 
 def _nonlinearity_variances(k: Kernel) -> tuple[Array, Array, Kernel]:
@@ -481,89 +500,140 @@ def _clamped_sqrt_jvp(primals, tangents):
     return y, jnp.where(above, dx / (2 * jnp.where(above, y, 1)), 0)
 
 
-# atan(u) = u P(u^2) for |u| <= tan(pi/8); fitted by tools/fit_atan_polynomial.py
-# (worst relative error 1.7e-16 in float64).
-_ATAN_COEFFS = (
-    1.0, -0.33333333333333126, 0.19999999999942467, -0.14285714279390746, 0.11111110751391824,
-    -0.09090896983538804, 0.07692048267829968, -0.06662983592636976, 0.05847099333400077,
-    -0.050360575642976566, 0.03798858988368468, -0.017830020068109027,
-)
-_TAN_PI_8 = math.sqrt(2.0) - 1.0
+# asin(y) = y P(y^2) for y^2 <= 1/4, one polynomial per dtype; fitted by
+# tools/fit_asin_polynomial.py (worst relative error 2.2e-16 in float64, 1.2e-7 in float32).
+_ASIN_COEFFS = {
+    "float64": (
+        1.0, 0.16666666666666802, 0.07499999999964911, 0.04464285717838484, 0.0303819425721281,
+        0.022372218025815713, 0.017351567002964478, 0.013981277001739989, 0.011395693423127882,
+        0.0107960269752972, 0.003653710951385678, 0.021821921752629734, -0.02114483887761259,
+        0.03271120769588076,
+    ),
+    "float32": (
+        1.000000000244509, 0.1666665722277807, 0.07500591217156272, 0.04450528107419336,
+        0.03188388258099387, 0.01419966122140196, 0.037805335975402865,
+    ),
+}
 
 
-def _atan2_nonneg(y: Array, x: Array, fill: float) -> Array:
-    """arctan2(y, x) for y >= 0, in [0, pi]; `fill` where x = y = 0.
+def _arccos(rho: Array, a: Array) -> Array:
+    """arccos(rho) in [0, pi], given a = |rho| <= 1.
 
-    Plain arithmetic (XLA vectorises it) instead of XLA:CPU's scalar arctan2, which was
-    the single largest elementwise cost of a ReLU kernel. Not differentiated: the kernels
-    that call it have closed-form derivatives.
+    Plain arithmetic that XLA vectorises and fuses: arccos(a) = pi/2 - asin(a) for a <= 1/2,
+    2 asin(sqrt((1 - a) / 2)) above, both from one polynomial on [0, 1/4]. Each value is
+    read once (the polynomial's argument is formed without squaring the square root): XLA
+    does not fuse an expensive operation (sqrt, divide) into a consumer that reads it twice,
+    and every unfused one is a pass over memory.
     """
-    ax = jnp.abs(x)
-    lo, hi = jnp.minimum(y, ax), jnp.maximum(y, ax)
-    # atan(lo / hi), lo / hi in [0, 1]; above tan(pi/8) as pi/4 + atan(u), u = (lo - hi) / (lo + hi).
-    # One division either way: XLA materialises a divided value read several times.
-    shifted = lo > _TAN_PI_8 * hi
-    u = (lo - jnp.where(shifted, hi, 0)) / (jnp.where(shifted, lo, 0) + jnp.where(hi > 0, hi, 1))
-    z = u * u
-    poly = jnp.full_like(z, _ATAN_COEFFS[-1])
-    for c in _ATAN_COEFFS[-2::-1]:
+    coeffs = _ASIN_COEFFS["float64" if a.dtype == jnp.float64 else "float32"]
+    small = a <= 0.5
+    z = jnp.where(small, a * a, (1 - a) / 2)
+    y = jnp.where(small, a, jnp.sqrt(z))
+    poly = jnp.full_like(z, coeffs[-1])
+    for c in coeffs[-2::-1]:
         poly = poly * z + c
-    # atan(lo / hi) in [0, pi/4]; pi/4 in u's dtype, or this select runs in float64
-    angle = u * poly + jnp.where(shifted, jnp.asarray(math.pi / 4, u.dtype), 0)
-    angle = jnp.where(y > ax, math.pi / 2 - angle, angle)
-    angle = jnp.where(x < 0, math.pi - angle, angle)
-    return jnp.where(hi > 0, angle, fill)
+    asin = y * poly
+    half_pi = jnp.asarray(math.pi / 2, a.dtype)  # constants in a's dtype, or the selects run in float64
+    angle = jnp.where(small, half_pi - asin, 2 * asin)
+    return jnp.where(rho < 0, jnp.asarray(math.pi, a.dtype) - angle, angle)
 
 
 def _rounding_floor(prod: Array) -> Array:
     return 8 * jnp.finfo(prod.dtype).eps * prod
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _arc_cosine(nngp: Array, prod: Array, ntk: Array | None, factor: float, gain: float):
-    """ABRelu's map (K, P, Θ) -> (f s + d K, d Θ), s = sqrt(P - K^2), d = gain - f θ,
-    θ = arctan2(s, K); P = K11 K22. Written with its derivative because the arc-cosine
-    kernel's is closed-form and cheap (no arctan2 on the way back):
-    dK'/dK = d, dK'/dP = f s / (2P), dΘ'/dΘ = d, dΘ'/dK = f Θ / s, dΘ'/dP = -f Θ K / (2 P s).
+def _safe_reciprocal(x: Array) -> Array:
+    return jnp.where(x > 0, 1 / jnp.where(x > 0, x, 1), 0)
+
+
+@jax.custom_jvp
+def _std(v: Array) -> Array:
+    """sqrt(v) of variances, with derivative 0 where v = 0 (a position that is 0 for every
+    network draw: its kernel entries are 0 whatever its scale)."""
+    return jnp.sqrt(jnp.maximum(v, 0))
+
+
+@_std.defjvp
+def _std_jvp(primals, tangents):
+    (v,), (dv,) = primals, tangents
+    s = _std(v)
+    return s, dv * 0.5 * _safe_reciprocal(s)
+
+
+def _sum_to(x: Array, shape: tuple[int, ...]) -> Array:
+    """x summed over the axes that were broadcast from `shape` (the transpose of a broadcast)."""
+    lead = x.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1 and x.shape[lead + i] != 1)
+    if not axes:
+        return x.reshape(shape)
+    # A sum over leading or trailing axes as a product with a vector of ones: XLA:CPU runs
+    # it as a matrix-vector product, several times faster than its reduction.
+    kept = math.prod(x.shape[i] for i in range(x.ndim) if i not in axes)
+    ones = jnp.ones((x.size // kept,), x.dtype)
+    if axes == tuple(range(x.ndim - len(axes), x.ndim)):
+        return jnp.dot(x.reshape(kept, -1), ones, precision=_HIGHEST).reshape(shape)
+    if axes == tuple(range(len(axes))):
+        return jnp.dot(ones, x.reshape(-1, kept), precision=_HIGHEST).reshape(shape)
+    return jnp.sum(x, axis=axes).reshape(shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _arc_cosine(nngp: Array, ntk: Array | None, s1: Array, s2: Array, factor: float, gain: float):
+    """ABRelu's map (K, Θ) -> (f sqrt(P) c + d K, d Θ) for P = (s1 s2)^2, the product of the
+    two positions' variances given as standard deviations broadcastable against K (small
+    arrays: their products and reciprocals are formed per position, never per entry):
+    ρ = K / (s1 s2), c = sqrt(1 - ρ^2), d = gain - f arccos(ρ).
+
+    Written with its derivative because the arc-cosine kernel's is closed-form and cheap:
+    dK'/dK = d, dK'/ds1 = f c s2, dΘ'/dΘ = d, dΘ'/dK = f Θ / (s1 s2 c),
+    dΘ'/ds1 = -f Θ ρ / (s1 c) (s2 alike), summed over the axes s1 and s2 were broadcast on.
     """
-    return _arc_cosine_parts(nngp, prod, ntk, factor, gain)[0]
+    return _arc_cosine_parts(nngp, s1, s2, factor, gain)[0](ntk)
 
 
-def _arc_cosine_fwd(nngp, prod, ntk, factor, gain):
-    # The residuals are read by several backward fusions (one per shifted read of the
-    # cotangent): materialised, or XLA recomputes the arctan polynomial in each.
-    out, (nngp, prod, ntk, root, dot_sigma) = _arc_cosine_parts(nngp, prod, ntk, factor, gain)
-    return out, (nngp, prod, ntk, materialize(root), materialize(dot_sigma))
+def _arc_cosine_parts(nngp, s1, s2, factor, gain):
+    inv1, inv2 = _safe_reciprocal(s1), _safe_reciprocal(s2)
+    rho = nngp * (inv1 * inv2)
+    a = jnp.abs(rho)
+    # A point paired with itself has |ρ| = 1 exactly; rounding leaves it a few eps away,
+    # where c would be ~sqrt(eps) (a 1e-8 error on the diagonal). Snap it to 1.
+    a = jnp.where(a > 1 - 4 * jnp.finfo(a.dtype).eps, 1, a)
+    c = jnp.sqrt((1 - a) * (1 + a))
+    dot_sigma = gain - factor * _arccos(rho, a)
+
+    def outputs(ntk, c=c, dot_sigma=dot_sigma):
+        out_nngp = factor * (s1 * s2) * c + dot_sigma * nngp
+        return out_nngp, None if ntk is None else ntk * dot_sigma
+
+    return outputs, (rho, c, dot_sigma, inv1, inv2)
 
 
-def _arc_cosine_parts(nngp, prod, ntk, factor, gain):
-    gap = prod - nngp**2
-    # A point paired with itself has gap = 0 exactly; rounding leaves ~eps * prod, whose
-    # square root would put a sqrt(eps) ~ 1e-8 error on the diagonal. Snap it to 0.
-    root = jnp.sqrt(jnp.where(gap > _rounding_floor(prod), gap, 0))
-    angle = _atan2_nonneg(root, nngp, fill=math.pi / 2)
-    dot_sigma = gain - factor * angle
-    out = (factor * root + dot_sigma * nngp, None if ntk is None else ntk * dot_sigma)
-    return out, (nngp, prod, ntk, root, dot_sigma)
+def _arc_cosine_fwd(nngp, ntk, s1, s2, factor, gain):
+    outputs, (rho, c, dot_sigma, inv1, inv2) = _arc_cosine_parts(nngp, s1, s2, factor, gain)
+    # c and d are read by several backward fusions (one per shifted read of the cotangent):
+    # materialised, or XLA recomputes the arccos polynomial in each.
+    c, dot_sigma = materialize(c), materialize(dot_sigma)
+    return outputs(ntk, c, dot_sigma), (nngp, ntk, s1, s2, c, dot_sigma)
 
 
 def _arc_cosine_bwd(factor, gain, residuals, cotangents):
-    nngp, prod, ntk, root, dot_sigma = residuals
+    nngp, ntk, s1, s2, c, dot_sigma = residuals
     g_nngp, g_ntk = cotangents
-    safe_prod = jnp.where(prod > 0, prod, 1)
     d_nngp = g_nngp * dot_sigma
-    d_prod = jnp.where(prod > 0, g_nngp * factor * root / (2 * safe_prod), 0)
+    d_s1 = g_nngp * factor * c * s2
+    d_s2 = g_nngp * factor * c * s1
     d_ntk = None
     if ntk is not None:
-        # 1/s blows up for a point paired with itself, where the true derivative is 0
-        # (theta = 0 identically); rounding makes s tiny but not 0 there.
-        live = root > 0
-        inv_root = jnp.where(live, 1 / jnp.where(live, root, 1), 0)
-        t = g_ntk * ntk * factor * inv_root
-        d_nngp = d_nngp + t
-        d_prod = d_prod - jnp.where(prod > 0, t * nngp / (2 * safe_prod), 0)
-        d_ntk = g_ntk * dot_sigma
-    return d_nngp, d_prod, d_ntk
+        inv1, inv2 = _safe_reciprocal(s1), _safe_reciprocal(s2)
+        rho = nngp * (inv1 * inv2)
+        # 1/c blows up for a point paired with itself, where the true derivative is 0
+        # (θ = 0 identically); c is snapped to exactly 0 there.
+        w = g_ntk * ntk * factor * _safe_reciprocal(c)
+        d_nngp = d_nngp + w * (inv1 * inv2)
+        d_s1 = d_s1 - w * rho * inv1
+        d_s2 = d_s2 - w * rho * inv2
+        d_ntk = _sum_to(g_ntk * dot_sigma, ntk.shape)
+    return d_nngp, d_ntk, _sum_to(d_s1, s1.shape), _sum_to(d_s2, s2.shape)
 
 
 _arc_cosine.defvjp(_arc_cosine_fwd, _arc_cosine_bwd)
@@ -636,17 +706,18 @@ def ABRelu(a: float, b: float) -> Layer:
     def fn(x):
         return a * jnp.minimum(x, 0) + b * jnp.maximum(x, 0)
 
-    def nngp_ntk(nngp, prod, ntk=None):
-        return _arc_cosine(nngp, prod, ntk, factor, diag_gain)
+    def nngp_ntk(nngp, stds, ntk=None):
+        return _arc_cosine(nngp, ntk, *stds, factor, diag_gain)
 
     def transform(k: Kernel) -> Kernel:
         v1, v2, k = _nonlinearity_variances(k)
-        nngp, ntk = (None, None) if k.nngp is None else nngp_ntk(k.nngp, _outer(v1, v2, k.spatial), k.ntk)
+        s1, s2 = _std(v1), _std(v2)
+        nngp, ntk = (None, None) if k.nngp is None else nngp_ntk(k.nngp, _outer_factors(s1, s2, k.spatial), k.ntk)
         if k.cov1 is None:
             cov1 = cov2 = None
         elif k.spatial == FULL:
-            cov1 = nngp_ntk(k.cov1, _self_outer(v1))[0]
-            cov2 = cov1 if k.cov2 is k.cov1 else nngp_ntk(k.cov2, _self_outer(v2))[0]
+            cov1 = nngp_ntk(k.cov1, _self_outer_factors(s1))[0]
+            cov2 = cov1 if k.cov2 is k.cov1 else nngp_ntk(k.cov2, _self_outer_factors(s2))[0]
         else:  # a variance is its own pair at angle 0
             cov1 = diag_gain * k.cov1
             cov2 = cov1 if k.cov2 is k.cov1 else diag_gain * k.cov2
