@@ -595,9 +595,11 @@ def _arc_cosine_parts(nngp, s1, s2, factor, gain):
     inv1, inv2 = _safe_reciprocal(s1), _safe_reciprocal(s2)
     rho = nngp * (inv1 * inv2)
     a = jnp.abs(rho)
-    # A point paired with itself has |ρ| = 1 exactly; rounding leaves it a few eps away,
-    # where c would be ~sqrt(eps) (a 1e-8 error on the diagonal). Snap it to 1.
-    a = jnp.where(a > 1 - 4 * jnp.finfo(a.dtype).eps, 1, a)
+    # A point paired with itself has |ρ| = 1 exactly; rounding (of K's sum, of 1/s) leaves it
+    # some eps away, where c would be ~sqrt(eps): a 1e-8 error on the diagonal, and one that
+    # changes with the summation order (another device split). Snap it to 1; 64 eps leaves
+    # a margin over the rounding, and snaps no distinct pair of real images.
+    a = jnp.where(a > 1 - 64 * jnp.finfo(a.dtype).eps, 1, a)
     c = jnp.sqrt((1 - a) * (1 + a))
     dot_sigma = gain - factor * _arccos(rho, a)
 
