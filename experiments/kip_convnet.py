@@ -4,6 +4,8 @@ beside the published KIP-ConvNet kernel figures.
 
     python experiments/kip_convnet.py --data-dir ../shared/datasets            # MNIST, <= 60 min per run on 2 cores
     python experiments/kip_convnet.py --quick                                   # digits, minutes
+    python experiments/kip_convnet.py --data-dir ../shared/datasets --ipc 1 --loss platt --eval rf exact \
+        --name kip_convnet_mnist_platt                                          # RFAD's Platt loss: 94.75 at 1/class
     python experiments/kip_convnet.py --data-dir ../shared/datasets --kernel convnet3 --precision float32 --ipc 1 \
         --target-batch 20 --steps 300 --eval-every 300 --eval exact rf --name kip_convnet_mnist_exact   # exact NTK, 14 min
 
