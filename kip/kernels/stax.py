@@ -588,12 +588,13 @@ def _arc_cosine(nngp: Array, ntk: Array | None, s1: Array, s2: Array, factor: fl
     dK'/dK = d, dK'/ds1 = f c s2, dΘ'/dΘ = d, dΘ'/dK = f Θ / (s1 s2 c),
     dΘ'/ds1 = -f Θ ρ / (s1 c) (s2 alike), summed over the axes s1 and s2 were broadcast on.
     """
-    return _arc_cosine_parts(nngp, s1, s2, factor, gain)[0](ntk)
+    c, dot_sigma = _arc_cosine_parts(nngp, s1, s2, factor, gain)
+    return _arc_cosine_outputs(nngp, ntk, s1, s2, c, dot_sigma, factor)
 
 
 def _arc_cosine_parts(nngp, s1, s2, factor, gain):
-    inv1, inv2 = _safe_reciprocal(s1), _safe_reciprocal(s2)
-    rho = nngp * (inv1 * inv2)
+    """(c, d) of `_arc_cosine`."""
+    rho = nngp * (_safe_reciprocal(s1) * _safe_reciprocal(s2))
     a = jnp.abs(rho)
     # A point paired with itself has |ρ| = 1 exactly; rounding (of K's sum, of 1/s) leaves it
     # some eps away, where c would be ~sqrt(eps): a 1e-8 error on the diagonal, and one that
@@ -601,21 +602,20 @@ def _arc_cosine_parts(nngp, s1, s2, factor, gain):
     # a margin over the rounding, and snaps no distinct pair of real images.
     a = jnp.where(a > 1 - 64 * jnp.finfo(a.dtype).eps, 1, a)
     c = jnp.sqrt((1 - a) * (1 + a))
-    dot_sigma = gain - factor * _arccos(rho, a)
+    return c, gain - factor * _arccos(rho, a)
 
-    def outputs(ntk, c=c, dot_sigma=dot_sigma):
-        out_nngp = factor * (s1 * s2) * c + dot_sigma * nngp
-        return out_nngp, None if ntk is None else ntk * dot_sigma
 
-    return outputs, (rho, c, dot_sigma, inv1, inv2)
+def _arc_cosine_outputs(nngp, ntk, s1, s2, c, dot_sigma, factor):
+    out_nngp = factor * (s1 * s2) * c + dot_sigma * nngp
+    return out_nngp, None if ntk is None else ntk * dot_sigma
 
 
 def _arc_cosine_fwd(nngp, ntk, s1, s2, factor, gain):
-    outputs, (rho, c, dot_sigma, inv1, inv2) = _arc_cosine_parts(nngp, s1, s2, factor, gain)
+    c, dot_sigma = _arc_cosine_parts(nngp, s1, s2, factor, gain)
     # c and d are read by several backward fusions (one per shifted read of the cotangent):
     # materialised, or XLA recomputes the arccos polynomial in each.
     c, dot_sigma = materialize(c), materialize(dot_sigma)
-    return outputs(ntk, c, dot_sigma), (nngp, ntk, s1, s2, c, dot_sigma)
+    return _arc_cosine_outputs(nngp, ntk, s1, s2, c, dot_sigma, factor), (nngp, ntk, s1, s2, c, dot_sigma)
 
 
 def _arc_cosine_bwd(factor, gain, residuals, cotangents):
