@@ -24,13 +24,13 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
+from benchmarks.timing import best_seconds
 from kip import kernels, report
 
 CONFIGS = [  # kernel, image shape, n1, n2
@@ -61,14 +61,7 @@ def measure(kernel: str, shape, n1: int, n2: int, dtype: str, seed: int = 0, rep
         mem = compiled.memory_analysis()
         out[f"{name}_peak_bytes"] = int(mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes)
         result = jax.block_until_ready(fn(x1, x2))
-        times = []
-        # At least `repeats` runs and at least 1 s of them (up to 50): the FC1 programs take
-        # milliseconds, where two runs' minimum is still noisy.
-        while len(times) < repeats or (sum(times) < 1.0 and len(times) < 50):
-            start = time.perf_counter()
-            jax.block_until_ready(fn(x1, x2))
-            times.append(time.perf_counter() - start)
-        out[f"{name}_s_per_entry"] = min(times) / (n1 * n2)
+        out[f"{name}_s_per_entry"] = best_seconds(lambda: jax.block_until_ready(fn(x1, x2)), repeats) / (n1 * n2)
         if name == "forward":
             forward = np.asarray(result)
     return out, forward
@@ -79,12 +72,7 @@ def matmul_peak(dtype, n: int = 2048) -> float:
     a = jnp.asarray(np.random.RandomState(0).randn(n, n), dtype)
     f = jax.jit(lambda a: a @ a)
     jax.block_until_ready(f(a))
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        jax.block_until_ready(f(a))
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / min(times) / 1e9
+    return 2 * n**3 / best_seconds(lambda: jax.block_until_ready(f(a)), min_runs=5, min_total=0) / 1e9
 
 
 def one_pair_gflops(kernel: str, shape, dtype) -> tuple[float, float]:
@@ -95,12 +83,7 @@ def one_pair_gflops(kernel: str, shape, dtype) -> tuple[float, float]:
     f = jax.jit(functools.partial(kernels.preset(kernel).kernel_fn, get="ntk"))
     flops = f.lower(x1, x2).compile().cost_analysis()["flops"]
     jax.block_until_ready(f(x1, x2))
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        jax.block_until_ready(f(x1, x2))
-        times.append(time.perf_counter() - start)
-    return flops, flops / min(times) / 1e9
+    return flops, flops / best_seconds(lambda: jax.block_until_ready(f(x1, x2)), min_runs=3, min_total=0) / 1e9
 
 
 def profile(kernel: str, shape, n1: int, n2: int) -> list[dict]:

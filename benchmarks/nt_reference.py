@@ -25,6 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.example_libraries import optimizers  # noqa: E402
 from neural_tangents import stax  # noqa: E402
+from timing import best_seconds  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 
 def fc_kernel(depth, num_classes):
@@ -129,14 +130,7 @@ def kernel_speed_benchmark(args):
         mem = compiled.memory_analysis()
         out[f"{name}_peak_bytes"] = int(mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes)
         result = jax.block_until_ready(fn(x1, x2))
-        times = []
-        # At least `repeats` runs and at least 1 s of them (up to 50): the FC1 programs take
-        # milliseconds, where two runs' minimum is still noisy.
-        while len(times) < args.repeats or (sum(times) < 1.0 and len(times) < 50):
-            start = time.perf_counter()
-            jax.block_until_ready(fn(x1, x2))
-            times.append(time.perf_counter() - start)
-        out[f"{name}_s_per_entry"] = min(times) / (args.n1 * args.n2)
+        out[f"{name}_s_per_entry"] = best_seconds(lambda: jax.block_until_ready(fn(x1, x2)), args.repeats) / (args.n1 * args.n2)
         if name == "forward":
             np.save(args.save, np.asarray(result))
     print(json.dumps(out), flush=True)
