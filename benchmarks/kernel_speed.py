@@ -1,7 +1,7 @@
 """Seconds per kernel entry, this project against neural-tangents 0.6.5, in one run.
 
 FC1, ConvNet3 and ConvNet NTKs on 28x28x1 and 32x32x3 inputs, float64 and float32, forward
-and forward+gradient (w.r.t. x1, as KIP needs), peak memory by XLA's own accounting of each
+and forward+gradient (value and gradient w.r.t. x1, as KIP needs), peak memory by XLA's own accounting of each
 compiled program, and the largest difference between the two implementations' kernels on the
 same inputs. The reference runs in its side environment as a separate process, one
 configuration at a time, never concurrently with ours. Also: the machine's matmul peak, the
@@ -52,7 +52,9 @@ def measure(kernel: str, shape, n1: int, n2: int, dtype: str, seed: int = 0, rep
     kernel_fn = functools.partial(kernels.preset(kernel).kernel_fn, get="ntk")
     programs = {
         "forward": jax.jit(kernel_fn),
-        "forward_grad": jax.jit(jax.grad(lambda a, b: jnp.sum(w * kernel_fn(a, b)))),
+        # KIP needs the loss and its gradient: value_and_grad. (A gradient alone lets XLA drop
+        # the forward values, which no KIP step can.)
+        "forward_grad": jax.jit(jax.value_and_grad(lambda a, b: jnp.sum(w * kernel_fn(a, b)))),
     }
     out = {"impl": "kip", "kernel": kernel, "shape": list(shape), "dtype": dtype, "n1": n1, "n2": n2}
     forward = None
@@ -194,8 +196,9 @@ def main() -> None:
     body += """
 
 Per entry = the program's time divided by n1*n2 (both images' own passes included). "fwd+grad" is
-the gradient of sum(w * K(x1, x2)) w.r.t. x1, KIP's use. Peak memory is XLA's accounting of the
-compiled program (arguments + outputs + scratch). max rel. diff = max |K_kip - K_NT| / max |K_NT|
+the value and gradient of sum(w * K(x1, x2)) w.r.t. x1 (`jax.value_and_grad`), KIP's use (runs of
+this file up to commit 2f3983d timed the gradient alone, for which XLA drops the forward values).
+Peak memory is XLA's accounting of the compiled program (arguments + outputs + scratch). max rel. diff = max |K_kip - K_NT| / max |K_NT|
 on identical inputs. The reference: neural-tangents 0.6.5 on JAX 0.5.3 in its side environment,
 same machine, run one configuration at a time between ours.
 """

@@ -112,7 +112,7 @@ def preset(name, num_classes=10):
 
 
 def kernel_speed_benchmark(args):
-    """Seconds per kernel entry, forward and forward+gradient (w.r.t. x1), and XLA's
+    """Seconds per kernel entry, forward and forward+gradient (value and gradient w.r.t. x1), and XLA's
     memory accounting, for inputs drawn from numpy RandomState(seed) as kip's side draws them."""
     dtype = {"float32": jnp.float32, "float64": jnp.float64}[args.dtype]
     shape = tuple(args.shape)
@@ -122,7 +122,7 @@ def kernel_speed_benchmark(args):
     w = jnp.asarray(rng.randn(args.n1, args.n2), dtype)
     kernel_fn = functools.partial(preset(args.kernel), get="ntk")
     forward = jax.jit(kernel_fn)
-    grad = jax.jit(jax.grad(lambda a, b: jnp.sum(w * kernel_fn(a, b))))
+    grad = jax.jit(jax.value_and_grad(lambda a, b: jnp.sum(w * kernel_fn(a, b))))  # as kernel_speed.py
     out = {"impl": "neural-tangents", "jax": jax.__version__, "kernel": args.kernel, "shape": shape,
            "dtype": args.dtype, "n1": args.n1, "n2": args.n2}
     for name, fn in (("forward", forward), ("forward_grad", grad)):

@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from kip import data, distill, kernels, krr
+from kip.kernels import stax
 
 
 def toy(n_train=200, num_classes=3, dim=6, seed=0):
@@ -139,8 +140,28 @@ def test_label_solve_memory_does_not_grow_with_the_number_of_target_blocks():
     assert many < few + 64 * 50 * 8 * 8, (many, few)  # at most copies of the (n_t, 4 + 3) inputs grow
 
 
+@pytest.fixture(params=["jacobians", "recomputed"])
+def pair_gradients(request, monkeypatch):
+    """Both ways the pairwise kernels are differentiated (`stax._PairKernels`): each pair's
+    Jacobians kept from the forward pass (the default), or each pair recomputed backward
+    (what a kernel whose Jacobians would exceed the memory limit does); the test fails if
+    the way asked for is not the one taken."""
+    taken = []
+    original = stax._PairKernels.with_jacobians
+
+    def spy(self, wanted):
+        taken.append("jacobians")
+        return original(self, wanted)
+
+    monkeypatch.setattr(stax._PairKernels, "with_jacobians", spy)
+    if request.param == "recomputed":
+        monkeypatch.setattr(stax, "_MAX_JACOBIAN_BYTES", -1)
+    yield request.param
+    assert ("jacobians" in taken) == (request.param == "jacobians"), (request.param, taken)
+
+
 @pytest.mark.parametrize("prepend_conv", [False, True])
-def test_kip_gradient_through_convnet_kernel_matches_finite_differences(prepend_conv):
+def test_kip_gradient_through_convnet_kernel_matches_finite_differences(prepend_conv, pair_gradients):
     """The pair-by-pair full-covariance kernel (pooling) differentiated end to end."""
     kfn = functools.partial(kernels.convnet(depth=2, prepend_conv=prepend_conv, num_classes=3).kernel_fn, get="ntk")
     rng = np.random.RandomState(0)
@@ -155,6 +176,27 @@ def test_kip_gradient_through_convnet_kernel_matches_finite_differences(prepend_
         numeric = (loss({**params, name: params[name] + eps * direction})
                    - loss({**params, name: params[name] - eps * direction})) / (2 * eps)
         np.testing.assert_allclose(jnp.vdot(grads[name], direction), numeric, rtol=1e-6)
+
+
+def test_convnet_kernels_value_and_gradient_of_both_outputs(pair_gradients):
+    """NNGP and NTK together (get=None), both arguments, the symmetric form, and two pairs per
+    step: the value and gradient KIP takes, against finite differences."""
+    kfn = kernels.convnet(depth=1, prepend_conv=False).kernel_fn.with_pairs_per_step(2)
+    rng = np.random.RandomState(3)
+    a, b = jnp.asarray(rng.randn(3, 6, 6, 1)), jnp.asarray(rng.randn(2, 6, 6, 1))
+    w1, w2, w3 = (jnp.asarray(rng.randn(*shape)) for shape in ((3, 2), (3, 2), (3, 3)))
+
+    def f(a, b):
+        k = kfn(a, b)
+        return jnp.sum(w1 * k.nngp) + jnp.sum(w2 * k.ntk ** 2) + jnp.sum(w3 * kfn(a, None, "nngp"))
+
+    value, (ga, gb) = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(a, b)
+    np.testing.assert_allclose(value, f(a, b), rtol=1e-12)
+    for g, arg in ((ga, 0), (gb, 1)):
+        direction = jnp.asarray(rng.randn(*(a, b)[arg].shape))
+        shifted = [lambda s: f(a + s * direction, b), lambda s: f(a, b + s * direction)][arg]
+        numeric = (shifted(1e-5) - shifted(-1e-5)) / 2e-5
+        np.testing.assert_allclose(jnp.vdot(g, direction), numeric, rtol=1e-6)
 
 
 def test_convnet_kernel_gradient_in_the_second_argument():

@@ -141,7 +141,7 @@ class KernelFn:
         _check_inputs(x1, x2)
         spatial = FLAT if x1.ndim == 2 else self.input_req(FLAT)
         if spatial == FULL:
-            k = self._pairwise(x1, x2, compute_ntk="ntk" in fields)
+            k = self._pairwise(x1, x2, fields)
         else:
             k = _examples_first(self.transform(input_kernel(x1, x2, spatial, "ntk" in fields, cov2=cov2)))
         if k.ntk is not None and k.ntk.ndim == 0:  # no layer with parameters: Θ = 0
@@ -152,8 +152,9 @@ class KernelFn:
             return getattr(k, get)
         return collections.namedtuple("AnalyticKernel", fields)(*(getattr(k, f) for f in fields))
 
-    def _pairwise(self, x1: Array, x2: Array | None, compute_ntk: bool) -> Kernel:
+    def _pairwise(self, x1: Array, x2: Array | None, fields: tuple[str, ...]) -> Kernel:
         """The two-phase computation for full position-position covariances."""
+        compute_ntk = "ntk" in fields
 
         @jax.checkpoint
         def self_pass(x):  # one image (H, W, C) with itself
@@ -164,25 +165,30 @@ class KernelFn:
         tape1, cov1 = jax.lax.map(self_pass, x1)
         tape2, cov2 = (tape1, cov1) if x2 is None else jax.lax.map(self_pass, x2)
         x2 = x1 if x2 is None else x2
+        symmetric = x2 is x1  # K(x, x): each unordered pair once
         n1, n2 = x1.shape[0], x2.shape[0]
 
-        @jax.checkpoint
-        def cross(ij):  # one pair of images
-            i, j = ij
-            a, b = x1[i], x2[j]
+        def pair(a, b, t1, t2):  # one pair of images, given their tapes
             ntk = jnp.zeros((), a.dtype) if compute_ntk else None
-            t1 = jax.tree_util.tree_map(lambda t: t[i], tape1)
-            t2 = jax.tree_util.tree_map(lambda t: t[j], tape2)
             k = _materialized(self(Kernel(None, ntk, None, None, a.shape[-1], FULL, t1, t2, (a, b), REPLAY)))
             return k.nngp, (jnp.broadcast_to(k.ntk, k.nngp.shape) if compute_ntk else k.nngp)
 
-        symmetric = x2 is x1  # K(x, x): each unordered pair once
         if symmetric:
-            i, j = (jnp.asarray(m) for m in np.triu_indices(n1))
+            i, j = np.triu_indices(n1)
         else:
-            i, j = (m.ravel() for m in jnp.meshgrid(jnp.arange(n1), jnp.arange(n2), indexing="ij"))
-        per_step = self.pairs_per_step
-        nngp, ntk = jax.lax.map(cross, (i, j), batch_size=per_step if per_step > 1 else None)
+            i, j = (m.ravel() for m in np.meshgrid(np.arange(n1), np.arange(n2), indexing="ij"))
+        pairs = _PairKernels(pair, i, j, (n1, n2), self.pairs_per_step)
+        per_pair = jax.eval_shape(pair, x1[0], x2[0], *(jax.tree_util.tree_map(lambda t: t[0], t) for t in (tape1, tape2)))
+        # Outputs whose gradient is wanted: a network ending on a flat kernel has one number per
+        # pair and output, whose gradient w.r.t. the pair's images (and tapes) is image-sized.
+        wanted = tuple(n for n, f in enumerate(("nngp", "ntk")) if f in fields and (n == 0 or compute_ntk))
+        jacobian_bytes = len(i) * len(wanted) * sum(
+            math.prod(leaf.shape[1:]) * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves((x1, x2, tape1, tape2)))
+        if per_pair[0].ndim == 0 and wanted and jacobian_bytes <= _MAX_JACOBIAN_BYTES:
+            nngp, ntk = pairs.with_jacobians(wanted)(x1, x2, tape1, tape2)
+        else:
+            nngp, ntk = pairs.recomputed(x1, x2, tape1, tape2)
+        i, j = jnp.asarray(i), jnp.asarray(j)
 
         def arrange(v):  # (pairs, ...) -> (n1, n2, ...)
             if not symmetric:
@@ -204,6 +210,88 @@ class KernelFn:
         x = jnp.asarray(x)
         spatial = FLAT if x.ndim == 2 else self.input_req(FLAT)
         return None if spatial == FULL else _self_cov(x, spatial)
+
+
+# Above this, the gradient of pairwise kernels recomputes each pair in the backward pass
+# instead of keeping each pair's Jacobian (`_PairKernels`).
+_MAX_JACOBIAN_BYTES = 2**30
+
+
+class _PairKernels:
+    """The kernel values of image pairs (i[p], j[p]), `pair(x1[i], x2[j], tape1[i], tape2[j])`
+    for each p, computed `per_step` pairs at a time, differentiable two ways.
+
+    KIP needs the values and their gradient. Keeping every pair's intermediate arrays for the
+    backward pass would take memory ~ pairs x (HW)^2, so `recomputed` lets JAX recompute each
+    pair there (two forward passes and one backward). When each pair's outputs are numbers
+    (a network ending on a flat kernel), their gradients w.r.t. the pair's two images and
+    tapes are only image-sized: `with_jacobians` computes them during the forward pass, while
+    the pair's intermediates are at hand (one forward and one backward per pair and output),
+    and the backward pass only weights and sums them (1.4-1.7x faster for KIP's value and
+    gradient on the ConvNets).
+    """
+
+    def __init__(self, pair: Callable, i: np.ndarray, j: np.ndarray, sizes: tuple[int, int], per_step: int):
+        self.pair, self.i, self.j, self.sizes, self.per_step = pair, i, j, sizes, per_step
+
+    def _map(self, fn: Callable, x1, x2, tape1, tape2):
+        def one(ij):
+            i, j = ij
+            t1, t2 = (jax.tree_util.tree_map(lambda leaf: leaf[k], t) for t, k in ((tape1, i), (tape2, j)))
+            return fn(x1[i], x2[j], t1, t2)
+
+        ij = (jnp.asarray(self.i), jnp.asarray(self.j))
+        return jax.lax.map(one, ij, batch_size=self.per_step if self.per_step > 1 else None)
+
+    def recomputed(self, x1, x2, tape1, tape2):
+        """Per-pair outputs (pairs, ...), each pair recomputed in the backward pass."""
+        return self._map(jax.checkpoint(self.pair), x1, x2, tape1, tape2)
+
+    def with_jacobians(self, wanted: tuple[int, ...]) -> Callable:
+        """A function of (x1, x2, tape1, tape2) -> per-pair outputs (pairs,), differentiable
+        through the outputs numbered `wanted` (the caller discards the others)."""
+        pair, (n1, n2) = self.pair, self.sizes
+
+        def is_primal(p):
+            return isinstance(p, jax.custom_derivatives.CustomVJPPrimal)
+
+        @jax.custom_vjp
+        def kernels(x1, x2, tape1, tape2):
+            return self._map(pair, x1, x2, tape1, tape2)
+
+        def fwd(*args):
+            values = jax.tree_util.tree_map(lambda p: p.value, args, is_leaf=is_primal)
+            # Gradients are kept only for the arguments being differentiated (not KIP's targets).
+            perturbed = [any(p.perturbed for p in jax.tree_util.tree_leaves(a, is_leaf=is_primal)) for a in args]
+
+            def with_gradients(a, b, t1, t2):
+                out, vjp = jax.vjp(pair, a, b, t1, t2)
+                grads = []
+                for n in wanted:
+                    g = vjp(tuple(jnp.full_like(o, m == n) for m, o in enumerate(out)))
+                    grads.append(tuple(d if p else None for d, p in zip(g, perturbed)))
+                return out, tuple(grads)
+
+            return self._map(with_gradients, *values)
+
+        def bwd(grads, cotangents):
+            totals = [None] * 4
+            for n, g in zip(wanted, grads):
+                c = cotangents[n]
+                if isinstance(c, jax.custom_derivatives.SymbolicZero):
+                    continue
+                for arg, d in enumerate(g):
+                    if d is None:
+                        continue
+                    weighted = jax.tree_util.tree_map(lambda leaf: leaf * c.reshape(c.shape + (1,) * (leaf.ndim - 1)), d)
+                    totals[arg] = weighted if totals[arg] is None else jax.tree_util.tree_map(jnp.add, totals[arg], weighted)
+            # Each pair's share to its two images (a point paired with itself gets both).
+            return tuple(
+                None if t is None else jax.tree_util.tree_map(lambda leaf: jax.ops.segment_sum(leaf, idx, size), t)
+                for t, idx, size in zip(totals, (self.i, self.j, self.i, self.j), (n1, n2, n1, n2)))
+
+        kernels.defvjp(fwd, bwd, symbolic_zeros=True)
+        return kernels
 
 
 # Live arrays of (HW)^2 entries while one pair is computed (measured with XLA's memory
