@@ -178,8 +178,8 @@ def main() -> None:
                   f"ridge {krr.DEFAULT_REG} x tr(K)/n; Adam 0.04, images learned, labels fixed, MSE; fresh random networks "
                   f"every step. The exact kernel's step costs ~ support x targets pairs, the random features' ~ "
                   f"(support + targets) x models x width^2, so the ratio grows with the support size. Machine load "
-                  f"(1-min average) at the end: {os.getloadavg()[0]:.1f} on {env['cores']} cores: other jobs shared the "
-                  "cores throughout, so absolute times are pessimistic. Goals (issue 4): >= 100x per step, accuracy "
+                  f"(1-min average) at the end: {os.getloadavg()[0]:.1f} on {env['cores']} cores (this benchmark alone keeps "
+                  f"about {env['cores']} busy; more means other jobs shared the cores). Goals (issue 4): >= 100x per step, accuracy "
                   "within 1 point."]
     body = "\n".join(lines)
     report.write_results("rf_speed", "KIP step time: exact ConvNet3 kernel vs random features (rf-convnet3)", body,
