@@ -55,6 +55,10 @@ def main() -> None:
     parser.add_argument("--rf-models", type=int, default=4)
     parser.add_argument("--rf-width", type=int, default=128)
     parser.add_argument("--loss", default="mse", choices=("mse", "platt"))
+    parser.add_argument("--lr", type=float, default=0.04, help="Adam learning rate (default: %(default)s, the authors')")
+    parser.add_argument("--init-from", default=None, metavar="RUN",
+                        help="fine-tune: start from this run folder's distilled.npz (e.g. a random-feature run, with "
+                             "--kernel convnet3) instead of real images; one --ipc value")
     parser.add_argument("--zca", action="store_true")
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--eval", nargs="+", default=["rf"], choices=("rf", "exact"),
@@ -76,35 +80,43 @@ def main() -> None:
             parser.error(f"--{flag.replace('_', '-')}: give one value, or one per --ipc value ({len(args.ipc)})")
     steps, target_batch = ({ipc: v[i % len(v)] for i, ipc in enumerate(args.ipc)} for v in (args.steps, args.target_batch))
     kernel, exact = args.kernel, args.kernel == "convnet3"
+    if args.init_from and len(args.ipc) != 1:
+        parser.error("--init-from: give one --ipc value (that of the run it starts from)")
+    init_from = os.path.join(args.init_from, "distilled.npz") if args.init_from else None
 
     rows = []
     for ipc in args.ipc:
         config = run.DistillConfig(
             dataset=args.dataset, data_dir=args.data_dir, kernel=kernel, ipc=ipc, steps=steps[ipc],
             target_batch=target_batch[ipc], learn_labels=True, zca=args.zca, eval_every=args.eval_every,
-            rf_models=args.rf_models, rf_width=args.rf_width, loss=args.loss, precision=args.precision)
+            rf_models=args.rf_models, rf_width=args.rf_width, loss=args.loss, precision=args.precision, init_from=init_from,
+            lr=args.lr)
         setting = f"{args.precision}-tb{target_batch[ipc]}" if exact else f"{args.rf_models}x{args.rf_width}"
-        cell = os.path.join(args.runs_dir, f"{args.dataset}-{kernel}-{setting}{'-zca' if args.zca else ''}-{args.loss}-ipc{ipc}")
+        start = f"-from-{os.path.basename(os.path.normpath(args.init_from))}" if args.init_from else ""
+        lr = "" if args.lr == 0.04 else f"-lr{args.lr:g}"
+        cell = os.path.join(args.runs_dir, f"{args.dataset}-{kernel}-{setting}{'-zca' if args.zca else ''}-{args.loss}-ipc{ipc}{start}{lr}")
         kip = run.distill_cell(config, cell)
-        # The same run at 0 steps: its initial real images, evaluated below like the distilled ones.
-        run.distill_cell(dataclasses.replace(config, steps=0), cell + "-init")
         evals, baseline = {}, {}
         for which in args.eval:
             if which == "exact" and ipc > args.exact_max_ipc:
                 continue
-            if which == "exact" and exact:  # the run's own final evaluation already is this one
-                evals[which], baseline[which] = (io.read_json(os.path.join(c, "metrics.json")) for c in (cell, cell + "-init"))
+            if which == "exact" and exact:  # the run's own evaluations already are these (step 0: the set it started from)
+                evals[which] = {k: kip[k] for k in ("test_accuracy", "test_mse")}
+                baseline[which] = {"test_accuracy": kip["initial_test_accuracy"]}
                 continue
+            # The same run at 0 steps: the images it started from (real, or --init-from's), evaluated like the distilled ones.
+            run.distill_cell(dataclasses.replace(config, steps=0), cell + "-init")
             options = (run.KernelOptions("rf-convnet3", args.eval_models, args.eval_width, seed=12345) if which == "rf"
                        else run.KernelOptions("convnet3"))
             evals[which], baseline[which] = (evaluated(c, options, args) for c in (cell, cell + "-init"))
         rows.append({"ipc": ipc, "target_batch": target_batch[ipc], "published": PUBLISHED.get(args.dataset, {}).get(ipc),
                      "kip": kip, "evals": evals, "real_images": baseline})
 
+    start_note = f"the set it started from: {init_from}" if init_from else "real images it started from"
     names = {"rf": f"rf-convnet3 estimate ({args.eval_models} x width {args.eval_width}, other networks)",
              "exact": "exact ConvNet3 NTK"}
     lines = ["| images/class | published KIP-ConvNet (kernel) | "
-             + " | ".join(f"ours, {names[e]}: KIP (real images it started from)" for e in args.eval)
+             + " | ".join(f"ours, {names[e]}: KIP ({start_note})" for e in args.eval)
              + f" | during the run (its own {'exact' if exact else 'rf'} kernel) | steps | target batch | time (min) |",
              "|---|---|" + "---|" * len(args.eval) + "---|---|---|---|"]
     for r in rows:
@@ -118,7 +130,7 @@ def main() -> None:
 
 {args.dataset}, KIP with {kernel}: {f'the exact ConvNet3 NTK in {args.precision}' if exact else
 f'{args.rf_models} random ConvNet3s of width {args.rf_width} drawn afresh every step (float32 features, float64 Gram matrix and solve)'},
-learned labels, {args.loss} loss, Adam 0.04,
+learned labels, {args.loss} loss, Adam {args.lr:g},{f' fine-tuning {init_from},' if init_from else ''}
 ridge 1e-6 x tr(K)/n, {'ZCA' if args.zca else 'standardised'} inputs.
 Test accuracy of KRR on the full test set ({rows[0]['kip']['test_size']} images). Published: Nguyen et al.,
 arXiv 2107.13034, Table 1 (exact ConvNet kernels, hundreds of accelerators, to convergence).

@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rf-fixed", dest="rf_resample", action="store_false",
                    help="rf- kernels: the same random networks every step (default: fresh ones each step)")
     p.add_argument("--seed", type=int, default=0, help="support initialisation, target batches and random networks")
+    p.add_argument("--init-from", default=None, metavar="FILE",
+                   help="start from this distilled set (images and labels, e.g. a random-feature run's distilled.npz) "
+                        "instead of real images: fine-tuning under another kernel")
     p.add_argument("--eval-every", type=int, default=100, help="steps between test evaluations and checkpoints (default: %(default)s)")
     p.add_argument("--out", default=None, help="output folder (default: runs/distill-DATASET-KERNEL-ipcN-seedS)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")

@@ -182,6 +182,7 @@ class DistillConfig:
     rf_resample: bool = True
     loss: str = "mse"
     devices: int | None = None  # None: all visible devices
+    init_from: str | None = None  # a distilled .npz to start from instead of real images (fine-tuning)
 
     @property
     def kernel_options(self) -> KernelOptions:
@@ -233,6 +234,22 @@ def _load_checkpoint(path: str, template: distill.KipState | None) -> tuple[dist
     return jax.tree_util.tree_unflatten(treedef, restored), meta
 
 
+def _start_set(config: DistillConfig, ds: data.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, preprocess.Preprocessing]:
+    """The support set a fine-tuning run starts from (`config.init_from`): images, labels, the
+    training indices it was first drawn from (-1 where unknown) and the preprocessing whose space
+    it lives in (the file's own; fitted on train for the authors' format)."""
+    images, labels, prep = load_distilled(config.init_from, ds.image_shape, ds.num_classes)
+    if len(images) != config.ipc * ds.num_classes:
+        raise InputError(f"--init-from: {config.init_from} holds {len(images)} images; --ipc {config.ipc} needs "
+                         f"{config.ipc * ds.num_classes} ({ds.num_classes} classes)")
+    if prep is not None and (prep.zca is not None) != config.zca:
+        raise InputError(f"--init-from: {config.init_from} lives in a {'ZCA-whitened' if prep.zca is not None else 'standardised'}"
+                         f" space; run with{'' if prep.zca is not None else 'out'} --zca")
+    stored = io.read_npz(config.init_from).get("initial_indices")
+    indices = np.asarray(stored) if stored is not None and np.shape(stored) == (len(images),) else np.full(len(images), -1)
+    return images, labels, indices, prep if prep is not None else preprocess.fit(ds.x_train, zca=config.zca)
+
+
 def distill_run(
     config: DistillConfig,
     out: str,
@@ -247,15 +264,20 @@ def distill_run(
     last good checkpoint in place.
     """
     config.check()
+    ds = data.load(config.dataset, config.data_dir)
+    start_set = _start_set(config, ds) if config.init_from else None
     _prepare_out(out, resume, overwrite)
-    problem = prepare(data.load(config.dataset, config.data_dir), config.kernel_options, config.zca, config.precision,
-                      max_memory=config.max_memory, devices=config.devices)
-    ds = problem.dataset
+    problem = prepare(ds, config.kernel_options, config.zca, config.precision, max_memory=config.max_memory,
+                      devices=config.devices, preprocessing=start_set[3] if start_set else None)
     key = jax.random.PRNGKey(config.seed)
     init_key, run_key = jax.random.split(key)
-    init_idx = data.balanced_subset(init_key, ds.y_train, ds.num_classes, config.ipc)
-    init_images = problem.x_train[init_idx]
-    init_labels = data.one_hot(ds.y_train[init_idx], ds.num_classes, dtype=problem.dtype)
+    if start_set:
+        init_images, init_labels = (jnp.asarray(a, problem.dtype) for a in start_set[:2])
+        init_idx = start_set[2]
+    else:
+        init_idx = data.balanced_subset(init_key, ds.y_train, ds.num_classes, config.ipc)
+        init_images = problem.x_train[init_idx]
+        init_labels = data.one_hot(ds.y_train[init_idx], ds.num_classes, dtype=problem.dtype)
     target_batch = min(config.target_batch, len(ds.y_train))
     if target_batch < len(ds.y_train):
         data.check_per_class(-(-target_batch // ds.num_classes), data.class_table(ds.y_train, ds.num_classes)[1], "--target-batch")

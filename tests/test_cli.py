@@ -97,6 +97,10 @@ def test_nan_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_path, capsys
         (["evaluate", "--distilled", "{tmp}/wrongshape.npz"], "images are"),
         (["evaluate", "--distilled", "{tmp}/wronglabels.npz"], "labels"),
         (["label-solve", "--ipc", "1000"], "class 0 has only"),
+        (["distill", "--init-from", "{tmp}/missing.npz"], "no such file"),
+        (["distill", "--init-from", "{tmp}/wrongshape.npz", "--ipc", "1"], "images are"),
+        (["distill", "--init-from", "{tmp}/tenimages.npz", "--ipc", "2"], "--ipc 2 needs 20"),
+        (["distill", "--init-from", "{tmp}/tenimages.npz", "--ipc", "1", "--zca"], "run without --zca"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, args, message):
@@ -105,6 +109,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, ar
              x_test=np.zeros((4, 4, 4)), y_test=np.arange(4) % 2)
     np.savez(tmp_path / "wrongshape.npz", images=np.zeros((10, 9, 9, 1)), labels=np.arange(10))
     np.savez(tmp_path / "wronglabels.npz", images=np.zeros((10, 8, 8, 1)), labels=np.zeros((10, 3)))
+    np.savez(tmp_path / "tenimages.npz", images=np.zeros((10, 8, 8, 1)), labels=np.arange(10),
+             preprocess_mean=np.zeros(1), preprocess_std=np.ones(1))
     out = tmp_path / "out"
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     if args[0] != "evaluate":
@@ -113,6 +119,33 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, ar
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("kip: error:") and message in err[0], err
     assert not out.exists() or os.listdir(out) == []
+
+
+def test_init_from_starts_at_the_given_set_and_fine_tunes_it(tmp_path):
+    first = tmp_path / "first"
+    assert run_cli("distill", "--out", first, "--learn-labels", *FAST) == 0
+    start = first / "distilled.npz"
+    # Under another kernel: the fine-tune's step 0 is that set as `kip evaluate` scores it.
+    result = tmp_path / "eval.json"
+    assert run_cli("evaluate", "--distilled", start, "--kernel", "fc3", "--out", result) == 0
+    tuned = tmp_path / "tuned"
+    assert run_cli("distill", "--out", tuned, "--kernel", "fc3", "--init-from", start, "--learn-labels", "--lr", "0.01",
+                   *FAST) == 0
+    metrics = json.loads((tuned / "metrics.json").read_text())
+    assert metrics["initial_test_accuracy"] == json.loads(result.read_text())["test_accuracy"]
+    assert metrics["config"]["init_from"] == str(start)
+    with np.load(start) as a, np.load(tuned / "distilled.npz") as b:
+        np.testing.assert_array_equal(a["initial_indices"], b["initial_indices"])
+        # Adam moves a pixel by at most lr (1 - b1) / sqrt(1 - b2) ~ 3.2 lr per step.
+        assert 0 < np.abs(a["images"] - b["images"]).max() < 20 * 3.2 * 0.01
+        assert not np.array_equal(a["labels"], b["labels"])
+        np.testing.assert_array_equal(a["preprocess_mean"], b["preprocess_mean"])
+    # Zero steps from a file reproduces the file.
+    zero = tmp_path / "zero"
+    assert run_cli("distill", "--out", zero, "--init-from", start, "--steps", "0", "--ipc", "2", "--no-progress") == 0
+    with np.load(start) as a, np.load(zero / "distilled.npz") as b:
+        np.testing.assert_array_equal(a["images"], b["images"])
+        np.testing.assert_array_equal(a["labels"], b["labels"])
 
 
 def test_existing_run_is_not_overwritten_silently(tmp_path, capsys):

@@ -2,6 +2,7 @@
 sizes), as CI runs them so none of them rots: it runs to the end, writes its table and plots,
 and the numbers in the table are real accuracies (above chance)."""
 
+import json
 import os
 import re
 import subprocess
@@ -64,3 +65,25 @@ def test_neurips_table1_refuses_what_it_cannot_run_in_one_line(tmp_path, flags, 
                           env={**os.environ, "PYTHONPATH": ROOT})
     assert proc.returncode != 0 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not list(tmp_path.glob("*.md")) and not (tmp_path / "runs").exists()
+
+
+def test_kip_convnet_fine_tunes_a_distilled_set_under_the_exact_kernel(tmp_path):
+    """--init-from: the exact-kernel run starts from another run's set, and the table's bracketed
+    figure is that set's own accuracy under the exact kernel (what `kip evaluate` says of it)."""
+    from kip import cli
+
+    start = tmp_path / "start"
+    assert cli.main(["distill", "--steps", "0", "--ipc", "1", "--out", str(start), "--no-progress"]) == 0
+    assert cli.main(["evaluate", "--distilled", str(start / "distilled.npz"), "--kernel", "convnet3",
+                     "--out", str(tmp_path / "start.json")]) == 0
+    before = json.loads((tmp_path / "start.json").read_text())["test_accuracy"]
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "kip_convnet.py"), "--quick", "--kernel", "convnet3",
+           "--ipc", "1", "--eval", "exact", "--init-from", str(start), "--lr", "0.01", "--results-dir", str(tmp_path),
+           "--runs-dir", str(tmp_path / "runs")]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (tmp_path / "kip_convnet_digits_quick.md").read_text()
+    row = next(ln for ln in text.splitlines() if ln.startswith("| 1 |"))
+    assert f"({100 * before:.2f})" in row and "fine-tuning" in text and "Adam 0.01" in text, text
+    assert os.listdir(tmp_path / "runs") == ["digits-convnet3-float64-tb200-mse-ipc1-from-start-lr0.01"]
