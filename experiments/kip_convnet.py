@@ -8,6 +8,9 @@ beside the published KIP-ConvNet kernel figures.
         --name kip_convnet_mnist_platt                                          # RFAD's Platt loss: 94.75 at 1/class
     python experiments/kip_convnet.py --data-dir ../shared/datasets --kernel convnet3 --precision float32 --ipc 1 \
         --target-batch 20 --steps 300 --eval-every 300 --eval exact rf --name kip_convnet_mnist_exact   # exact NTK, 14 min
+    python experiments/kip_convnet.py --data-dir ../shared/datasets --kernel convnet3 --precision float32 --ipc 1 \
+        --steps 500 --target-batch 50 --loss platt --lr 0.01 --init-from runs/kip_convnet/RF_CELL --eval exact \
+        --name kip_convnet_mnist_finetune                                       # fine-tune a random-feature set, exact NTK
 
 Each cell is a `kip distill` run in runs/kip_convnet/ (reused when done, resumed when interrupted).
 The final evaluation kernel is --eval: 'rf' (an estimate from --eval-models networks, fixed seed)
