@@ -234,10 +234,10 @@ def _load_checkpoint(path: str, template: distill.KipState | None) -> tuple[dist
     return jax.tree_util.tree_unflatten(treedef, restored), meta
 
 
-def _start_set(config: DistillConfig, ds: data.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, preprocess.Preprocessing]:
+def _start_set(config: DistillConfig, ds: data.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, preprocess.Preprocessing | None]:
     """The support set a fine-tuning run starts from (`config.init_from`): images, labels, the
     training indices it was first drawn from (-1 where unknown) and the preprocessing whose space
-    it lives in (the file's own; fitted on train for the authors' format)."""
+    it lives in (the file's own; None for the authors' format, which `prepare` fits on train)."""
     images, labels, prep = load_distilled(config.init_from, ds.image_shape, ds.num_classes)
     if len(images) != config.ipc * ds.num_classes:
         raise InputError(f"--init-from: {config.init_from} holds {len(images)} images; --ipc {config.ipc} needs "
@@ -247,7 +247,7 @@ def _start_set(config: DistillConfig, ds: data.Dataset) -> tuple[np.ndarray, np.
                          f" space; run with{'' if prep.zca is not None else 'out'} --zca")
     stored = io.read_npz(config.init_from).get("initial_indices")
     indices = np.asarray(stored) if stored is not None and np.shape(stored) == (len(images),) else np.full(len(images), -1)
-    return images, labels, indices, prep if prep is not None else preprocess.fit(ds.x_train, zca=config.zca)
+    return images, labels, indices, prep
 
 
 def distill_run(
