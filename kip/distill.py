@@ -75,21 +75,33 @@ def kip_loss(
     """
     x_s = params["images"]
     y_s = params["labels"] if learn_labels else jax.lax.stop_gradient(params["labels"])
-    alpha = krr.solve(kernel_fn(x_s, None), y_s, reg)
+    if isinstance(kernel_fn, rf.RandomFeatures):
+        # The support's features once, for both K_ss and K_st: through two kernel calls they
+        # (and their gradient) would be computed twice, most of a step's work.
+        support = kernel_fn.features(x_s)
+        k_ss = kernel_fn.gram(support)
+
+        def k_st_fn(support, x_t):
+            return kernel_fn.gram(support, kernel_fn.features(x_t))
+    else:
+        support, k_ss = x_s, kernel_fn(x_s, None)
+
+        def k_st_fn(x_s, x_t, *stats_t):
+            return kernel_fn(x_s, x_t, cov2=stats_t[0]) if stats_t else kernel_fn(x_s, x_t)
+    alpha = krr.solve(k_ss, y_s, reg)
     row_loss = LOSSES[loss]
 
     def sums(shared, w, x_t, y_t, *stats_t):
-        params, alpha = shared
+        support, params, alpha = shared
         # K_st (n_s, n_t) rather than K_ts: the gradient then reaches x_s through a plain
         # (not transposed) matmul, which XLA:CPU runs much faster in float64.
-        k_st = kernel_fn(params["images"], x_t, cov2=stats_t[0]) if stats_t else kernel_fn(params["images"], x_t)
-        pred = k_st.T @ alpha
+        pred = k_st_fn(support, x_t, *stats_t).T @ alpha
         correct = jnp.argmax(pred, axis=1) == jnp.argmax(y_t, axis=1)
         return {"n": w.sum(), "loss": jnp.sum(w * row_loss(pred, y_t, params)), "correct": jnp.sum(w * correct)}
 
     stats = () if target_stats is None else (target_stats,)
     weights = jnp.ones(x_target.shape[0], alpha.dtype)
-    s = parallel.row_sums(sums, mesh, (params, alpha), weights, x_target, y_target, *stats)
+    s = parallel.row_sums(sums, mesh, (support, params, alpha), weights, x_target, y_target, *stats)
     return (s["loss"] / s["n"]).astype(x_s.dtype), s["correct"] / s["n"]
 
 

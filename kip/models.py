@@ -16,6 +16,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from kip import InputError
 from kip.kernels.presets import KIP_B_STD, KIP_W_STD
@@ -61,6 +62,61 @@ class Dense(_Affine):
         return self.affine(x.shape[-1], (x.shape[-1], self.features), lambda w: jnp.matmul(x, w))
 
 
+_CONV_DIMS = ("NHWC", "HWIO", "NHWC")
+# Inputs with at most this many values per output position (kh * kw * C: 9 for a 3x3 conv of
+# grey images, 27 of RGB) take their input gradient as a matmul by W^T and shifted adds.
+FEW_INPUTS = 32
+
+
+def _conv_lax(x: Array, w: Array, strides: tuple[int, int], padding: tuple[tuple[int, int], ...]) -> Array:
+    return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_CONV_DIMS)
+
+
+def _patches(x: Array, kernel_size: tuple[int, int], strides: tuple[int, int],
+             padding: tuple[tuple[int, int], ...]) -> Array:
+    """(n, H, W, C) -> (n, H', W', kh * kw * C): what each output position of the convolution
+    reads (im2col), ordered as an HWIO kernel reshaped to (kh * kw * C, O)."""
+    x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    (kh, kw), (sh, sw) = kernel_size, strides
+    h, w = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+    return jnp.concatenate([x[:, i:i + sh * (h - 1) + 1:sh, j:j + sw * (w - 1) + 1:sw, :]
+                            for i in range(kh) for j in range(kw)], axis=-1)
+
+
+def _conv_input_tangent(dx: Array, w: Array, strides: tuple[int, int], padding: tuple[tuple[int, int], ...]) -> Array:
+    """conv(dx, w), written so that its transpose (the input gradient) runs fast on XLA:CPU:
+    as `_patches(dx) @ W` for few inputs per position (transposed: a matmul by W^T and shifted
+    adds, where XLA's transposed convolution with few output channels is ~10x slower), else
+    with the kernel stored input/output-swapped (HWOI), so that the transposed convolution JAX
+    derives reads an HWIO kernel, which XLA runs fast also inside loops (`lax.map` over random
+    networks), where it otherwise falls back to a ~5x slower convolution (benchmarks/rf_speed.py)."""
+    if math.prod(w.shape[:3]) <= FEW_INPUTS:
+        return _patches(dx, w.shape[:2], strides, padding) @ w.reshape(-1, w.shape[-1])
+    return jax.lax.conv_general_dilated(dx, jnp.swapaxes(w, 2, 3), strides, padding,
+                                        dimension_numbers=("NHWC", "HWOI", "NHWC"))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _conv(x: Array, w: Array, strides: tuple[int, int], padding: tuple[tuple[int, int], ...]) -> Array:
+    """lax's convolution (NHWC, HWIO), differentiated in x through `_conv_input_tangent`: the
+    same numbers, a faster input gradient (random-feature KIP takes one every step)."""
+    return _conv_lax(x, w, strides, padding)
+
+
+def _conv_jvp(strides, padding, primals, tangents):
+    (x, w), (dx, dw) = primals, tangents
+    terms = []
+    if not isinstance(dx, SymbolicZero):
+        terms.append(_conv_input_tangent(dx, w, strides, padding))
+    if not isinstance(dw, SymbolicZero):
+        terms.append(_conv_lax(x, dw, strides, padding))
+    out = _conv_lax(x, w, strides, padding)
+    return out, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
+
+
+_conv.defjvp(_conv_jvp, symbolic_zeros=True)
+
+
 class Conv(_Affine):
     """(n, H, W, C) -> (n, H / s, W / s, features): a 3x3 (by default) convolution padded by
     k // 2 on each side (SAME at stride 1), stride s (default 1); fan_in = kh * kw * C."""
@@ -72,9 +128,8 @@ class Conv(_Affine):
     def __call__(self, x: Array) -> Array:
         def conv(w):
             dtype = jnp.result_type(x, w)
-            padding = [(k // 2, k // 2) for k in self.kernel_size]
-            return jax.lax.conv_general_dilated(x.astype(dtype), w.astype(dtype), self.strides, padding,
-                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            padding = tuple((k // 2, k // 2) for k in self.kernel_size)
+            return _conv(x.astype(dtype), w.astype(dtype), tuple(self.strides), padding)
 
         w_shape = (*self.kernel_size, x.shape[-1], self.features)
         return self.affine(math.prod(w_shape[:-1]), w_shape, conv)

@@ -110,12 +110,42 @@ def test_conv_ntk_approaches_neural_tangents(name):
 
 @pytest.mark.parametrize("name", CONV)
 def test_conv_ntk_approaches_kip_kernel_preset(name):
-    try:
-        layer = kernels.preset(name, num_classes=1)
-    except ValueError:
-        pytest.skip(f"kip.kernels has no preset {name!r} yet (the conv kernels are being written in another branch)")
+    layer = kernels.preset(name, num_classes=1)
     x = jnp.asarray(conv_reference()["x"])
     assert_conv_ntk_converges(name, x, np.asarray(layer.kernel_fn(x, None, "ntk")))
+
+
+@pytest.mark.parametrize("channels, kernel, strides, size", [
+    (1, 3, (1, 1), (9, 8)),  # few inputs per position: input derivative by patches
+    (3, 3, (2, 2), (9, 8)),
+    (2, 3, (2, 1), (8, 7)),
+    (6, 3, (1, 1), (9, 8)),  # many: by the input/output-swapped kernel
+    (6, 3, (2, 2), (8, 8)),
+    (40, 1, (2, 2), (8, 7)),
+    (40, 5, (1, 1), (7, 7)),
+])
+def test_conv_derivatives_equal_lax_convolution(channels, kernel, strides, size):
+    """`models._conv` rewrites the input derivative for speed: its value, gradients (input and
+    weights), forward mode, per-example gradients (vmap of grad), Hessian and gradient of a
+    gradient must equal those of lax's convolution, which JAX differentiates itself."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, *size, channels), jnp.float64)
+    w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, channels, 5), jnp.float64)
+    padding = ((kernel // 2, kernel // 2),) * 2
+    ours = lambda x, w: models._conv(x, w, strides, padding)  # noqa: E731
+    ref = lambda x, w: jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))  # noqa: E731,E501
+    probe = jax.random.normal(jax.random.PRNGKey(2), ref(x, w).shape, jnp.float64)
+    loss = lambda conv: (lambda x, w: jnp.sum(jnp.sin(conv(x, w)) * probe))  # noqa: E731
+    derivatives = {
+        "value": lambda conv: conv(x, w),
+        "grad": lambda conv: jax.grad(loss(conv), (0, 1))(x, w),
+        "jvp": lambda conv: jax.jvp(loss(conv), (x, w), (jnp.cos(x), jnp.cos(w)))[1],
+        "per-example grad": lambda conv: jax.vmap(jax.grad(loss(conv)), (0, None))(x[:, None], w),
+        "hessian": lambda conv: jax.hessian(lambda x: loss(conv)(x, w))(x[:1]),
+        "grad of grad": lambda conv: jax.grad(lambda w: jnp.sum(jax.grad(loss(conv))(x, w) ** 2))(w),
+    }
+    for name, derivative in derivatives.items():
+        for a, b in zip(jax.tree_util.tree_leaves(derivative(ours)), jax.tree_util.tree_leaves(derivative(ref))):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12 * float(jnp.max(jnp.abs(b))), err_msg=name)
 
 
 @pytest.mark.parametrize(

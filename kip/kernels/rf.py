@@ -83,10 +83,15 @@ class RandomFeatures:
         """Φ(x1) Φ(x2)ᵀ: (n1, ...), (n2, ...) or None (x2 = x1) -> (n1, n2), in float64 when x64 is on."""
         if get != "nngp":
             raise ValueError(f"random features estimate the NNGP only, not {get!r}")
+        return self.gram(self.features(x1), None if x2 is None else self.features(x2))
+
+    def gram(self, phi1: Array, phi2: Array | None = None) -> Array:
+        """Φ1 Φ2ᵀ of `features` outputs (n1, D), (n2, D) or None (Φ2 = Φ1) -> (n1, n2), in float64
+        when x64 is on: the kernel from features computed once (KIP reuses the support's)."""
         dtype = krr.solve_dtype(self.dtype)
-        f1 = self.features(x1).astype(dtype)
-        f2 = f1 if x2 is None else self.features(x2).astype(dtype)
-        return jnp.matmul(f1, f2.T, precision=jax.lax.Precision.HIGHEST)
+        phi1 = phi1.astype(dtype)
+        phi2 = phi1 if phi2 is None else phi2.astype(dtype)
+        return jnp.matmul(phi1, phi2.T, precision=jax.lax.Precision.HIGHEST)
 
 
 def random_features(
