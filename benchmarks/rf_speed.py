@@ -30,12 +30,13 @@ FORCE_DEVICES = "--xla_force_host_platform_device_count={}"
 
 
 def kip_cell(ds: data.Dataset, options: run.KernelOptions, ipc: int, target_batch: int, steps: int, chunk: int,
-             test_size: int = 0, seed: int = 0, devices: int | None = None, warmup: bool = True) -> dict:
+             test_size: int = 0, seed: int = 0, devices: int | None = None, warmup: bool = True,
+             precision: str = "float64") -> dict:
     """`steps` KIP steps (Adam 0.04, learned images, fixed labels) from a class-balanced real
     support set; seconds per step (median over chunks of `chunk` steps, compilation and, with
     `warmup`, one more chunk excluded) and,
     with test_size > 0, the KRR accuracy on the first `test_size` test images under the exact kernel."""
-    problem = run.prepare(ds, options, precision="float64", devices=devices)
+    problem = run.prepare(ds, options, precision=precision, devices=devices)
     init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
     idx = data.balanced_subset(init_key, ds.y_train, ds.num_classes, ipc)
     train = distill.train_data(problem.x_train, ds.y_train, ds.num_classes, problem.dtype,
@@ -57,7 +58,7 @@ def kip_cell(ds: data.Dataset, options: run.KernelOptions, ipc: int, target_batc
         times.append((time.perf_counter() - start) / chunk)
     cell = {"dataset": ds.name, "kernel": options.name, "rf_models": options.rf_models if options.name.startswith("rf-") else None,
             "rf_width": options.rf_width if options.name.startswith("rf-") else None, "support": len(idx),
-            "target_batch": target_batch, "steps": len(times) * chunk, "devices": problem.mesh.size,
+            "target_batch": target_batch, "steps": len(times) * chunk, "devices": problem.mesh.size, "precision": precision,
             "step_s_median": float(np.median(times)), "step_s_all": times, "compile_s": compile_s,
             "final_loss": float(metrics["loss"][-1])}
     if test_size:
@@ -84,8 +85,10 @@ def rf_options(config: str) -> run.KernelOptions:
     return run.KernelOptions("rf-convnet3", models, width)
 
 
-def label(options: run.KernelOptions) -> str:
-    return f"rf-convnet3 ({options.rf_models} x width {options.rf_width})" if rf.parse(options.name) else "convnet3 (exact NTK)"
+def label(options: run.KernelOptions, precision: str = "float64") -> str:
+    if rf.parse(options.name):
+        return f"rf-convnet3 ({options.rf_models} x width {options.rf_width})"
+    return f"convnet3 (exact NTK, {precision})"
 
 
 def scaling_worker(args) -> None:
@@ -118,6 +121,8 @@ def main() -> None:
     parser.add_argument("--speed-sizes", nargs="+", default=["1x20", "10x100"], metavar="IPCxTARGETS",
                         help="speed cells: support images per class x target batch")
     parser.add_argument("--exact-steps", type=int, default=1, help="timed exact-kernel steps per speed cell")
+    parser.add_argument("--exact-precisions", nargs="+", default=["float64", "float32"],
+                        help="precisions of the exact-kernel speed cells (the first is the accuracy cells' too)")
     parser.add_argument("--rf-steps", type=int, default=5, help="timed rf steps per speed cell (after one untimed chunk)")
     parser.add_argument("--rf-chunk", type=int, default=5, help="rf steps per jitted call")
     parser.add_argument("--rf-configs", nargs="+", default=["8x256", "4x128"], metavar="MODELSxWIDTH",
@@ -126,6 +131,8 @@ def main() -> None:
     parser.add_argument("--acc-ipc", type=int, default=1)
     parser.add_argument("--acc-target-batch", type=int, default=100)
     parser.add_argument("--acc-steps", type=int, default=100, help="KIP steps before the accuracy comparison")
+    parser.add_argument("--acc-seeds", type=int, default=5,
+                        help="accuracy cells per kernel, each from its own real support and target batches")
     parser.add_argument("--scaling-target-batch", type=int, default=128)
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--scaling-worker", action="store_true", help=argparse.SUPPRESS)
@@ -134,37 +141,47 @@ def main() -> None:
         return scaling_worker(args)
     jax.config.update("jax_enable_x64", True)
     kernels = [run.KernelOptions("convnet3"), *map(rf_options, args.rf_configs)]
+    n_exact = len(args.exact_precisions)
 
     speed_ds = data.load(args.speed_dataset, args.data_dir)
     speed = []
     for size in args.speed_sizes:
         ipc, target_batch = map(int, size.split("x"))
-        speed.append([kip_cell(speed_ds, k, ipc, target_batch, args.exact_steps, 1, warmup=False) if i == 0 else
-                      kip_cell(speed_ds, k, ipc, target_batch, args.rf_steps, args.rf_chunk) for i, k in enumerate(kernels)])
+        speed.append([kip_cell(speed_ds, kernels[0], ipc, target_batch, args.exact_steps, 1, warmup=False, precision=p)
+                      for p in args.exact_precisions] +
+                     [kip_cell(speed_ds, k, ipc, target_batch, args.rf_steps, args.rf_chunk) for k in kernels[1:]])
         print(json.dumps(speed[-1]), flush=True)
     acc_ds = data.load(args.acc_dataset, args.data_dir)
     chunk = min(args.acc_steps, 10)
-    acc = [kip_cell(acc_ds, k, args.acc_ipc, args.acc_target_batch, args.acc_steps, chunk, test_size=len(acc_ds.y_test))
-           for k in kernels]
+    acc = [[kip_cell(acc_ds, k, args.acc_ipc, args.acc_target_batch, args.acc_steps, chunk, test_size=len(acc_ds.y_test),
+                     seed=seed, precision=args.exact_precisions[0]) for seed in range(args.acc_seeds)] for k in kernels]
     print(json.dumps(acc), flush=True)
     scale = [] if args.skip_scaling else scaling(args)
 
-    lines = ["| data set | support | target batch | KIP kernel | s / step (median; steps timed) | speed-up over exact |",
+    over = " / ".join(args.exact_precisions)
+    lines = [f"| data set | support | target batch | KIP kernel | s / step (median; steps timed) | speed-up over exact ({over}) |",
              "|---|---|---|---|---|---|"]
     for cells in speed:
-        exact = cells[0]["step_s_median"]
-        for k, c in zip(kernels, cells):
-            ratio = "" if c is cells[0] else f"**{exact / c['step_s_median']:.1f}x**"
-            lines.append(f"| {speed_ds.name} | {c['support']} | {c['target_batch']} | {label(k)} | "
-                         f"{c['step_s_median']:.2f} ({c['steps']}) | {ratio} |")
-    lines += ["", f"KRR test accuracy after {args.acc_steps} KIP steps from the same real support, all evaluated with "
-                  f"the exact ConvNet3 NTK on all {acc[0]['test_size']} {acc_ds.name} test images:", "",
-              "| data set | support | target batch | KIP kernel | s / step | test accuracy | minus exact's |",
-              "|---|---|---|---|---|---|---|"]
-    for k, c in zip(kernels, acc):
-        diff = "" if c is acc[0] else f"{100 * (c['test_accuracy'] - acc[0]['test_accuracy']):+.2f}"
-        lines.append(f"| {acc_ds.name} | {c['support']} | {c['target_batch']} | {label(k)} | {c['step_s_median']:.3f} | "
-                     f"{100 * c['test_accuracy']:.2f} | {diff} |")
+        exact = [c["step_s_median"] for c in cells[:n_exact]]
+        for i, (k, c) in enumerate(zip([kernels[0]] * n_exact + kernels[1:], cells)):
+            ratio = "" if i < n_exact else " / ".join(f"**{e / c['step_s_median']:.1f}x**" for e in exact)
+            lines.append(f"| {speed_ds.name} | {c['support']} | {c['target_batch']} | {label(k, c['precision'])} | "
+                         f"{c['step_s_median']:.3f} ({c['steps']}) | {ratio} |")
+    lines += ["", f"KRR test accuracy after {args.acc_steps} KIP steps, all evaluated with the exact ConvNet3 NTK on all "
+                  f"{acc[0][0]['test_size']} {acc_ds.name} test images; mean +- sd over {args.acc_seeds} seeds (seed s: "
+                  "its own real starting support and target batches, the same for every kernel), and the mean +- sd of "
+                  "the per-seed differences from the exact kernel's accuracy:", "",
+              "| data set | support | target batch | KIP kernel | s / step | test accuracy | minus exact's | per seed |",
+              "|---|---|---|---|---|---|---|---|"]
+    exact_acc = np.array([c["test_accuracy"] for c in acc[0]])
+    for i, (k, cells) in enumerate(zip(kernels, acc)):
+        accs = np.array([c["test_accuracy"] for c in cells])
+        diff = "" if i == 0 else "{:+.2f} +- {:.2f}".format(*report.mean_std(100 * (accs - exact_acc)))
+        c = cells[0]
+        lines.append(f"| {acc_ds.name} | {c['support']} | {c['target_batch']} | {label(k, c['precision'])} | "
+                     f"{np.median([c['step_s_median'] for c in cells]):.3f} | "
+                     "{:.2f} +- {:.2f}".format(*report.mean_std(100 * accs)) + f" | {diff} | "
+                     f"{', '.join(f'{100 * a:.2f}' for a in accs)} |")
     if scale:
         lines += ["", f"{label(rf_options(args.rf_configs[-1]))} step time, {speed_ds.name}, support {scale[0]['support']}, "
                       f"target batch {args.scaling_target_batch} split over forced host devices "
@@ -174,7 +191,7 @@ def main() -> None:
         for c in scale:
             lines.append(f"| {c['devices']} | {c['step_s_median']:.3f} | {scale[0]['step_s_median'] / c['step_s_median']:.2f}x |")
     env = report.machine()
-    lines += ["", f"Float64 images; random features in float32 with their Gram matrix and the ridge solve in float64; "
+    lines += ["", f"Random-feature cells: float64 images, features in float32, their Gram matrix and the ridge solve in float64; "
                   f"ridge {krr.DEFAULT_REG} x tr(K)/n; Adam 0.04, images learned, labels fixed, MSE; fresh random networks "
                   f"every step. The exact kernel's step costs ~ support x targets pairs, the random features' ~ "
                   f"(support + targets) x models x width^2, so the ratio grows with the support size. Machine load "
