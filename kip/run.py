@@ -238,14 +238,15 @@ def _start_set(config: DistillConfig, ds: data.Dataset) -> tuple[np.ndarray, np.
     """The support set a fine-tuning run starts from (`config.init_from`): images, labels, the
     training indices it was first drawn from (-1 where unknown) and the preprocessing whose space
     it lives in (the file's own; None for the authors' format, which `prepare` fits on train)."""
-    images, labels, prep = load_distilled(config.init_from, ds.image_shape, ds.num_classes)
+    arrays = io.read_npz(config.init_from)
+    images, labels, prep = _parse_distilled(arrays, config.init_from, ds.image_shape, ds.num_classes)
     if len(images) != config.ipc * ds.num_classes:
         raise InputError(f"--init-from: {config.init_from} holds {len(images)} images; --ipc {config.ipc} needs "
                          f"{config.ipc * ds.num_classes} ({ds.num_classes} classes)")
     if prep is not None and (prep.zca is not None) != config.zca:
         raise InputError(f"--init-from: {config.init_from} lives in a {'ZCA-whitened' if prep.zca is not None else 'standardised'}"
                          f" space; run with{'' if prep.zca is not None else 'out'} --zca")
-    stored = io.read_npz(config.init_from).get("initial_indices")
+    stored = arrays.get("initial_indices")
     indices = np.asarray(stored) if stored is not None and np.shape(stored) == (len(images),) else np.full(len(images), -1)
     return images, labels, indices, prep
 
@@ -515,7 +516,11 @@ def load_distilled(path: str, image_shape: tuple[int, ...], num_classes: int) ->
     Returns images (n, H, W, C), labels (n, C) as centred one-hot when given as ints,
     and the stored preprocessing (None for the authors' format).
     """
-    arrays = io.read_npz(path)
+    return _parse_distilled(io.read_npz(path), path, image_shape, num_classes)
+
+
+def _parse_distilled(arrays: dict, path: str, image_shape: tuple[int, ...], num_classes: int):
+    """`load_distilled` on the arrays already read from `path` (named in errors)."""
     for key in ("images", "labels"):
         if key not in arrays:
             raise InputError(f"{path}: missing key {key!r} (a distilled set has 'images' and 'labels')")
