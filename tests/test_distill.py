@@ -162,8 +162,10 @@ def pair_gradients(request, monkeypatch):
 
 @pytest.mark.parametrize("prepend_conv", [False, True])
 def test_kip_gradient_through_convnet_kernel_matches_finite_differences(prepend_conv, pair_gradients):
-    """The pair-by-pair full-covariance kernel (pooling) differentiated end to end."""
-    kfn = functools.partial(kernels.convnet(depth=2, prepend_conv=prepend_conv, num_classes=3).kernel_fn, get="ntk")
+    """The pair-by-pair kernel (pooling; the band of position pairs) differentiated end to end."""
+    kernel_fn = kernels.convnet(depth=2, prepend_conv=prepend_conv, num_classes=3).kernel_fn
+    assert kernel_fn.spatial_layout((8, 8))[0] == stax.BAND
+    kfn = functools.partial(kernel_fn, get="ntk")
     rng = np.random.RandomState(0)
     x_t = jnp.asarray(rng.randn(7, 8, 8, 1))
     y_t = data.one_hot(np.arange(7) % 3, 3, dtype=jnp.float64)

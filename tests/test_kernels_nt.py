@@ -180,3 +180,65 @@ def test_presets_match_the_architectures_in_neural_tangents(case):
     x1, x2 = PRESET_FIXTURE[f"{case}/x1"], PRESET_FIXTURE[f"{case}/x2"]
     ntk = kernels.preset(case).kernel_fn(x1, x2, "ntk")
     assert_close(ntk, PRESET_FIXTURE[f"{case}/ntk"], identical=identical_pairs(x1, x2))
+
+
+def test_band_of_position_pairs_is_used_where_it_pays():
+    """Under a Flatten only pairs of positions a few pools' windows apart reach the output:
+    ConvNet3 on 16x16 keeps offsets up to 7 (`stax.Band`); one more pool (offsets up to 15)
+    or a global pool needs every pair; no pool needs the same positions only."""
+    from kip.kernels import stax
+
+    assert kernels.preset("convnet3").kernel_fn.spatial_layout((16, 16)) == (stax.BAND, (7, 7))
+    assert kernels.preset("convnet3").kernel_fn.spatial_layout((28, 28)) == (stax.BAND, (7, 7))
+    assert kernels.convnet(4, prepend_conv=False).kernel_fn.spatial_layout((16, 16)) == (stax.FULL, (0, 0))
+    assert kernels.preset("myrtle5").kernel_fn.spatial_layout((32, 32)) == (stax.FULL, (0, 0))
+    assert kernels.preset("convnet3").kernel_fn.with_banded(False).spatial_layout((28, 28)) == (stax.FULL, (0, 0))
+    no_pool = kernels.serial(kernels.Conv(3, (3, 3), padding="SAME"), kernels.Relu(), kernels.Flatten())
+    assert no_pool.kernel_fn.spatial_layout((8, 8)) == (stax.DIAG, (0, 0))
+    # the all-pairs computation still matches the reference where the band is the default
+    for case in ("convnet3", "convnet"):
+        x1, x2 = PRESET_FIXTURE[f"{case}/x1"], PRESET_FIXTURE[f"{case}/x2"]
+        ntk = kernels.preset(case).kernel_fn.with_banded(False)(x1, x2, "ntk")
+        assert_close(ntk, PRESET_FIXTURE[f"{case}/ntk"], identical=identical_pairs(x1, x2))
+
+
+BAND_NETWORKS = {
+    # layers the neural-tangents fixtures do not combine with a band
+    "valid_conv_erf_offset": [kernels.Conv(4, (3, 3), padding="VALID", W_std=1.3, b_std=0.2),
+                              kernels.Erf(a=1.1, b=0.7, c=0.3), kernels.AvgPool((2, 2), (2, 2)), kernels.Flatten()],
+    "even_filter_dense_abrelu": [kernels.Conv(4, (2, 2), padding="SAME", W_std=1.2, b_std=0.1),
+                                 kernels.Dense(5, 1.1, 0.3), kernels.ABRelu(-0.3, 1.2),
+                                 kernels.AvgPool((2, 2), (2, 2)), kernels.Conv(3, (3, 3), padding="SAME"),
+                                 kernels.Relu(), kernels.Flatten(), kernels.Dense(2)],
+    "pool_under_flatten_3x2": [kernels.Conv(4, (3, 3), padding="SAME", W_std=1.4, b_std=0.1), kernels.Relu(),
+                               kernels.AvgPool((3, 2), (3, 2)), kernels.Flatten()],
+    "relu_first_then_pools": [kernels.Relu(), kernels.Conv(4, (3, 3), padding="SAME", W_std=1.4, b_std=0.1),
+                              kernels.Relu(), kernels.AvgPool((2, 2), (2, 2)),
+                              kernels.Conv(4, (3, 3), padding="SAME", W_std=1.4, b_std=0.1, parameterization="standard"),
+                              kernels.Relu(), kernels.AvgPool((2, 2), (2, 2)), kernels.Flatten(), kernels.Dense(3)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAND_NETWORKS))
+def test_band_equals_all_pairs_with_gradients(name):
+    """The band computation against the all-pairs one (checked against neural-tangents
+    above) on odd, non-square images, for values and gradients in both arguments."""
+    from kip.kernels import stax
+
+    layer = kernels.serial(*BAND_NETWORKS[name])
+    rng = np.random.RandomState(4)
+    a, b = jnp.asarray(rng.randn(2, 13, 11, 2)), jnp.asarray(rng.randn(3, 13, 11, 2))
+    assert layer.kernel_fn.spatial_layout(a.shape[1:])[0] == stax.BAND
+    w1, w2, w3 = (jnp.asarray(rng.randn(*s)) for s in ((2, 3), (2, 3), (2, 2)))
+
+    def f(kernel_fn, a, b):
+        k = kernel_fn(a, b)
+        return jnp.sum(w1 * k.nngp) + jnp.sum(w2 * k.ntk) + jnp.sum(w3 * kernel_fn(a, None, "ntk"))
+
+    band, full = layer.kernel_fn, layer.kernel_fn.with_banded(False)
+    for get in ("nngp", "ntk"):
+        np.testing.assert_allclose(band(a, b, get), full(a, b, get), rtol=1e-12)
+    got = jax.value_and_grad(lambda a, b: f(band, a, b), argnums=(0, 1))(a, b)
+    want = jax.value_and_grad(lambda a, b: f(full, a, b), argnums=(0, 1))(a, b)
+    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12 * float(np.max(np.abs(w))))

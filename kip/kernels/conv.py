@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 
 from kip.kernels.stax import (
-    DIAG, FLAT, FULL, Array, Kernel, Layer, _HIGHEST, _is_zero, _layer, _map_linear, _positionwise, gram,
-    materialize,
+    BAND, DIAG, FLAT, FULL, Array, Band, Kernel, Layer, _HIGHEST, _is_zero, _layer, _map_linear, _materialized,
+    _positionwise, band_zero_outside, gram, materialize,
 )
 
 PADDINGS = ("VALID", "SAME", "CIRCULAR")
@@ -122,6 +122,10 @@ def _conv_cov(k: Array, spatial: int, filter_shape, strides, padding) -> Array:
     if spatial == DIAG:  # (H, W, batch...)
         for d, (f, s) in enumerate(zip(filter_shape, strides)):
             k = _window_sum(k, d, f, s, padding)
+    elif spatial == BAND:  # (offsets, H, W): the shared filter offset keeps the offset (stride 1)
+        k = band_zero_outside(k)  # SAME's zero padding of x2's side
+        for d, f in enumerate(filter_shape):
+            k = materialize(_window_sum(k, 2 + d, f, 1, padding))
     else:  # (H, W, H, W, batch...): offset d of x1's axis d and of x2's axis 2 + d tied
         for d, (f, s) in enumerate(zip(filter_shape, strides)):
             # Each pass reads its input (and, backward, its cotangent) at |f| shifts: both
@@ -213,6 +217,9 @@ def Conv(
         if k.spatial == FLAT:
             raise ValueError("Conv needs images: it cannot follow Flatten or GlobalAvgPool")
 
+        if k.inputs and k.spatial == BAND:
+            # The band of the pixels' own covariance is cheaper than the patches' Gram matrix.
+            k = _materialized(k)
         if k.inputs:
             nngp_sum, cov_sum, k = conv_of_inputs(k)
             k = k.replace(nngp=nngp_sum, cov1=cov_sum, cov2=cov_sum)
@@ -242,9 +249,19 @@ def Conv(
                 ntk = fan_in * nngp_sum + ntk_sum + (0.0 if b_std is None else 1.0)
         cov1 = affine(conv(k.cov1))
         cov2 = cov1 if k.cov2 is k.cov1 else affine(conv(k.cov2))
+        if k.spatial == BAND:  # the bias reached entries outside too: keep them 0
+            nngp, ntk, cov1 = (band_zero_outside(m) for m in (nngp, ntk, cov1))
+            cov2 = cov1 if k.cov2 is k.cov1 else band_zero_outside(cov2)
         return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, channels=out_chan)
 
-    return _layer(init_fn, apply_fn, transform, _positionwise, reads_inputs=True)
+    def input_req(req):
+        req = _positionwise(req)
+        if isinstance(req, Band) and (strides != (1, 1) or padding == "CIRCULAR"):
+            # offsets scale with the stride, and wrap around: only the same-position band passes
+            return DIAG if req == (0, 0) else FULL
+        return req
+
+    return _layer(init_fn, apply_fn, transform, input_req, reads_inputs=True)
 
 
 def AvgPool(
@@ -290,15 +307,69 @@ def AvgPool(
     def apply_fn(params, x, **kwargs):
         return pool(x, [(1, (window_shape[0], strides[0])), (2, (window_shape[1], strides[1]))])
 
+    disjoint = window_shape == strides and padding == "VALID"
+
     def transform(k: Kernel) -> Kernel:
+        if k.spatial == BAND:
+            band = tuple((b - f + 1) // f for b, f in zip(k.band, window_shape))
+            return _map_linear(k, lambda m: band_zero_outside(_band_disjoint_mean(m, window_shape, band)), band=band)
         if k.spatial != FULL:
             raise ValueError("AvgPool needs the full spatial covariance (internal error: input_req)")
 
         # (H, W, H, W, batch...): each of the four position axes on its own
         return _map_linear(k, lambda m: pool(m, list(enumerate(list(zip(window_shape, strides)) * 2))))
 
-    return _layer(init_fn, apply_fn, transform, input_req=lambda req: FULL)
+    def input_req(req):
+        if disjoint and (req == FLAT or isinstance(req, Band)):
+            above = Band(0, 0) if req == FLAT else req
+            return Band(*(f * b + f - 1 for f, b in zip(window_shape, above)))
+        return FULL
 
+    return _layer(init_fn, apply_fn, transform, input_req=input_req)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _band_disjoint_mean(m: Array, windows: tuple[int, int], band: tuple[int, int]) -> Array:
+    """Disjoint f x f average pooling of a BAND covariance (offsets up to f b + f - 1) to
+    offsets up to b: out[b + D, P] = 1/f^2 Σ_{i, j < f} m[f D + j - i + f - 1, f P + i] per
+    axis. One sum of strided slices (each entry read at most once), into which XLA fuses
+    the nonlinearity before it, as `_disjoint_mean` does; its gradient spreads each
+    output's cotangent over its entries axis by axis."""
+    out = [m.shape[2 + axis] // f for axis, f in enumerate(windows)]
+    total = 0
+    for offsets in itertools.product(*(itertools.product(range(f), repeat=2) for f in windows)):
+        index = [slice(None)] * 4
+        for axis, ((i, j), f, b, n) in enumerate(zip(offsets, windows, band, out)):
+            index[axis] = slice(f - 1 - i + j, f - 1 - i + j + f * 2 * b + 1, f)
+            index[2 + axis] = slice(i, i + f * (n - 1) + 1, f)
+        total = total + m[tuple(index)]
+    return total / math.prod(f * f for f in windows)
+
+
+def _band_disjoint_mean_fwd(m, windows, band):
+    return materialize(_band_disjoint_mean(m, windows, band)), jnp.zeros((0,) + m.shape, m.dtype)
+
+
+def _band_disjoint_mean_bwd(windows, band, shape_carrier, g):
+    g = materialize(g) / math.prod(f * f for f in windows)
+    for axis, (f, b) in enumerate(zip(windows, band)):
+        n_in, n_out = shape_carrier.shape[3 + axis], g.shape[2 + axis]
+        # offsets: f D + j + (f - 1 - i) for j < f reads g[D]; positions: f P + i reads g[P]
+        spread = jnp.repeat(g, f, axis=axis)
+        widths = [(0, 0)] * 4
+        pieces = []
+        for i in range(f):
+            widths[axis] = (f - 1 - i, i)
+            pieces.append(jnp.pad(spread, widths))
+        g = jnp.stack(pieces, axis=3 + axis)
+        g = g.reshape(g.shape[: 2 + axis] + (n_out * f,) + g.shape[4 + axis:])
+        widths = [(0, 0)] * 4
+        widths[2 + axis] = (0, n_in - n_out * f)  # positions a VALID pool dropped
+        g = jnp.pad(g, widths)
+    return (g,)
+
+
+_band_disjoint_mean.defvjp(_band_disjoint_mean_fwd, _band_disjoint_mean_bwd)
 
 def GlobalAvgPool() -> Layer:
     """Mean over all positions: (N, H, W, C) -> (N, C). K' = mean over all position pairs."""

@@ -22,6 +22,30 @@ Array = jax.Array
 FLAT = 0  # no spatial axes: inputs are flattened, (n1, n2)
 DIAG = 1  # same position in both images only: (H, W, n1, n2) inside, (n1, n2, H, W) outside
 FULL = 2  # every pair of positions: (H, W, H, W, n1, n2) inside, (n1, n2, H, H, W, W) outside
+# The pairs of positions at most (bh, bw) apart (`Kernel.band`), one pair of images at a
+# time: (2 bh + 1, 2 bw + 1, H, W), entry [b + d, p] the covariance of x1 at p with x2 at
+# p + d, 0 where p + d lies outside the image (offsets first: the positions stay the
+# contiguous, vectorised axes). Under a Flatten, nothing else reaches the
+# output (see `Band`); never returned to the caller.
+BAND = 3
+# The request `kernel_fn` starts its layers' `input_req` fold from: the network's own
+# output, whatever its spatial structure (a Flatten inside asks for less: FLAT).
+OUTPUT = -1
+
+
+class Band(NamedTuple):
+    """A request for the position pairs at most (h, w) apart only.
+
+    A Flatten reads the same-position entries only, a stride-1 convolution (its filter
+    offset shared by both images) keeps the offset between the two positions, a
+    nonlinearity acts entry by entry, and a disjoint pool of window f needs offsets up to
+    f b + f - 1 below for offsets up to b above. So under a Flatten the first layers of a
+    ConvNet need a band of offsets, not all (HW)^2 pairs: ConvNet3 on 28x28 images needs
+    offsets up to 7, 15 x 15 of the 28 x 28 partners of each position.
+    """
+
+    h: int
+    w: int
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -63,6 +87,7 @@ class Kernel:
     inputs: tuple = ()
     mode: str = BATCH
     tape_pos: int = 0
+    band: tuple[int, int] = (0, 0)  # the offsets kept, for spatial == BAND
 
     def replace(self, **changes: Any) -> "Kernel":
         return dataclasses.replace(self, **changes)
@@ -71,7 +96,7 @@ class Kernel:
 jax.tree_util.register_dataclass(
     Kernel,
     data_fields=["nngp", "ntk", "cov1", "cov2", "tape1", "tape2", "inputs"],
-    meta_fields=["channels", "spatial", "mode", "tape_pos"],
+    meta_fields=["channels", "spatial", "mode", "tape_pos", "band"],
 )
 
 
@@ -108,23 +133,46 @@ class KernelFn:
     def __init__(
         self,
         transform: Callable[[Kernel], Kernel],
-        input_req: Callable[[int], int],
+        input_req: Callable[[Any], Any],
         pairs_per_step: int = 1,
         reads_inputs: bool = False,
+        banded: bool = True,
     ):
         self.transform = transform
-        # Given the spatial structure wanted above this layer, what it needs below.
+        # Given the spatial structure wanted above this layer (OUTPUT, FLAT, DIAG, FULL or a
+        # Band), what it needs below.
         self.input_req = input_req
         self.pairs_per_step = pairs_per_step
         # Whether transform takes a Kernel whose `inputs` are not multiplied out yet.
         self.reads_inputs = reads_inputs
+        # Whether a network ending on a Flatten computes only the band of position pairs
+        # that reaches its output (`Band`); off gives the same numbers from all pairs.
+        self.banded = banded
 
     def with_pairs_per_step(self, pairs_per_step: int) -> "KernelFn":
         """The same kernel, computing `pairs_per_step` pairs of images per step (more is
         faster on accelerators, and needs proportionally more memory)."""
         if pairs_per_step < 1:
             raise ValueError(f"pairs_per_step must be >= 1, got {pairs_per_step}")
-        return KernelFn(self.transform, self.input_req, pairs_per_step, self.reads_inputs)
+        return KernelFn(self.transform, self.input_req, pairs_per_step, self.reads_inputs, self.banded)
+
+    def with_banded(self, banded: bool) -> "KernelFn":
+        """The same kernel, computing only the band of position pairs that reaches the
+        output (True, the default) or every pair (False: slower, for comparisons)."""
+        return KernelFn(self.transform, self.input_req, self.pairs_per_step, self.reads_inputs, banded)
+
+    def spatial_layout(self, image_shape: Sequence[int]) -> tuple[int, tuple[int, int]]:
+        """(FLAT / DIAG / FULL / BAND, band offsets) this network computes on (H, W, C) images."""
+        req = self.input_req(OUTPUT)
+        if req in (OUTPUT, FLAT):
+            return FLAT, (0, 0)
+        if isinstance(req, Band):
+            if req == (0, 0):
+                return DIAG, (0, 0)
+            if self.banded and 2 * req.h + 1 < image_shape[0] and 2 * req.w + 1 < image_shape[1]:
+                return BAND, (req.h, req.w)
+            return FULL, (0, 0)
+        return req, (0, 0)
 
     def with_max_memory(self, max_bytes: float, image_shape: Sequence[int], dtype=jnp.float64) -> "KernelFn":
         """As many pairs per step as fit in `max_bytes`, by the estimate `bytes_per_pair`."""
@@ -139,9 +187,9 @@ class KernelFn:
         x1 = jnp.asarray(x1)
         x2 = None if x2 is None else jnp.asarray(x2)
         _check_inputs(x1, x2)
-        spatial = FLAT if x1.ndim == 2 else self.input_req(FLAT)
-        if spatial == FULL:
-            k = self._pairwise(x1, x2, fields)
+        spatial, band = (FLAT, (0, 0)) if x1.ndim == 2 else self.spatial_layout(x1.shape[1:3])
+        if spatial in (FULL, BAND):
+            k = self._pairwise(x1, x2, fields, spatial, band)
         else:
             k = _examples_first(self.transform(input_kernel(x1, x2, spatial, "ntk" in fields, cov2=cov2)))
         if k.ntk is not None and k.ntk.ndim == 0:  # no layer with parameters: Θ = 0
@@ -152,13 +200,14 @@ class KernelFn:
             return getattr(k, get)
         return collections.namedtuple("AnalyticKernel", fields)(*(getattr(k, f) for f in fields))
 
-    def _pairwise(self, x1: Array, x2: Array | None, fields: tuple[str, ...]) -> Kernel:
-        """The two-phase computation for full position-position covariances."""
+    def _pairwise(self, x1: Array, x2: Array | None, fields: tuple[str, ...], spatial: int = FULL,
+                  band: tuple[int, int] = (0, 0)) -> Kernel:
+        """The two-phase computation for position-position covariances (all, or a band)."""
         compute_ntk = "ntk" in fields
 
         @jax.checkpoint
         def self_pass(x):  # one image (H, W, C) with itself
-            k = self(Kernel(None, None, None, None, x.shape[-1], FULL, inputs=(x, x), mode=RECORD))
+            k = self(Kernel(None, None, None, None, x.shape[-1], spatial, inputs=(x, x), mode=RECORD, band=band))
             k = _materialized(k)
             return k.tape1, k.cov1
 
@@ -170,7 +219,8 @@ class KernelFn:
 
         def pair(a, b, t1, t2):  # one pair of images, given their tapes
             ntk = jnp.zeros((), a.dtype) if compute_ntk else None
-            k = _materialized(self(Kernel(None, ntk, None, None, a.shape[-1], FULL, t1, t2, (a, b), REPLAY)))
+            k = _materialized(self(Kernel(None, ntk, None, None, a.shape[-1], spatial, t1, t2, (a, b), REPLAY,
+                                          band=band)))
             return k.nngp, (jnp.broadcast_to(k.ntk, k.nngp.shape) if compute_ntk else k.nngp)
 
         if symmetric:
@@ -208,8 +258,8 @@ class KernelFn:
         internal layout: (n,) for a network that flattens first, (H, W, n) for one without
         pooling; None when it needs all position pairs (computed pair by pair instead)."""
         x = jnp.asarray(x)
-        spatial = FLAT if x.ndim == 2 else self.input_req(FLAT)
-        return None if spatial == FULL else _self_cov(x, spatial)
+        spatial = FLAT if x.ndim == 2 else self.spatial_layout(x.shape[1:3])[0]
+        return None if spatial in (FULL, BAND) else _self_cov(x, spatial)
 
 
 # Above this, the gradient of pairwise kernels recomputes each pair in the backward pass
@@ -372,6 +422,8 @@ def _materialized(k: Kernel) -> Kernel:
     channels = a.shape[-1]
 
     def outer(u, v):
+        if k.spatial == BAND:
+            return band_outer(u, v, k.band)
         return jnp.einsum("hwc,gvc->hwgv", u, v, precision=_HIGHEST) / channels
 
     nngp = None if k.mode == RECORD else outer(a, b)
@@ -478,8 +530,13 @@ def _sq_norms(f: Array) -> Array:
     return jax.lax.optimization_barrier(jnp.einsum("ij,ij->i", f, f, precision=_HIGHEST))
 
 
-def _positionwise(req: int) -> int:
-    """Layers acting on each position alone need per-position covariances (at least DIAG)."""
+def _positionwise(req):
+    """Layers acting on each position alone need per-position covariances (at least DIAG),
+    and pass a band through (under a Flatten, FLAT: the same-position band)."""
+    if isinstance(req, Band):
+        return req
+    if req == FLAT:
+        return Band(0, 0)
     return max(req, DIAG)
 
 
@@ -487,7 +544,66 @@ def _variances(cov: Array, spatial: int) -> Array:
     """Per-position variances from a batch-diagonal covariance: (...) or (H, W, ...)."""
     if spatial == FULL:
         return _position_diagonal(cov)
+    if spatial == BAND:
+        return band_centre(cov)
     return cov
+
+
+def band_centre(m: Array) -> Array:
+    """(2 bh + 1, 2 bw + 1, H, W) -> (H, W): the same-position entries."""
+    return m[(m.shape[0] - 1) // 2, (m.shape[1] - 1) // 2]
+
+
+def band_shifted(v: Array, band: tuple[int, int]) -> Array:
+    """(H, W, ...) -> (2 bh + 1, 2 bw + 1, H, W, ...): entry [b + d, p] = v[p + d], 0
+    outside. Rows shifted, then columns: contiguous slices of v zero-padded, whose
+    transpose (the gradient) is 2 b + 2 shifted sums, not (2 b + 1)^2."""
+    (bh, bw), (h, w) = band, v.shape[:2]
+    v = jnp.pad(v, [(bh, bh), (bw, bw)] + [(0, 0)] * (v.ndim - 2))
+    rows = jnp.stack([v[i: i + h] for i in range(2 * bh + 1)])  # (2bh+1, H, W + 2bw, ...)
+    return jnp.stack([rows[:, :, j: j + w] for j in range(2 * bw + 1)], axis=1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def band_outer(a: Array, b: Array, band: tuple[int, int]) -> Array:
+    """(H, W, C) images -> their BAND covariance averaged over channels, Σ_c a[p, c] b[p + d, c] / C."""
+    return jnp.sum(a * band_shifted(b, band), axis=-1) / a.shape[-1]
+
+
+def _band_outer_fwd(a, b, band):
+    shifted = materialize(band_shifted(b, band))
+    return jnp.sum(a * shifted, axis=-1) / a.shape[-1], (a, b, shifted)
+
+
+def _band_outer_bwd(band, residuals, g):
+    a, b, shifted = residuals
+    g = g[..., None] / a.shape[-1]
+    _, shift_vjp = jax.vjp(lambda v: band_shifted(v, band), b)
+    # a's gradient sums over the offsets: a product with ones (XLA:CPU's reduction over
+    # leading axes is several times slower)
+    return _sum_to(g * shifted, a.shape), shift_vjp(g * a)[0]
+
+
+band_outer.defvjp(_band_outer_fwd, _band_outer_bwd)
+
+
+def band_inside(shape: Sequence[int]) -> Array:
+    """Boolean (2 bh + 1, 2 bw + 1, H, W): whether p + d lies inside the image (from iotas,
+    which XLA fuses into the consumer, not a constant of the array's size)."""
+    inside = True
+    for axis in (0, 1):
+        d = jax.lax.broadcasted_iota(jnp.int32, tuple(shape), axis) - (shape[axis] - 1) // 2
+        q = jax.lax.broadcasted_iota(jnp.int32, tuple(shape), 2 + axis) + d
+        inside = inside & (q >= 0) & (q < shape[2 + axis])
+    return inside
+
+
+def band_zero_outside(m: Array | None) -> Array | None:
+    """m with the entries whose second position lies outside the image set to exactly 0
+    (a select, not a product: they may hold anything, and nothing flows back into them)."""
+    if m is None or m.ndim == 0:
+        return m
+    return jnp.where(band_inside(m.shape), m, jnp.zeros((), m.dtype))
 
 
 def _position_diagonal(m: Array) -> Array:
@@ -498,10 +614,12 @@ def _position_diagonal(m: Array) -> Array:
     return flat[:: h * w + 1].reshape((h, w) + m.shape[4:])
 
 
-def _outer_factors(v1: Array, v2: Array, spatial: int) -> tuple[Array, Array]:
+def _outer_factors(v1: Array, v2: Array, spatial: int, band: tuple[int, int] = (0, 0)) -> tuple[Array, Array]:
     """v1 and v2 reshaped so that their product is v1[p, a] * v2[q, b] laid out like nngp:
     positions of x1 and x2 first (interleaved for FULL), then x1's example axes, then
-    x2's. v1 (*pos, *ex1), v2 (*pos, *ex2)."""
+    x2's. v1 (*pos, *ex1), v2 (*pos, *ex2). For BAND (one pair, no example axes) q = p + d."""
+    if spatial == BAND:
+        return v1[None, None], band_shifted(v2, band)
     pos = 0 if spatial == FLAT else 2
     e1, e2 = v1.ndim - pos, v2.ndim - pos
     a = v1.reshape(v1.shape + (1,) * e2)
@@ -512,21 +630,23 @@ def _outer_factors(v1: Array, v2: Array, spatial: int) -> tuple[Array, Array]:
     return a, b
 
 
-def _outer(v1: Array, v2: Array, spatial: int) -> Array:
+def _outer(v1: Array, v2: Array, spatial: int, band: tuple[int, int] = (0, 0)) -> Array:
     """v1[p, a] * v2[q, b] laid out like nngp (see `_outer_factors`)."""
-    a, b = _outer_factors(v1, v2, spatial)
+    a, b = _outer_factors(v1, v2, spatial, band)
     return a * b
 
 
-def _self_outer_factors(v: Array) -> tuple[Array, Array]:
+def _self_outer_factors(v: Array, spatial: int = FULL, band: tuple[int, int] = (0, 0)) -> tuple[Array, Array]:
     """v reshaped twice so that the product is v[p, a] * v[q, a], laid out like a FULL
-    cov: (H, W, ...) -> (H, W, 1, 1, ...) and (1, 1, H, W, ...)."""
+    cov: (H, W, ...) -> (H, W, 1, 1, ...) and (1, 1, H, W, ...) (or a BAND one)."""
+    if spatial == BAND:
+        return _outer_factors(v, v, BAND, band)
     return v[:, :, None, None], v[None, None, :, :]
 
 
-def _self_outer(v: Array) -> Array:
-    """v[p, a] * v[q, a] laid out like a FULL cov: (H, W, ...) -> (H, W, H, W, ...)."""
-    a, b = _self_outer_factors(v)
+def _self_outer(v: Array, spatial: int = FULL, band: tuple[int, int] = (0, 0)) -> Array:
+    """v[p, a] * v[q, a] laid out like a FULL (or BAND) cov: (H, W, ...) -> (H, W, H, W, ...)."""
+    a, b = _self_outer_factors(v, spatial, band)
     return a * b
 
 
@@ -802,12 +922,13 @@ def ABRelu(a: float, b: float) -> Layer:
     def transform(k: Kernel) -> Kernel:
         v1, v2, k = _nonlinearity_variances(k)
         s1, s2 = _std(v1), _std(v2)
-        nngp, ntk = (None, None) if k.nngp is None else nngp_ntk(k.nngp, _outer_factors(s1, s2, k.spatial), k.ntk)
+        nngp, ntk = (None, None) if k.nngp is None else nngp_ntk(
+            k.nngp, _outer_factors(s1, s2, k.spatial, k.band), k.ntk)
         if k.cov1 is None:
             cov1 = cov2 = None
-        elif k.spatial == FULL:
-            cov1 = nngp_ntk(k.cov1, _self_outer_factors(s1))[0]
-            cov2 = cov1 if k.cov2 is k.cov1 else nngp_ntk(k.cov2, _self_outer_factors(s2))[0]
+        elif k.spatial in (FULL, BAND):
+            cov1 = nngp_ntk(k.cov1, _self_outer_factors(s1, k.spatial, k.band))[0]
+            cov2 = cov1 if k.cov2 is k.cov1 else nngp_ntk(k.cov2, _self_outer_factors(s2, k.spatial, k.band))[0]
         else:  # a variance is its own pair at angle 0
             cov1 = diag_gain * k.cov1
             cov2 = cov1 if k.cov2 is k.cov1 else diag_gain * k.cov2
@@ -842,13 +963,13 @@ def Erf(a: float = 1.0, b: float = 1.0, c: float = 0.0) -> Layer:
         v1, v2 = 1 + 2 * s * v1, 1 + 2 * s * v2
         nngp, ntk = None, None
         if k.nngp is not None:
-            nngp, ntk = nngp_ntk(s * k.nngp, _outer(v1, v2, k.spatial), None if k.ntk is None else s * k.ntk)
+            nngp, ntk = nngp_ntk(s * k.nngp, _outer(v1, v2, k.spatial, k.band), None if k.ntk is None else s * k.ntk)
             nngp = a**2 * nngp + c**2
             ntk = None if ntk is None else a**2 * ntk
 
         def self_cov(cov, v):
-            if k.spatial == FULL:
-                return a**2 * nngp_ntk(s * cov, _self_outer(v))[0] + c**2
+            if k.spatial in (FULL, BAND):
+                return a**2 * nngp_ntk(s * cov, _self_outer(v, k.spatial, k.band))[0] + c**2
             return a**2 * (2 / math.pi) * jnp.arcsin(2 * s * cov / v) + c**2
 
         cov1 = None if k.cov1 is None else self_cov(k.cov1, v1)
@@ -873,9 +994,10 @@ def Flatten() -> Layer:
             return k
 
         def flat(m):  # mean over positions of the same-position entries
-            return jnp.mean(_position_diagonal(m) if k.spatial == FULL else m, axis=(0, 1))
+            return jnp.mean(_variances(m, k.spatial), axis=(0, 1))
 
-        h, w = (k.nngp if k.nngp is not None else k.cov1).shape[:2]
+        shape = (k.nngp if k.nngp is not None else k.cov1).shape
+        h, w = shape[2:4] if k.spatial == BAND else shape[:2]
         return _map_linear(k, flat, channels=k.channels * h * w, spatial=FLAT)
 
     return _layer(init_fn, apply_fn, transform, input_req=lambda req: FLAT)
