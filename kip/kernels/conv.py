@@ -273,7 +273,8 @@ def AvgPool(
     """Average pooling (strides default to 1, as in neural-tangents).
 
     K'(p, q) = 1/|F|^2 Σ_{a, b in F} K(s p + a, s q + b): each image's window moves on its
-    own, so it needs the full position-position covariance. normalize_edges divides by the
+    own, so it needs the position-position covariance (under a Flatten, for a disjoint VALID
+    pool, only the band of offsets up to f b + f - 1, see `stax.Band`). normalize_edges divides by the
     number of in-image positions instead of |F| (matters only at SAME edges).
     """
     window_shape = tuple(window_shape)
@@ -352,7 +353,7 @@ def _band_disjoint_mean_fwd(m, windows, band):
 
 def _band_disjoint_mean_bwd(windows, band, shape_carrier, g):
     g = materialize(g) / math.prod(f * f for f in windows)
-    for axis, (f, b) in enumerate(zip(windows, band)):
+    for axis, f in enumerate(windows):
         n_in, n_out = shape_carrier.shape[3 + axis], g.shape[2 + axis]
         # offsets: f D + j + (f - 1 - i) for j < f reads g[D]; positions: f P + i reads g[P]
         spread = jnp.repeat(g, f, axis=axis)
@@ -370,6 +371,7 @@ def _band_disjoint_mean_bwd(windows, band, shape_carrier, g):
 
 
 _band_disjoint_mean.defvjp(_band_disjoint_mean_fwd, _band_disjoint_mean_bwd)
+
 
 def GlobalAvgPool() -> Layer:
     """Mean over all positions: (N, H, W, C) -> (N, C). K' = mean over all position pairs."""

@@ -25,8 +25,8 @@ FULL = 2  # every pair of positions: (H, W, H, W, n1, n2) inside, (n1, n2, H, H,
 # The pairs of positions at most (bh, bw) apart (`Kernel.band`), one pair of images at a
 # time: (2 bh + 1, 2 bw + 1, H, W), entry [b + d, p] the covariance of x1 at p with x2 at
 # p + d, 0 where p + d lies outside the image (offsets first: the positions stay the
-# contiguous, vectorised axes). Under a Flatten, nothing else reaches the
-# output (see `Band`); never returned to the caller.
+# contiguous, vectorised axes). Under a Flatten nothing else reaches the output (see
+# `Band`); never returned to the caller.
 BAND = 3
 # The request `kernel_fn` starts its layers' `input_req` fold from: the network's own
 # output, whatever its spatial structure (a Flatten inside asks for less: FLAT).
@@ -46,6 +46,7 @@ class Band(NamedTuple):
 
     h: int
     w: int
+
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -72,7 +73,8 @@ class Kernel:
     In the two-phase modes the example axes are absent (one image or one pair), nngp/ntk
     are None while RECORDing and cov1/cov2 are None while REPLAYing; tape1/tape2 hold the
     per-nonlinearity variance maps of x1/x2; `inputs` may hold the two (H, W, C) images
-    themselves, not yet multiplied out, for a first Conv to read as patches. `channels` is
+    themselves, not yet multiplied out, for a first Conv to read as patches; BAND (two-phase
+    modes only) keeps offsets up to `band`: (2 bh + 1, 2 bw + 1, H, W). `channels` is
     the finite width feeding the next layer (only the standard parameterization uses it).
     """
 
