@@ -56,7 +56,7 @@ def kip_cell(ds: data.Dataset, options: run.KernelOptions, ipc: int, target_batc
         state, metrics = runner(state, train)
         jax.block_until_ready(state)
         times.append((time.perf_counter() - start) / chunk)
-    cell = {"dataset": ds.name, "kernel": options.name, "rf_models": options.rf_models if options.name.startswith("rf-") else None,
+    cell = {"dataset": ds.name, "kernel": options.name, "get": "nngp" if rf.parse(options.name) else options.get, "rf_models": options.rf_models if options.name.startswith("rf-") else None,
             "rf_width": options.rf_width if options.name.startswith("rf-") else None, "support": len(idx),
             "target_batch": target_batch, "steps": len(times) * chunk, "devices": problem.mesh.size, "precision": precision,
             "step_s_median": float(np.median(times)), "step_s_all": times, "compile_s": compile_s,
@@ -88,7 +88,7 @@ def rf_options(config: str) -> run.KernelOptions:
 def label(options: run.KernelOptions, precision: str = "float64") -> str:
     if rf.parse(options.name):
         return f"rf-convnet3 ({options.rf_models} x width {options.rf_width})"
-    return f"convnet3 (exact NTK, {precision})"
+    return f"convnet3 (exact {options.get.upper()}, {precision})"
 
 
 def scaling_worker(args) -> None:
@@ -132,7 +132,13 @@ def main() -> None:
     parser.add_argument("--acc-target-batch", type=int, default=100)
     parser.add_argument("--acc-steps", type=int, default=100, help="KIP steps before the accuracy comparison")
     parser.add_argument("--acc-seeds", type=int, default=5,
-                        help="accuracy cells per kernel, each from its own real support and target batches")
+                        help="accuracy cells per kernel, each from its own real support and target batches (0: none)")
+    parser.add_argument("--acc-exact-nngp", action="store_true",
+                        help="also KIP with the exact ConvNet3 NNGP (the kernel random features estimate)")
+    parser.add_argument("--acc-test-size", type=int, default=0,
+                        help="evaluate on the first N test images (default: all)")
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--name", default="rf_speed", help="results/NAME.{md,json}")
     parser.add_argument("--scaling-target-batch", type=int, default=128)
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--scaling-worker", action="store_true", help=argparse.SUPPRESS)
@@ -145,7 +151,7 @@ def main() -> None:
 
     speed_ds = data.load(args.speed_dataset, args.data_dir)
     speed = []
-    for size in args.speed_sizes:
+    for size in [] if args.skip_speed else args.speed_sizes:
         ipc, target_batch = map(int, size.split("x"))
         speed.append([kip_cell(speed_ds, kernels[0], ipc, target_batch, args.exact_steps, 1, warmup=False, precision=p)
                       for p in args.exact_precisions] +
@@ -153,34 +159,44 @@ def main() -> None:
         print(json.dumps(speed[-1]), flush=True)
     acc_ds = data.load(args.acc_dataset, args.data_dir)
     chunk = min(args.acc_steps, 10)
-    acc = [[kip_cell(acc_ds, k, args.acc_ipc, args.acc_target_batch, args.acc_steps, chunk, test_size=len(acc_ds.y_test),
-                     seed=seed, precision=args.exact_precisions[0]) for seed in range(args.acc_seeds)] for k in kernels]
-    print(json.dumps(acc), flush=True)
+    test_size = min(args.acc_test_size or len(acc_ds.y_test), len(acc_ds.y_test))
+    acc_kernels = kernels[:1] + [run.KernelOptions("convnet3", get="nngp")] * args.acc_exact_nngp + kernels[1:]
+    acc = []
+    for k in acc_kernels:
+        acc.append([])
+        for seed in range(args.acc_seeds):
+            acc[-1].append(kip_cell(acc_ds, k, args.acc_ipc, args.acc_target_batch, args.acc_steps, chunk,
+                                    test_size=test_size, seed=seed, precision=args.exact_precisions[0]))
+            print(json.dumps(acc[-1][-1]), flush=True)
     scale = [] if args.skip_scaling else scaling(args)
 
     over = " / ".join(args.exact_precisions)
-    lines = [f"| data set | support | target batch | KIP kernel | s / step (median; steps timed) | speed-up over exact ({over}) |",
-             "|---|---|---|---|---|---|"]
+    lines = [] if not speed else [
+        f"| data set | support | target batch | KIP kernel | s / step (median; steps timed) | speed-up over exact ({over}) |",
+        "|---|---|---|---|---|---|"]
     for cells in speed:
         exact = [c["step_s_median"] for c in cells[:n_exact]]
         for i, (k, c) in enumerate(zip([kernels[0]] * n_exact + kernels[1:], cells)):
             ratio = "" if i < n_exact else " / ".join(f"**{e / c['step_s_median']:.1f}x**" for e in exact)
             lines.append(f"| {speed_ds.name} | {c['support']} | {c['target_batch']} | {label(k, c['precision'])} | "
                          f"{c['step_s_median']:.3f} ({c['steps']}) | {ratio} |")
-    lines += ["", f"KRR test accuracy after {args.acc_steps} KIP steps, all evaluated with the exact ConvNet3 NTK on all "
-                  f"{acc[0][0]['test_size']} {acc_ds.name} test images; mean +- sd over {args.acc_seeds} seeds (seed s: "
+    which = "all" if test_size == len(acc_ds.y_test) else "the first"
+    lines += [] if not args.acc_seeds else ["", f"KRR test accuracy after {args.acc_steps} KIP steps, all evaluated with the exact ConvNet3 NTK on {which} "
+                  f"{test_size} {acc_ds.name} test images; mean +- sd over {args.acc_seeds} seeds (seed s: "
                   "its own real starting support and target batches, the same for every kernel), and the mean +- sd of "
                   "the per-seed differences from the exact kernel's accuracy:", "",
-              "| data set | support | target batch | KIP kernel | s / step | test accuracy | minus exact's | per seed |",
-              "|---|---|---|---|---|---|---|---|"]
-    exact_acc = np.array([c["test_accuracy"] for c in acc[0]])
-    for i, (k, cells) in enumerate(zip(kernels, acc)):
+              "| data set | support | target batch | KIP kernel | s / step | test accuracy | minus exact NTK's"
+              + (" | minus exact NNGP's" if args.acc_exact_nngp else "") + " | per seed |",
+              "|---|---|---|---|---|---|---|---|" + "---|" * args.acc_exact_nngp]
+    baselines = [np.array([c["test_accuracy"] for c in cells]) for cells in acc[:1 + args.acc_exact_nngp]]
+    for i, (k, cells) in enumerate(zip(acc_kernels, acc if args.acc_seeds else [])):
         accs = np.array([c["test_accuracy"] for c in cells])
-        diff = "" if i == 0 else "{:+.2f} +- {:.2f}".format(*report.mean_std(100 * (accs - exact_acc)))
+        diffs = ["" if i <= j else "{:+.2f} +- {:.2f}".format(*report.mean_std(100 * (accs - base)))
+                 for j, base in enumerate(baselines)]
         c = cells[0]
         lines.append(f"| {acc_ds.name} | {c['support']} | {c['target_batch']} | {label(k, c['precision'])} | "
                      f"{np.median([c['step_s_median'] for c in cells]):.3f} | "
-                     "{:.2f} +- {:.2f}".format(*report.mean_std(100 * accs)) + f" | {diff} | "
+                     "{:.2f} +- {:.2f}".format(*report.mean_std(100 * accs)) + f" | {' | '.join(diffs)} | "
                      f"{', '.join(f'{100 * a:.2f}' for a in accs)} |")
     if scale:
         lines += ["", f"{label(rf_options(args.rf_configs[-1]))} step time, {speed_ds.name}, support {scale[0]['support']}, "
@@ -199,7 +215,7 @@ def main() -> None:
                   f"about {env['cores']} busy; more means other jobs shared the cores). Goals (issue 4): >= 100x per step, accuracy "
                   "within 1 point."]
     body = "\n".join(lines)
-    report.write_results("rf_speed", "KIP step time: exact ConvNet3 kernel vs random features (rf-convnet3)", body,
+    report.write_results(args.name, "KIP step time: exact ConvNet3 kernel vs random features (rf-convnet3)", body,
                          {"speed": speed, "accuracy": acc, "scaling": scale, "args": vars(args)})
     print(body)
 

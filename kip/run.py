@@ -47,13 +47,14 @@ class Problem:
 class KernelOptions:
     """Which kernel: a preset name ('convnet3'), or 'rf-' and a preset for its random-feature
     NNGP estimate from `rf_models` networks of width `rf_width` (drawn from `seed`; KIP draws
-    fresh ones each step unless `rf_resample` is False)."""
+    fresh ones each step unless `rf_resample` is False). `get`: an exact kernel's 'ntk' or 'nngp'."""
 
     name: str = "fc1"
     rf_models: int = rf.DEFAULT_MODELS
     rf_width: int = rf.DEFAULT_WIDTH
     rf_resample: bool = True
     seed: int = 0
+    get: str = "ntk"  # an exact kernel's NTK or NNGP (random features estimate the NNGP)
 
     @staticmethod
     def of(kernel: "str | KernelOptions") -> "KernelOptions":
@@ -74,6 +75,8 @@ def check_kernel(kernel: str | KernelOptions) -> None:
     if name not in kernels.PRESETS:
         raise InputError(f"unknown kernel {options.name!r}; choose one of {', '.join(sorted(kernels.PRESETS))}, "
                          f"or {rf.PREFIX}NAME for random features")
+    if options.get not in ("ntk", "nngp"):
+        raise InputError(f"kernel get must be 'ntk' or 'nngp', got {options.get!r}")
     if rf.parse(options.name):
         for flag, value in (("--rf-models", options.rf_models), ("--rf-width", options.rf_width)):
             if value < 1:
@@ -93,7 +96,7 @@ def make_kernel(options: KernelOptions, ds: data.Dataset, dtype, max_memory: flo
     layer = kernels.preset(options.name, num_classes=ds.num_classes)
     if max_memory:
         layer = layer._replace(kernel_fn=layer.kernel_fn.with_max_memory(max_memory, ds.image_shape, dtype))
-    return functools.partial(layer.kernel_fn, get="ntk"), layer
+    return functools.partial(layer.kernel_fn, get=options.get), layer
 
 
 def prepare(

@@ -113,3 +113,17 @@ def test_cli_rejects_bad_random_feature_options(tmp_path, bad, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("kip: error:")
     assert not (tmp_path / "x").exists()
+
+
+def test_exact_kernel_options_choose_ntk_or_nngp():
+    """`run.KernelOptions.get`: the exact counterpart of what random features estimate is the NNGP."""
+    from kip import data, run
+
+    ds = data.load("digits")
+    x = jnp.asarray(ds.x_train[:3], jnp.float64)
+    layer = kernels.preset("convnet3")
+    for get in ("ntk", "nngp"):
+        kernel_fn, _ = run.make_kernel(run.KernelOptions("convnet3", get=get), ds, jnp.float64)
+        np.testing.assert_allclose(kernel_fn(x, None), layer.kernel_fn(x, None, get), rtol=1e-12)
+    with pytest.raises(run.InputError, match="'ntk' or 'nngp'"):
+        run.check_kernel(run.KernelOptions("convnet3", get="cov1"))
