@@ -5,8 +5,10 @@ the step time of rf-convnet3 split over 1, 2, 4 forced host devices. Writes resu
     python benchmarks/rf_speed.py --data-dir ../shared/datasets
 
 Speed cells run on MNIST (28x28, where the exact kernel's pairs of 4-D covariances cost the most),
-the accuracy cells on the embedded 8x8 digits (where exact-kernel KIP runs many steps in minutes);
-both sets of sizes are printed in the table. Compilation is not timed (`lower().compile()` first).
+the accuracy cells by default on the embedded 8x8 digits (where exact-kernel KIP runs many steps in
+minutes); results/rf_speed.md is `--acc-dataset mnist --acc-test-size 2000 --acc-seeds 3
+--acc-exact-nngp` (with the exact NNGP, the kernel random features estimate, beside the NTK).
+Both sets of sizes are printed in the table. Compilation is not timed (`lower().compile()` first).
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def kip_cell(ds: data.Dataset, options: run.KernelOptions, ipc: int, target_batc
         state, metrics = runner(state, train)
         jax.block_until_ready(state)
         times.append((time.perf_counter() - start) / chunk)
-    cell = {"dataset": ds.name, "kernel": options.name, "get": "nngp" if rf.parse(options.name) else options.get, "rf_models": options.rf_models if options.name.startswith("rf-") else None,
+    cell = {"dataset": ds.name, "kernel": options.name, "get": "nngp" if rf.parse(options.name) else options.get,
+            "rf_models": options.rf_models if options.name.startswith("rf-") else None,
             "rf_width": options.rf_width if options.name.startswith("rf-") else None, "support": len(idx),
             "target_batch": target_batch, "steps": len(times) * chunk, "devices": problem.mesh.size, "precision": precision,
             "step_s_median": float(np.median(times)), "step_s_all": times, "compile_s": compile_s,
