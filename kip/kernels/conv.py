@@ -249,10 +249,9 @@ def Conv(
                 ntk = fan_in * nngp_sum + ntk_sum + (0.0 if b_std is None else 1.0)
         cov1 = affine(conv(k.cov1))
         cov2 = cov1 if k.cov2 is k.cov1 else affine(conv(k.cov2))
-        if k.spatial == BAND:  # the bias reached entries outside too: keep them 0
-            nngp, ntk, cov1 = (band_zero_outside(m) for m in (nngp, ntk, cov1))
-            cov2 = cov1 if k.cov2 is k.cov1 else band_zero_outside(cov2)
-        return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, channels=out_chan)
+        k = k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, channels=out_chan)
+        # the bias reached entries outside the image too: keep them 0
+        return _map_linear(k, band_zero_outside) if k.spatial == BAND else k
 
     def input_req(req):
         req = _positionwise(req)

@@ -600,11 +600,9 @@ def band_inside(shape: Sequence[int]) -> Array:
     return inside
 
 
-def band_zero_outside(m: Array | None) -> Array | None:
+def band_zero_outside(m: Array) -> Array:
     """m with the entries whose second position lies outside the image set to exactly 0
     (a select, not a product: they may hold anything, and nothing flows back into them)."""
-    if m is None or m.ndim == 0:
-        return m
     return jnp.where(band_inside(m.shape), m, jnp.zeros((), m.dtype))
 
 
