@@ -7,7 +7,9 @@ the step time of rf-convnet3 split over 1, 2, 4 forced host devices. Writes resu
 Speed cells run on MNIST (28x28, where the exact kernel's pairs of 4-D covariances cost the most),
 the accuracy cells by default on the embedded 8x8 digits (where exact-kernel KIP runs many steps in
 minutes); results/rf_speed.md is `--acc-dataset mnist --acc-test-size 2000 --acc-seeds 3
---acc-exact-nngp` (with the exact NNGP, the kernel random features estimate, beside the NTK).
+--acc-exact-nngp` (with the exact NNGP, the kernel random features estimate, beside the NTK);
+results/rf_speed_platt.md the same accuracy cells with RFAD's recipe (`--acc-loss platt
+--acc-learn-labels --skip-speed --skip-scaling --name rf_speed_platt`).
 Both sets of sizes are printed in the table. Compilation is not timed (`lower().compile()` first).
 """
 
@@ -33,9 +35,9 @@ FORCE_DEVICES = "--xla_force_host_platform_device_count={}"
 
 def kip_cell(ds: data.Dataset, options: run.KernelOptions, ipc: int, target_batch: int, steps: int, chunk: int,
              test_size: int = 0, seed: int = 0, devices: int | None = None, warmup: bool = True,
-             precision: str = "float64") -> dict:
-    """`steps` KIP steps (Adam 0.04, learned images, fixed labels) from a class-balanced real
-    support set; seconds per step (median over chunks of `chunk` steps, compilation and, with
+             precision: str = "float64", loss: str = "mse", learn_labels: bool = False) -> dict:
+    """`steps` KIP steps (Adam 0.04, learned images; labels fixed unless `learn_labels`; `loss`
+    'mse' or 'platt') from a class-balanced real support set; seconds per step (median over chunks of `chunk` steps, compilation and, with
     `warmup`, one more chunk excluded) and,
     with test_size > 0, the KRR accuracy on the first `test_size` test images under the exact kernel."""
     problem = run.prepare(ds, options, precision=precision, devices=devices)
@@ -44,9 +46,10 @@ def kip_cell(ds: data.Dataset, options: run.KernelOptions, ipc: int, target_batc
     train = distill.train_data(problem.x_train, ds.y_train, ds.num_classes, problem.dtype,
                                problem.layer.kernel_fn if problem.layer else None)
     opt = optax.adam(0.04)
-    state = distill.init_state(train.images[idx], train.targets[idx], opt, run_key)
+    state = distill.init_state(train.images[idx], train.targets[idx], opt, run_key, loss)
     state, train = parallel.replicate(problem.mesh, (state, train))
-    step = distill.make_step(problem.kernel_fn, opt, min(target_batch, len(ds.y_train)), mesh=problem.mesh)
+    step = distill.make_step(problem.kernel_fn, opt, min(target_batch, len(ds.y_train)), learn_labels=learn_labels,
+                             loss=loss, mesh=problem.mesh)
     start = time.perf_counter()
     runner = distill.make_multi_step(step, chunk).lower(state, train).compile()
     compile_s = time.perf_counter() - start
@@ -61,7 +64,7 @@ def kip_cell(ds: data.Dataset, options: run.KernelOptions, ipc: int, target_batc
     cell = {"dataset": ds.name, "kernel": options.name, "get": "nngp" if rf.parse(options.name) else options.get,
             "rf_models": options.rf_models if options.name.startswith("rf-") else None,
             "rf_width": options.rf_width if options.name.startswith("rf-") else None, "support": len(idx),
-            "target_batch": target_batch, "steps": len(times) * chunk, "devices": problem.mesh.size, "precision": precision,
+            "target_batch": target_batch, "loss": loss, "learn_labels": learn_labels, "steps": len(times) * chunk, "devices": problem.mesh.size, "precision": precision,
             "step_s_median": float(np.median(times)), "step_s_all": times, "compile_s": compile_s,
             "final_loss": float(metrics["loss"][-1])}
     if test_size:
@@ -138,6 +141,9 @@ def main() -> None:
                         help="accuracy cells per kernel, each from its own real support and target batches (0: none)")
     parser.add_argument("--acc-exact-nngp", action="store_true",
                         help="also KIP with the exact ConvNet3 NNGP (the kernel random features estimate)")
+    parser.add_argument("--acc-loss", default="mse", choices=tuple(distill.LOSSES),
+                        help="the accuracy cells' KIP loss (RFAD's recipe: platt with --acc-learn-labels)")
+    parser.add_argument("--acc-learn-labels", action="store_true", help="the accuracy cells learn the labels too")
     parser.add_argument("--acc-test-size", type=int, default=0,
                         help="evaluate on the first N test images (default: all)")
     parser.add_argument("--skip-speed", action="store_true")
@@ -169,7 +175,8 @@ def main() -> None:
         acc.append([])
         for seed in range(args.acc_seeds):
             acc[-1].append(kip_cell(acc_ds, k, args.acc_ipc, args.acc_target_batch, args.acc_steps, chunk,
-                                    test_size=test_size, seed=seed, precision=args.exact_precisions[0]))
+                                    test_size=test_size, seed=seed, precision=args.exact_precisions[0],
+                                    loss=args.acc_loss, learn_labels=args.acc_learn_labels))
             print(json.dumps(acc[-1][-1]), flush=True)
     scale = [] if args.skip_scaling else scaling(args)
 
@@ -184,7 +191,7 @@ def main() -> None:
             lines.append(f"| {speed_ds.name} | {c['support']} | {c['target_batch']} | {label(k, c['precision'])} | "
                          f"{c['step_s_median']:.3f} ({c['steps']}) | {ratio} |")
     which = "all" if test_size == len(acc_ds.y_test) else "the first"
-    lines += [] if not args.acc_seeds else ["", f"KRR test accuracy after {args.acc_steps} KIP steps, all evaluated with the exact ConvNet3 NTK on {which} "
+    lines += [] if not args.acc_seeds else [""] * bool(lines) + [f"KRR test accuracy after {args.acc_steps} KIP steps, all evaluated with the exact ConvNet3 NTK on {which} "
                   f"{test_size} {acc_ds.name} test images; mean +- sd over {args.acc_seeds} seeds (seed s: "
                   "its own real starting support and target batches, the same for every kernel), and the mean +- sd of "
                   "the per-seed differences from the exact kernel's accuracy:", "",
@@ -211,7 +218,10 @@ def main() -> None:
             lines.append(f"| {c['devices']} | {c['step_s_median']:.3f} | {scale[0]['step_s_median'] / c['step_s_median']:.2f}x |")
     env = report.machine()
     lines += ["", f"Random-feature cells: float64 images, features in float32, their Gram matrix and the ridge solve in float64; "
-                  f"ridge {krr.DEFAULT_REG} x tr(K)/n; Adam 0.04, images learned, labels fixed, MSE; fresh random networks "
+                  f"ridge {krr.DEFAULT_REG} x tr(K)/n; Adam 0.04, images learned, labels "
+                  f"{'learned' if args.acc_learn_labels else 'fixed'} in the accuracy cells (fixed in the speed cells), "
+                  f"{args.acc_loss.upper() if args.acc_loss == 'mse' else 'Platt'} loss in the accuracy cells (MSE in the "
+                  f"speed cells); fresh random networks "
                   f"every step. The exact kernel's step costs ~ support x targets pairs, the random features' ~ "
                   f"(support + targets) x models x width^2, so the ratio grows with the support size. Machine load "
                   f"(1-min average) at the end: {os.getloadavg()[0]:.1f} on {env['cores']} cores (this benchmark alone keeps "
