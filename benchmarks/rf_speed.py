@@ -16,6 +16,7 @@ Both sets of sizes are printed in the table. Compilation is not timed (`lower().
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -35,12 +36,18 @@ FORCE_DEVICES = "--xla_force_host_platform_device_count={}"
 
 def kip_cell(ds: data.Dataset, options: run.KernelOptions, ipc: int, target_batch: int, steps: int, chunk: int,
              test_size: int = 0, seed: int = 0, devices: int | None = None, warmup: bool = True,
-             precision: str = "float64", loss: str = "mse", learn_labels: bool = False) -> dict:
+             precision: str = "float64", loss: str = "mse", learn_labels: bool = False, kernel_fn=None,
+             in_scan: bool = True) -> dict:
     """`steps` KIP steps (Adam 0.04, learned images; labels fixed unless `learn_labels`; `loss`
-    'mse' or 'platt') from a class-balanced real support set; seconds per step (median over chunks of `chunk` steps, compilation and, with
-    `warmup`, one more chunk excluded) and,
-    with test_size > 0, the KRR accuracy on the first `test_size` test images under the exact kernel."""
+    'mse' or 'platt') from a class-balanced real support set; seconds per step (median over
+    chunks of `chunk` steps, compilation and, with `warmup`, one more chunk excluded) and, with
+    test_size > 0, the KRR accuracy on the first `test_size` test images under the exact kernel.
+    `kernel_fn`: KIP with this kernel instead of `options`' (which still names the preset);
+    `in_scan=False`: each chunk as `chunk` calls of one jitted step instead of one `lax.scan`.
+    With `warmup`, the state has taken `steps + chunk` steps at the end (`steps_taken`)."""
     problem = run.prepare(ds, options, precision=precision, devices=devices)
+    if kernel_fn is not None:
+        problem = dataclasses.replace(problem, kernel_fn=kernel_fn)
     init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
     idx = data.balanced_subset(init_key, ds.y_train, ds.num_classes, ipc)
     train = distill.train_data(problem.x_train, ds.y_train, ds.num_classes, problem.dtype,
@@ -51,7 +58,17 @@ def kip_cell(ds: data.Dataset, options: run.KernelOptions, ipc: int, target_batc
     step = distill.make_step(problem.kernel_fn, opt, min(target_batch, len(ds.y_train)), learn_labels=learn_labels,
                              loss=loss, mesh=problem.mesh)
     start = time.perf_counter()
-    runner = distill.make_multi_step(step, chunk).lower(state, train).compile()
+    if in_scan:
+        runner = distill.make_multi_step(step, chunk).lower(state, train).compile()
+    else:  # `chunk` calls of one jitted step
+        one_step = jax.jit(step).lower(state, train).compile()
+
+        def runner(state, train):
+            metrics = []
+            for _ in range(chunk):
+                state, m = one_step(state, train)
+                metrics.append(m)
+            return state, jax.tree_util.tree_map(lambda *m: jnp.stack(m), *metrics)
     compile_s = time.perf_counter() - start
     if warmup:  # the first call after compiling runs slower (allocation); not timed where steps are cheap
         state, _ = jax.block_until_ready(runner(state, train))
@@ -64,7 +81,8 @@ def kip_cell(ds: data.Dataset, options: run.KernelOptions, ipc: int, target_batc
     cell = {"dataset": ds.name, "kernel": options.name, "get": "nngp" if rf.parse(options.name) else options.get,
             "rf_models": options.rf_models if options.name.startswith("rf-") else None,
             "rf_width": options.rf_width if options.name.startswith("rf-") else None, "support": len(idx),
-            "target_batch": target_batch, "loss": loss, "learn_labels": learn_labels, "steps": len(times) * chunk, "devices": problem.mesh.size, "precision": precision,
+            "target_batch": target_batch, "loss": loss, "learn_labels": learn_labels, "steps": len(times) * chunk,
+            "steps_taken": (len(times) + warmup) * chunk, "devices": problem.mesh.size, "precision": precision,
             "step_s_median": float(np.median(times)), "step_s_all": times, "compile_s": compile_s,
             "final_loss": float(metrics["loss"][-1])}
     if test_size:
@@ -191,7 +209,7 @@ def main() -> None:
             lines.append(f"| {speed_ds.name} | {c['support']} | {c['target_batch']} | {label(k, c['precision'])} | "
                          f"{c['step_s_median']:.3f} ({c['steps']}) | {ratio} |")
     which = "all" if test_size == len(acc_ds.y_test) else "the first"
-    lines += [] if not args.acc_seeds else [""] * bool(lines) + [f"KRR test accuracy after {args.acc_steps} KIP steps, all evaluated with the exact ConvNet3 NTK on {which} "
+    lines += [] if not args.acc_seeds else [""] * bool(lines) + [f"KRR test accuracy after {acc[0][0]['steps_taken']} KIP steps ({args.acc_steps} timed after {chunk} untimed), all evaluated with the exact ConvNet3 NTK on {which} "
                   f"{test_size} {acc_ds.name} test images; mean +- sd over {args.acc_seeds} seeds (seed s: "
                   "its own real starting support and target batches, the same for every kernel), and the mean +- sd of "
                   "the per-seed differences from the exact kernel's accuracy:", "",
