@@ -209,7 +209,9 @@ def main() -> None:
             lines.append(f"| {speed_ds.name} | {c['support']} | {c['target_batch']} | {label(k, c['precision'])} | "
                          f"{c['step_s_median']:.3f} ({c['steps']}) | {ratio} |")
     which = "all" if test_size == len(acc_ds.y_test) else "the first"
-    lines += [] if not args.acc_seeds else [""] * bool(lines) + [f"KRR test accuracy after {acc[0][0]['steps_taken']} KIP steps ({args.acc_steps} timed after {chunk} untimed), all evaluated with the exact ConvNet3 NTK on {which} "
+    lines += [] if not args.acc_seeds else [""] * bool(lines) + [
+                  f"KRR test accuracy after {acc[0][0]['steps_taken']} KIP steps ({args.acc_steps} timed after {chunk} "
+                  f"untimed), all evaluated with the exact ConvNet3 NTK on {which} "
                   f"{test_size} {acc_ds.name} test images; mean +- sd over {args.acc_seeds} seeds (seed s: "
                   "its own real starting support and target batches, the same for every kernel), and the mean +- sd of "
                   "the per-seed differences from the exact kernel's accuracy:", "",
