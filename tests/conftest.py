@@ -1,11 +1,22 @@
-"""Shared test set-up: float64 on, and the real data sets of ../shared when present."""
+"""Shared test set-up: float64 on, a compilation cache for the session, and the real data sets
+of ../shared when present."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import jax
 import pytest
 
 jax.config.update("jax_enable_x64", True)
+
+# Many tests (and the experiment scripts they start as subprocesses, which inherit the variable)
+# compile the same kernel programs: one persistent cache, empty at the start of each session.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="kip-test-jax-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 SHARED_DATASETS = os.environ.get(
     "KIP_SHARED_DATASETS", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets")
