@@ -78,9 +78,10 @@ def kip_cell(ds: data.Dataset, options: run.KernelOptions, ipc: int, target_batc
         state, metrics = runner(state, train)
         jax.block_until_ready(state)
         times.append((time.perf_counter() - start) / chunk)
-    cell = {"dataset": ds.name, "kernel": options.name, "get": "nngp" if rf.parse(options.name) else options.get,
-            "rf_models": options.rf_models if options.name.startswith("rf-") else None,
-            "rf_width": options.rf_width if options.name.startswith("rf-") else None, "support": len(idx),
+    random_features = rf.parse(options.name) is not None
+    cell = {"dataset": ds.name, "kernel": options.name, "get": "nngp" if random_features else options.get,
+            "rf_models": options.rf_models if random_features else None,
+            "rf_width": options.rf_width if random_features else None, "support": len(idx),
             "target_batch": target_batch, "loss": loss, "learn_labels": learn_labels, "steps": len(times) * chunk,
             "steps_taken": (len(times) + warmup) * chunk, "devices": problem.mesh.size, "precision": precision,
             "step_s_median": float(np.median(times)), "step_s_all": times, "compile_s": compile_s,
