@@ -24,6 +24,7 @@ from kip.kernels.presets import KIP_B_STD, KIP_W_STD
 Array = jax.Array
 PARAMETERIZATIONS = ("standard", "ntk")
 NORMS = ("none", "instance")
+INITS = ("normal", "torch")  # W_std / b_std normals, or PyTorch's default U(+-1/sqrt(fan_in)) (DC/DSA/DM networks)
 
 
 def _check_parameterization(parameterization: str) -> None:
@@ -33,24 +34,32 @@ def _check_parameterization(parameterization: str) -> None:
 
 class _Affine(nn.Module):
     """What Dense and Conv share: weights W (fan_in inputs per output), a bias b unless b_std
-    is None, and where W_std / b_std go: output = w_mult * (x . W) + b_mult * b."""
+    is None, and where W_std / b_std go: output = w_mult * (x . W) + b_mult * b.
+    weight_init 'torch' (standard parameterization): W, b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's
+    default for Conv2d and Linear."""
 
     features: int
     W_std: float = KIP_W_STD
     b_std: float | None = KIP_B_STD
     parameterization: str = "standard"
     param_dtype: Any = jnp.float32
+    weight_init: str = "normal"
 
     def affine(self, fan_in: int, w_shape: tuple[int, ...], contract: Callable[[Array], Array]) -> Array:
         """contract(W) is x . W; returns the layer's output."""
         w_scale = self.W_std / math.sqrt(fan_in)
         ntk = self.parameterization == "ntk"
         normal = nn.initializers.normal
-        w = self.param("kernel", normal(1.0 if ntk else w_scale), w_shape, self.param_dtype)
+        if self.weight_init == "torch":
+            bound = 1 / math.sqrt(fan_in)
+            w_init = b_init = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
+        else:
+            w_init, b_init = normal(1.0 if ntk else w_scale), normal(1.0 if ntk else self.b_std)
+        w = self.param("kernel", w_init, w_shape, self.param_dtype)
         y = (w_scale if ntk else 1.0) * contract(w)
         if self.b_std is None:
             return y
-        b = self.param("bias", normal(1.0 if ntk else self.b_std), (self.features,), self.param_dtype)
+        b = self.param("bias", b_init, (self.features,), self.param_dtype)
         return y + (self.b_std if ntk else 1.0) * b
 
 
@@ -118,17 +127,20 @@ _conv.defjvp(_conv_jvp, symbolic_zeros=True)
 
 
 class Conv(_Affine):
-    """(n, H, W, C) -> (n, H / s, W / s, features): a 3x3 (by default) convolution padded by
-    k // 2 on each side (SAME at stride 1), stride s (default 1); fan_in = kh * kw * C."""
+    """(n, H, W, C) -> (n, H', W', features): a 3x3 (by default) convolution padded by `padding`
+    (ph, pw) zeros on each side (default k // 2: SAME at stride 1), stride s (default 1);
+    fan_in = kh * kw * C."""
 
     kernel_size: tuple[int, int] = (3, 3)
     strides: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] | None = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         def conv(w):
             dtype = jnp.result_type(x, w)
-            padding = tuple((k // 2, k // 2) for k in self.kernel_size)
+            pads = self.padding or tuple(k // 2 for k in self.kernel_size)
+            padding = tuple((p, p) for p in pads)
             return _conv(x.astype(dtype), w.astype(dtype), tuple(self.strides), padding)
 
         w_shape = (*self.kernel_size, x.shape[-1], self.features)
@@ -152,10 +164,11 @@ class Network(nn.Module):
     parameterization: str = "standard"
     param_dtype: Any = jnp.float32
     head: bool = True  # False: return the (n, D) features the output layer reads (random features)
+    weight_init: str = "normal"  # see INITS
 
     def _layer(self, cls, features: int, **kwargs) -> nn.Module:
         return cls(features, W_std=self.W_std, b_std=self.b_std, parameterization=self.parameterization,
-                   param_dtype=self.param_dtype, **kwargs)
+                   param_dtype=self.param_dtype, weight_init=self.weight_init, **kwargs)
 
     def readout(self, features: Array) -> Array:
         """(n, D) -> (n, num_classes) by the output Dense layer; with `head=False` the features themselves."""
@@ -195,9 +208,9 @@ class _ConvNetwork(Network):
 
     norm: str = "none"
 
-    def conv_relu(self, x: Array) -> Array:
-        """Conv(width, 3x3, SAME) [-> InstanceNorm] -> Relu."""
-        x = self._layer(Conv, self.width)(x)
+    def conv_relu(self, x: Array, padding: tuple[int, int] | None = None) -> Array:
+        """Conv(width, 3x3, SAME or `padding`) [-> InstanceNorm] -> Relu."""
+        x = self._layer(Conv, self.width, padding=padding)(x)
         if self.norm == "instance":
             x = nn.InstanceNorm(epsilon=1e-5, param_dtype=self.param_dtype)(x)
         return nn.relu(x)
@@ -206,18 +219,22 @@ class _ConvNetwork(Network):
 class ConvNet(_ConvNetwork):
     """"ConvNet" of arXiv 2107.13034: Conv + Relu, then 3 x [Conv, Relu, AvgPool 2x2], Flatten,
     Dense(num_classes); "ConvNet3" (`stem=False`) drops the first Conv + Relu, which with
-    `norm='instance'` and width 128 is the DC / DSA evaluation ConvNet.
+    `norm='instance'`, width 128, `pad_to=32` and weight_init 'torch' is the DC / DSA evaluation ConvNet.
+    pad_to: the first conv pads smaller images up to pad_to x pad_to (DC: 28x28 MNIST -> 32x32).
     (n, H, W, C) -> (n, num_classes); H, W >= 8."""
 
     stem: bool = True
+    pad_to: int | None = None
     min_size = 8
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
+        pad = lambda size: 1 + max(0, (self.pad_to or 0) - size) // 2
+        first = (pad(x.shape[1]), pad(x.shape[2]))
         if self.stem:
-            x = self.conv_relu(x)
-        for _ in range(3):
-            x = avg_pool(self.conv_relu(x))
+            x = self.conv_relu(x, first)
+        for i in range(3):
+            x = avg_pool(self.conv_relu(x, first if i == 0 and not self.stem else None))
         return self.readout(x.reshape(x.shape[0], -1))
 
 
@@ -312,6 +329,8 @@ def build(
     b_std: float | None = KIP_B_STD,
     param_dtype: Any = jnp.float32,
     head: bool = True,
+    weight_init: str = "normal",
+    pad_to: int | None = None,
 ) -> Network:
     """The finite network registered under `name` (see `PRESETS`): a flax module mapping
     (n, H, W, C) images to (n, num_classes) outputs, called as `apply(variables, x, train=...)`.
@@ -320,6 +339,8 @@ def build(
     default, `DEFAULT_WIDTHS` or 1024.
     norm: 'instance' puts an instance norm after each conv (KIP conv nets only; the DC/DSA protocol).
     head: False drops the output layer: the network maps to the (n, D) features it would read.
+    weight_init: 'normal' (W_std, b_std) or 'torch' (PyTorch's default uniform initialisation).
+    pad_to: ConvNets only: the first conv pads smaller images up to pad_to x pad_to.
     """
     if name not in PRESETS:
         raise InputError(f"unknown model {name!r}; choose one of {', '.join(PRESETS)}")
@@ -329,8 +350,15 @@ def build(
         raise InputError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
     if width < 1 or num_classes < 1:
         raise InputError(f"width and num_classes must be at least 1, got {width} and {num_classes}")
+    if weight_init not in INITS or (weight_init == "torch" and parameterization != "standard"):
+        raise InputError(f"weight_init must be one of {', '.join(INITS)} ('torch' with the standard parameterization), "
+                         f"got {weight_init!r}")
     kwargs = dict(num_classes=num_classes, width=width, W_std=W_std, b_std=b_std,
-                  parameterization=parameterization, param_dtype=param_dtype, head=head)
+                  parameterization=parameterization, param_dtype=param_dtype, head=head, weight_init=weight_init)
+    if pad_to is not None:
+        if not name.startswith("convnet"):
+            raise InputError(f"pad_to applies to the ConvNets only, not {name}")
+        kwargs["pad_to"] = pad_to
     if norm != "none":
         if name.startswith("fc") or name == "resnet18":
             raise InputError(f"--norm {norm} applies to the KIP conv nets only, not {name}")

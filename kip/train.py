@@ -1,9 +1,12 @@
 """The one training loop for finite networks on arrays: a pure, jitted optax step
-`(variables, opt_state, batch, key) -> (variables, opt_state, metrics)` and `fit` around it.
+`(state, batch, key) -> (state, metrics)` and `fit_many` around it, which trains S networks
+(seeds, learning rates, weight decays, data sets) together: vmapped in one compiled step on
+accelerators, one after another on the CPU (where XLA's batched convolutions are slower).
 
-Options are composed, not special-cased: SGD + (Nesterov) momentum or Adam on a cosine or
-step schedule, coupled weight decay, MSE on soft / centred labels or cross-entropy, flip / crop augmentation, mixup
-(Zhang et al. 2018) and label smoothing (Szegedy et al. 2016).
+Options are composed, not special-cased: SGD + (Nesterov) momentum or Adam on a cosine, step or
+constant schedule (momentum optionally reset at the steps), weight decay towards zero or the
+initial weights, MSE on (scaled) soft labels or cross-entropy, outputs centred on the initial
+network, augmentation (`kip.augment`), mixup and label smoothing, validation with early stopping.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import dataclasses
 import functools
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -21,14 +24,15 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from kip import InputError, krr
+from kip import InputError, augment, krr
 
 Array = jax.Array
 Batch = tuple[Array, Array]  # images (b, H, W, C), targets (b, C)
 LOSSES = ("mse", "xent")
 OPTIMIZERS = ("sgd", "adam")
-AUGMENTATIONS = ("flip", "crop")
-SCHEDULES = ("cosine", "step")
+AUGMENTATIONS = augment.STANDARD  # the plain choices; 'dsa:STRATEGY' and 'dc:STRATEGY' too (kip.augment.check)
+SCHEDULES = ("cosine", "step", "constant")
+DECAY_TARGETS = ("zero", "init")
 STEP_MILESTONES = (0.3, 0.6, 0.8)  # fractions of the steps: epochs 60 / 120 / 160 of 200 (Data Diet)
 STEP_FACTOR = 0.2  # the learning rate's factor at each milestone
 DEFAULT_VAL_SIZE = 5000  # the transfer recipe's validation split of train
@@ -40,7 +44,7 @@ WEIGHT_DECAYS = (0.0, 1e-4, 1e-3)  # ... and weight decays
 class TrainConfig:
     """How to train. Defaults: the finite-network transfer recipe of arXiv 2107.13034
     (MSE, SGD momentum 0.9, cosine schedule, L2 1e-3, batch 100, 5000 steps); the
-    learning rate (and L2) are what the recipe grid-searches: see `tune`."""
+    learning rate (and L2) are what the recipe grid-searches."""
 
     steps: int = 5000
     batch_size: int = 100  # capped at the training set size
@@ -48,32 +52,43 @@ class TrainConfig:
     optimizer: str = "sgd"  # 'sgd' (with `momentum`) or 'adam'
     momentum: float = 0.9
     nesterov: bool = False  # Nesterov momentum (sgd)
-    schedule: str = "cosine"  # 'cosine': decay to 0; 'step': x STEP_FACTOR at STEP_MILESTONES of the steps
-    weight_decay: float = 1e-3  # coupled: adds weight_decay * w to each gradient (L2 of weight_decay / 2)
-    loss: str = "mse"  # 'mse': 0.5 * mean over classes of (f(x) - y)^2; 'xent': softmax cross-entropy
-    augment: tuple[str, ...] = ()  # any of AUGMENTATIONS
+    schedule: str = "cosine"  # 'cosine': decay to 0; 'step': x step_factor at each milestone; 'constant'
+    milestones: tuple[float, ...] = STEP_MILESTONES  # 'step': fractions of the steps (rounded to a step)
+    step_factor: float = STEP_FACTOR
+    reset_momentum: bool = False  # 'step': a fresh optimizer state at each milestone (DC's evaluation)
+    weight_decay: float = 1e-3  # coupled: adds weight_decay * (w - w_ref) to each gradient
+    decay_to: str = "zero"  # w_ref: 'zero', or 'init' (the initial weights: RFAD)
+    loss: str = "mse"  # 'mse': mse_weight * mean over classes of (f(x) - y)^2; 'xent': softmax cross-entropy
+    mse_weight: float = 0.5  # KIP's 1/2; RFAD's 1
+    label_scale: float = 1.0  # MSE targets scaled by s and the loss divided by s^2 (RFAD)
+    centre: bool = False  # train and predict with f(x) - f0(x), f0 the frozen initial network (RFAD)
+    augment: tuple[str, ...] = ()  # see kip.augment.check
     mixup: float = 0.0  # alpha of Beta(alpha, alpha); 0 is off
     label_smoothing: float = 0.0  # epsilon; 0 is off
+    drop_last: bool = True  # False: each epoch's last partial batch is used too (PyTorch's DataLoader)
     eval_every: int = 0  # steps between validation evaluations; 0: at the end only
+    keep_best: bool = False  # also evaluate at step 0 and keep the variables of the best validation accuracy
+    patience: int = 0  # with keep_best: stop once this many steps passed without a better accuracy; 0: never
 
     def check(self) -> None:
         """Raises `InputError` naming the first bad option."""
-        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 0:
-            raise InputError(f"steps and batch size must be at least 1, eval_every >= 0 (got {self.steps}, "
-                             f"{self.batch_size}, {self.eval_every})")
+        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 0 or self.patience < 0:
+            raise InputError(f"steps and batch size must be at least 1, eval_every and patience >= 0 (got {self.steps}, "
+                             f"{self.batch_size}, {self.eval_every}, {self.patience})")
         for name, value, choices in (("loss", self.loss, LOSSES), ("optimizer", self.optimizer, OPTIMIZERS),
-                                     ("schedule", self.schedule, SCHEDULES)):
+                                     ("schedule", self.schedule, SCHEDULES), ("decay_to", self.decay_to, DECAY_TARGETS)):
             if value not in choices:
                 raise InputError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-        unknown = [a for a in self.augment if a not in AUGMENTATIONS]
-        if unknown:
-            raise InputError(f"augmentation must be among {', '.join(AUGMENTATIONS)}, got {unknown[0]!r}")
-        for name in ("lr", "weight_decay", "mixup", "momentum"):
+        augment.check(tuple(self.augment))
+        for name in ("lr", "weight_decay", "mixup", "momentum", "mse_weight", "label_scale", "step_factor"):
             value = getattr(self, name)
-            if not (np.isfinite(value) and value >= 0) or (name == "lr" and value == 0):
-                raise InputError(f"{name} must be a {'positive' if name == 'lr' else 'non-negative'} number, got {value}")
+            positive = name in ("lr", "mse_weight", "label_scale")
+            if not (np.isfinite(value) and value >= 0) or (positive and value == 0):
+                raise InputError(f"{name} must be a {'positive' if positive else 'non-negative'} number, got {value}")
         if not 0 <= self.label_smoothing < 1:
             raise InputError(f"label smoothing must lie in [0, 1), got {self.label_smoothing}")
+        if not all(0 < m < 1 for m in self.milestones):
+            raise InputError(f"milestones are fractions of the steps in (0, 1), got {self.milestones}")
 
 
 DATA_DIET_EPOCHS = 200
@@ -83,28 +98,78 @@ DATA_DIET = TrainConfig(steps=DATA_DIET_EPOCHS * 390, batch_size=128, lr=0.1, ne
 epochs 60 / 120 / 160, coupled weight decay 5e-4, batch 128, crop and flip, 200 epochs of 390 steps."""
 
 
-def epoch_steps(n: int, batch_size: int) -> int:
-    """Steps in one epoch of n examples: n // batch (`fit` drops the last partial batch)."""
-    return n // min(batch_size, n)
+def epoch_steps(n: int, batch_size: int, drop_last: bool = True) -> int:
+    """Steps in one epoch of n examples: n // batch, or ceil(n / batch) keeping the partial batch."""
+    batch = min(batch_size, n)
+    return n // batch if drop_last else -(-n // batch)
 
 
-def learning_rate(config: TrainConfig) -> optax.Schedule:
-    """Step t -> learning rate: a cosine decay from `lr` to 0 over `steps`, or `lr` times
-    STEP_FACTOR ** (milestones passed), the milestones at STEP_MILESTONES x steps (rounded)."""
+def milestone_steps(config: TrainConfig) -> tuple[int, ...]:
+    """The steps at which a 'step' schedule multiplies the learning rate by step_factor."""
+    return tuple(round(f * config.steps) for f in config.milestones) if config.schedule == "step" else ()
+
+
+def learning_rate(config: TrainConfig, lr: float | Array | None = None) -> optax.Schedule:
+    """Step t -> learning rate: `lr` (default config.lr) decayed by a cosine to 0 over `steps`, or
+    times step_factor ** (milestones passed), or constant."""
+    lr = config.lr if lr is None else lr
     if config.schedule == "cosine":
-        return optax.cosine_decay_schedule(config.lr, config.steps)
-    boundaries = jnp.asarray([round(f * config.steps) for f in STEP_MILESTONES])
-    return lambda t: config.lr * STEP_FACTOR ** jnp.sum(t >= boundaries)
+        return lambda t: lr * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(t, config.steps) / config.steps))
+    if config.schedule == "constant":
+        return lambda t: lr * jnp.ones_like(t, dtype=jnp.float32)
+    boundaries = jnp.asarray(milestone_steps(config))
+    return lambda t: lr * config.step_factor ** jnp.sum(t >= boundaries)
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """Coupled weight decay, then SGD + (Nesterov) momentum or Adam on `learning_rate(config)`."""
-    schedule = learning_rate(config)
-    if config.optimizer == "sgd":
-        opt = optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov)
+class _DecayState(NamedTuple):
+    ref: Any  # the weights decay pulls towards (zeros, or the initial weights)
+
+
+def decayed_weights(weight_decay: float | Array, towards_init: bool) -> optax.GradientTransformation:
+    """Adds weight_decay * (w - w_ref) to each gradient; w_ref is 0 or the weights at `init`."""
+    def init(params):
+        return _DecayState(params if towards_init else None)
+
+    def update(grads, state, params):
+        ref = state.ref if towards_init else jax.tree_util.tree_map(jnp.zeros_like, params)
+        return jax.tree_util.tree_map(lambda g, p, r: g + weight_decay * (p - r), grads, params, ref), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def reset_at(inner: optax.GradientTransformation, steps: tuple[int, ...]) -> optax.GradientTransformation:
+    """`inner` (the momentum) with its state re-initialised before the updates of the given steps
+    (PyTorch code that builds a new optimizer when it decays the learning rate)."""
+    def init(params):
+        return (jnp.zeros([], jnp.int32), inner.init(params))
+
+    def update(grads, state, params=None):
+        count, inner_state = state
+        fresh = inner.init(params)
+        reset = jnp.any(count == jnp.asarray(steps, jnp.int32)) if steps else jnp.array(False)
+        inner_state = jax.tree_util.tree_map(lambda f, s: jnp.where(reset, f, s), fresh, inner_state)
+        updates, inner_state = inner.update(grads, inner_state, params)
+        return updates, (count + 1, inner_state)
+
+    return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(config: TrainConfig, lr: float | Array | None = None,
+                   weight_decay: float | Array | None = None) -> optax.GradientTransformation:
+    """Weight decay (towards `decay_to`), then SGD + (Nesterov) momentum or Adam on
+    `learning_rate(config, lr)`; lr and weight_decay default to the config's (arrays are fine:
+    one network's values inside a vmapped step)."""
+    if config.optimizer == "sgd":  # optax.sgd and optax.adam, with their moments apart from the schedule
+        moments = optax.trace(decay=config.momentum, nesterov=config.nesterov) if config.momentum else optax.identity()
     else:
-        opt = optax.adam(schedule)
-    return optax.chain(optax.add_decayed_weights(config.weight_decay), opt) if config.weight_decay else opt
+        moments = optax.scale_by_adam()
+    if config.reset_momentum:
+        moments = reset_at(moments, milestone_steps(config))
+    opt = optax.chain(moments, optax.scale_by_learning_rate(learning_rate(config, lr)))
+    wd = config.weight_decay if weight_decay is None else weight_decay
+    if isinstance(wd, (int, float)) and wd == 0 and config.decay_to == "zero":
+        return opt
+    return optax.chain(decayed_weights(wd, config.decay_to == "init"), opt)
 
 
 # --------------------------------------------------------------------------- batch transforms
@@ -127,93 +192,101 @@ def mixup(key: Array, images: Array, targets: Array, alpha: float) -> Batch:
     return mix(images), mix(targets.astype(images.dtype))
 
 
-def augment(key: Array, images: Array, kinds: tuple[str, ...]) -> Array:
-    """Random horizontal flips (probability 1/2) and / or random crops after zero-padding by
-    max(1, H // 8) pixels (4 at 32x32, the usual CIFAR recipe), each image independently."""
-    n, h, w, _ = images.shape
-    flip_key, crop_key = jax.random.split(key)
-    if "flip" in kinds:
-        flipped = jax.random.bernoulli(flip_key, 0.5, (n,))
-        images = jnp.where(flipped[:, None, None, None], images[:, :, ::-1], images)
-    if "crop" in kinds:
-        pad = max(1, h // 8)
-        padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-        offsets = jax.random.randint(crop_key, (n, 2), 0, 2 * pad + 1)
-        crop = lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, img.shape[-1]))
-        images = jax.vmap(crop)(padded, offsets)
-    return images
-
-
-def example_losses(logits: Array, targets: Array, loss: str) -> Array:
-    """(n, C), (n, C) -> (n,): 0.5 * mean_c (f - y)^2 (KIP's MSE), or softmax cross-entropy."""
+def example_losses(outputs: Array, targets: Array, loss: str, mse_weight: float = 0.5, label_scale: float = 1.0) -> Array:
+    """(n, C), (n, C) -> (n,): mse_weight * mean_c (f - s y)^2 / s^2 (KIP's MSE at weight 1/2 and
+    s = 1; RFAD's at weight 1 and s its label scale), or softmax cross-entropy."""
     if loss == "mse":
-        return 0.5 * jnp.mean((logits - targets) ** 2, axis=-1)
-    return optax.softmax_cross_entropy(logits, targets)
+        return mse_weight * jnp.mean((outputs - label_scale * targets) ** 2, axis=-1) / label_scale**2
+    return optax.softmax_cross_entropy(outputs, targets)
 
 
-# --------------------------------------------------------------------------- the step
+# --------------------------------------------------------------------------- one network's step
+
+
+class NetState(NamedTuple):
+    """One network's training state (a leading axis of S networks inside `fit_many`)."""
+
+    variables: dict  # {'params': ..., and state such as 'batch_stats'}
+    opt_state: optax.OptState
+    init_variables: dict | None  # the frozen initial network, when outputs are centred
+    lr: Array  # () this network's learning rate
+    weight_decay: Array  # ()
+
+
+def outputs(model: nn.Module, variables: dict, init_variables: dict | None, x: Array, train: bool = False,
+            mutable: Any = False):
+    """The network's outputs (b, C), minus the initial network's when it is given (centring)."""
+    if mutable:
+        out, new_state = model.apply(variables, x, train=train, mutable=mutable)
+    else:
+        out, new_state = model.apply(variables, x, train=train), {}
+    if init_variables is not None:
+        out = out - jax.lax.stop_gradient(model.apply(init_variables, x, train=False))
+    return (out, new_state) if mutable else out
+
+
+def init_state(model: nn.Module, config: TrainConfig, key: Array, example: Array, lr: Array | None = None,
+               weight_decay: Array | None = None) -> NetState:
+    """A freshly initialised network and its optimizer state, for inputs shaped like `example`."""
+    variables = model.init(key, example)
+    lr = jnp.asarray(config.lr if lr is None else lr, jnp.float32)
+    wd = jnp.asarray(config.weight_decay if weight_decay is None else weight_decay, jnp.float32)
+    opt_state = make_optimizer(config, lr, wd).init(variables["params"])
+    return NetState(variables, opt_state, variables if config.centre else None, lr, wd)
 
 
 def init(model: nn.Module, config: TrainConfig, key: Array, example: Array) -> tuple[dict, optax.OptState]:
-    """Initial flax variables ({'params': ..., and any state such as 'batch_stats'}) and
-    optimizer state, for inputs shaped like `example` (b, H, W, C)."""
-    variables = _init_variables(model, key, example)
-    return variables, make_optimizer(config).init(variables["params"])
+    """Initial flax variables and optimizer state of one network, for inputs shaped like `example`."""
+    state = _init_state(model, config, key, example)
+    return state.variables, state.opt_state
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _init_variables(model, key, example):
-    return model.init(key, example)
+_init_state = jax.jit(init_state, static_argnums=(0, 1))
 
 
-def make_step(model: nn.Module, config: TrainConfig) -> Callable[[dict, optax.OptState, Batch, Array], tuple]:
-    """The jitted training step `(variables, opt_state, (images, targets), key) -> (variables,
-    opt_state, metrics)`. Batch transforms run in this order on their own keys: augmentation,
-    label smoothing, mixup. metrics: 'loss' (the batch mean), and per example 'example_loss'
-    and 'example_correct' (argmax agreement with the transformed targets), (b,) each.
-    Variables other than 'params' (e.g. 'batch_stats') are updated by the model in train mode.
-    Compiled once per (model, config, shapes), however many networks are trained.
-    """
-    config.check()
-    return functools.partial(_jitted_step, model, config)
-
-
-def _step(model, config, variables, opt_state, batch, key):
+def step(model: nn.Module, config: TrainConfig, state: NetState, batch: Batch, weights: Array,
+         key: Array) -> tuple[NetState, dict]:
+    """One optimisation step on a batch (images (b, ...), targets (b, C)) whose examples count
+    with `weights` (b,) (0 for padding). Batch transforms run in this order on their own keys:
+    augmentation, label smoothing, mixup. metrics: 'loss' (the weighted batch mean) and per
+    example 'example_loss', 'example_correct' (argmax agreement with the transformed targets)."""
     images, targets = batch
     aug_key, mix_key = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
     if config.augment:
-        images = augment(aug_key, images, config.augment)
+        images = augment.apply(aug_key, images, tuple(config.augment))
     if config.label_smoothing:
         targets = smooth_labels(targets, config.label_smoothing)
     if config.mixup:
         images, targets = mixup(mix_key, images, targets, config.mixup)
-    state = {k: v for k, v in variables.items() if k != "params"}
+    rest = {k: v for k, v in state.variables.items() if k != "params"}
 
     def loss_fn(params):
-        if state:
-            logits, new_state = model.apply({"params": params, **state}, images, train=True, mutable=list(state))
+        variables = {"params": params, **rest}
+        if rest:  # e.g. BatchNorm statistics, updated in train mode
+            out, new_rest = outputs(model, variables, state.init_variables, images, train=True, mutable=list(rest))
         else:
-            logits, new_state = model.apply({"params": params}, images, train=True), {}
-        per_example = example_losses(logits, targets, config.loss)
-        return jnp.mean(per_example), (per_example, logits, new_state)
+            out, new_rest = outputs(model, variables, state.init_variables, images, train=True), {}
+        per_example = example_losses(out, targets, config.loss, config.mse_weight, config.label_scale)
+        return jnp.sum(weights * per_example) / jnp.sum(weights), (per_example, out, new_rest)
 
-    (loss, (per_example, logits, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
-    updates, opt_state = make_optimizer(config).update(grads, opt_state, variables["params"])
-    params = optax.apply_updates(variables["params"], updates)
-    correct = jnp.argmax(logits, -1) == jnp.argmax(targets, -1)
+    params = state.variables["params"]
+    (loss, (per_example, out, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = make_optimizer(config, state.lr, state.weight_decay).update(grads, state.opt_state, params)
+    variables = {"params": optax.apply_updates(params, updates), **new_rest}
+    correct = jnp.argmax(out, -1) == jnp.argmax(targets, -1)
     metrics = {"loss": loss, "example_loss": per_example, "example_correct": correct}
-    return {"params": params, **new_state}, opt_state, metrics
+    return state._replace(variables=variables, opt_state=opt_state), metrics
 
 
-_jitted_step = jax.jit(_step, static_argnums=(0, 1))
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _epoch_step(model, config, batch, variables, opt_state, x, y, order, i, key):
-    """`_step` on the i-th batch of `batch` examples of x, y in the epoch's `order`; also
-    returns the batch's indices."""
-    idx = jax.lax.dynamic_slice_in_dim(order, i * batch, batch)
-    return (*_step(model, config, variables, opt_state, (x[idx], y[idx]), key), idx)
+def _epoch_step(model, config, batch, state, x, y, order, i, key):
+    """`step` on the i-th batch of `batch` positions of the epoch's `order` (n,) of x, y; positions
+    past n (a partial last batch) count with weight 0. Also returns the batch's indices."""
+    n = order.shape[0]
+    padded = jnp.concatenate([order, jnp.zeros(batch, order.dtype)])
+    idx = jax.lax.dynamic_slice_in_dim(padded, i * batch, batch)
+    weights = (i * batch + jnp.arange(batch) < n).astype(x.dtype)
+    state, metrics = step(model, config, state, (x[idx], y[idx]), weights, key)
+    return state, metrics, idx
 
 
 # --------------------------------------------------------------------------- fit and evaluate
@@ -221,17 +294,36 @@ def _epoch_step(model, config, batch, variables, opt_state, x, y, order, i, key)
 
 @dataclasses.dataclass
 class TrainResult:
-    """What `fit` returns: the trained variables, the loss per step, validation accuracy
-    at each evaluation ({'step', 'accuracy'}), wall-clock seconds (compilation included)."""
+    """What `fit_many` returns for S networks (`fit`: for one, without the leading axis): the
+    final variables, the loss per step (NaN after a network stopped early), validation accuracy
+    at each evaluation ({'step', 'accuracy'}), wall-clock seconds (compilation included), and
+    with `keep_best` the variables, step and accuracy of the best validation accuracy."""
 
     variables: dict
-    losses: np.ndarray  # (steps,)
+    losses: np.ndarray  # (S, steps)
     val: list[dict]
     seconds: float
+    steps_run: np.ndarray  # (S,) steps each network took (fewer when it stopped early)
+    init_variables: dict | None = None  # the frozen initial networks, when outputs are centred
+    best_variables: dict | None = None
+    best_step: np.ndarray | None = None  # (S,)
+    best_accuracy: np.ndarray | None = None  # (S,)
 
     @property
-    def diverged(self) -> bool:
-        return not bool(np.all(np.isfinite(self.losses)))
+    def diverged(self) -> bool | np.ndarray:
+        """Whether a loss became NaN/inf: (S,) for several networks, a bool for one."""
+        run = np.arange(self.losses.shape[-1]) < np.asarray(self.steps_run)[..., None]
+        bad = np.any(run & ~np.isfinite(self.losses), axis=-1)
+        return bool(bad) if bad.ndim == 0 else bad
+
+    def network(self, i: int) -> "TrainResult":
+        """The i-th network's result, without the leading axis."""
+        take = lambda tree: None if tree is None else jax.tree_util.tree_map(lambda a: a[i], tree)
+        pick = lambda a: None if a is None else np.asarray(a)[i]
+        return TrainResult(take(self.variables), self.losses[i], [{"step": v["step"], "accuracy": float(v["accuracy"][i])}
+                                                                  for v in self.val], self.seconds, pick(self.steps_run),
+                           take(self.init_variables), take(self.best_variables), pick(self.best_step),
+                           pick(self.best_accuracy))
 
 
 def check_training_set(model: nn.Module, images: np.ndarray, targets: np.ndarray, loss: str = "mse") -> None:
@@ -252,6 +344,167 @@ def check_training_set(model: nn.Module, images: np.ndarray, targets: np.ndarray
                          "use the MSE loss for centred or learned labels")
 
 
+def _select(mask: Array, new, old):
+    """Per network (mask (S,)): the new tree where mask is true, else the old one."""
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _group_step(model, config, batch, data_axis, state, x, y, order, i, keys):
+    """`_epoch_step` for a group of networks (leading axis), data shared (data_axis None) or not (0)."""
+    one = functools.partial(_epoch_step, model, config, batch)
+    if keys.shape[0] == 1:  # a lone network runs unbatched: XLA:CPU's batched convolutions are slower
+        first = lambda tree: jax.tree_util.tree_map(lambda a: a[0], tree)
+        data = (x, y) if data_axis is None else (x[0], y[0])
+        return jax.tree_util.tree_map(lambda a: a[None], one(first(state), *data, order[0], i, keys[0]))
+    return jax.vmap(one, in_axes=(0, data_axis, data_axis, 0, None, 0))(state, x, y, order, i, keys)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _group_init(model, config, data_axis, keys, x, lrs, wds):
+    example = lambda xs: xs[:1]
+    return jax.vmap(lambda k, xs, lr, wd: init_state(model, config, k, example(xs), lr, wd),
+                    in_axes=(0, data_axis, 0, 0))(keys, x, lrs, wds)
+
+
+def _fit_group(model, config, x, y, data_axis, keys, lrs, wds, steps, val, bar, on_step):
+    """Trains one group of networks (one compiled step for all of them) for `steps` steps."""
+    s = len(keys)
+    n = x.shape[0 if data_axis is None else 1]
+    batch = min(config.batch_size, n)
+    per_epoch = epoch_steps(n, batch, config.drop_last)
+    split = jax.vmap(lambda k: jax.random.split(k, 3))(keys)
+    init_keys, order_keys, step_keys = split[:, 0], split[:, 1], split[:, 2]
+    state = _group_init(model, config, data_axis, init_keys, x, lrs, wds)
+    losses = np.full((s, steps), np.nan)
+    history, active = [], np.ones(s, bool)
+    steps_run = np.zeros(s, np.int64)
+    best = None
+    if val is not None and config.keep_best:
+        acc = accuracy_many(model, state.variables, *val, state.init_variables, vectorize=s > 1)
+        history.append({"step": 0, "accuracy": acc})
+        best = (state.variables, np.zeros(s, np.int64), acc)
+    permute = jax.jit(jax.vmap(lambda k, e: jax.random.permutation(jax.random.fold_in(k, e), n), in_axes=(0, None)))
+    fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+    pending = []  # device losses not yet copied to the host, with their step
+    for t in range(steps):
+        if t % per_epoch == 0:
+            order = permute(order_keys, t // per_epoch)
+        new, metrics, idx = _group_step(model, config, batch, data_axis, state, x, y, order, t % per_epoch,
+                                        fold(step_keys, t))
+        state = new if active.all() else _select(jnp.asarray(active), new, state)
+        pending.append((t, metrics["loss"]))
+        steps_run += active
+        if on_step is not None:
+            on_step(t, idx, metrics)
+        done = t + 1
+        if val is not None and ((config.eval_every and done % config.eval_every == 0) or done == steps):
+            acc = accuracy_many(model, state.variables, *val, state.init_variables, vectorize=s > 1)
+            history.append({"step": done, "accuracy": acc})
+            if best is not None:
+                better = active & (acc > best[2])
+                best = (_select(jnp.asarray(better), state.variables, best[0]), np.where(better, done, best[1]),
+                        np.where(better, acc, best[2]))
+                if config.patience:
+                    active &= done < best[1] + config.patience
+        if done % 100 == 0 or done == steps or not active.any():
+            for step_t, loss in pending:
+                losses[:, step_t] = np.asarray(loss)
+            pending = []
+            finite = losses[:, t][np.isfinite(losses[:, t])]
+            bar.set_postfix(loss=f"{finite.mean():.4g}" if len(finite) else "nan",
+                            **({"val_acc": f"{np.mean(history[-1]['accuracy']):.4f}"} if history else {}))
+        bar.update(s)
+        if not active.any():
+            break
+    for step_t, loss in pending:
+        losses[:, step_t] = np.asarray(loss)
+    losses[np.arange(steps)[None, :] >= steps_run[:, None]] = np.nan
+    return state, losses, history, steps_run, best
+
+
+def _merge_histories(histories: list[list[dict]], sizes: list[int]) -> list[dict]:
+    """One validation history for all groups of networks: accuracies (S,) at every step any group
+    evaluated, NaN for networks that had stopped by then."""
+    steps = sorted({v["step"] for h in histories for v in h})
+    merged = []
+    for t in steps:
+        parts = [next((v["accuracy"] for v in h if v["step"] == t), np.full(n, np.nan)) for h, n in zip(histories, sizes)]
+        merged.append({"step": t, "accuracy": np.concatenate(parts)})
+    return merged
+
+
+def fit_many(
+    model: nn.Module,
+    images: np.ndarray,
+    targets: np.ndarray,
+    config: TrainConfig,
+    keys: Array,
+    lrs: np.ndarray | None = None,
+    weight_decays: np.ndarray | None = None,
+    val_images: np.ndarray | None = None,
+    val_labels: np.ndarray | None = None,
+    per_network_data: bool = False,
+    vectorize: bool | None = None,
+    progress: bool = False,
+    desc: str = "train",
+    on_step: Callable[[int, Array, dict], None] | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Trains S = len(keys) networks, network i from keys[i] (its initialisation, data order and
+    augmentation: the same key gives the same network, alone or among others) with learning rate
+    lrs[i] and weight decay weight_decays[i] (default: the config's), for `config.steps` steps of
+    `config.batch_size` examples in per-epoch random orders.
+
+    images (n, H, W, C) and targets (n, C) are shared, or (S, n, ...) and (S, n, C) with
+    `per_network_data` (e.g. several random subsets). With val_images / val_labels ((m, ...),
+    (m,) int), validation accuracy is recorded every `eval_every` steps and at the end (and at
+    step 0 with `keep_best`, which keeps each network's best variables; `patience` stops it).
+    vectorize: all networks in one vmapped step (default: on accelerators); else one after another.
+    on_step(step, indices (S, b), metrics (S, ...)) is called after each step of a group of
+    networks (one network when not vectorized). stop_after: run only the first `stop_after` steps
+    of the schedule (0: the initial networks)."""
+    config.check()
+    steps = config.steps if stop_after is None else stop_after
+    if not 0 <= steps <= config.steps:
+        raise InputError(f"stop_after must lie in 0..{config.steps} (the schedule's steps), got {stop_after}")
+    keys = jnp.asarray(keys)
+    s = len(keys)
+    if s < 1:
+        raise InputError("no networks to train")
+    sets = zip(images, targets) if per_network_data else [(images, targets)]
+    for xs, ys in sets:
+        check_training_set(model, xs, ys, config.loss)
+    x, y = jnp.asarray(images, jnp.float32), jnp.asarray(targets, jnp.float32)
+    lrs = np.full(s, config.lr) if lrs is None else np.asarray(lrs, np.float64)
+    wds = np.full(s, config.weight_decay) if weight_decays is None else np.asarray(weight_decays, np.float64)
+    if lrs.shape != (s,) or wds.shape != (s,) or np.any(lrs <= 0) or np.any(wds < 0) or (per_network_data and len(x) != s):
+        raise InputError(f"{s} networks need {s} positive learning rates, weight decays >= 0 (and data sets)")
+    val = None if val_images is None else (jnp.asarray(val_images, jnp.float32), jnp.asarray(val_labels))
+    if vectorize is None:
+        vectorize = jax.default_backend() != "cpu"
+    groups = [np.arange(s)] if vectorize else [np.array([i]) for i in range(s)]
+    start = time.perf_counter()
+    bar = tqdm(total=s * steps, disable=not progress, desc=desc, unit="step", file=sys.stderr, leave=False)
+    parts = []
+    for g in groups:
+        data = (x, y, None) if not per_network_data else (x[g], y[g], 0)
+        parts.append(_fit_group(model, config, data[0], data[1], data[2], keys[g], jnp.asarray(lrs[g], jnp.float32),
+                                jnp.asarray(wds[g], jnp.float32), steps, val, bar, on_step))
+    bar.close()
+    cat = lambda trees: None if trees[0] is None else jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *trees)
+    states = [p[0] for p in parts]
+    history = _merge_histories([p[2] for p in parts], [len(g) for g in groups])
+    best = [p[4] for p in parts]
+    return TrainResult(
+        variables=cat([st.variables for st in states]), losses=np.concatenate([p[1] for p in parts]), val=history,
+        seconds=time.perf_counter() - start, steps_run=np.concatenate([p[3] for p in parts]),
+        init_variables=cat([st.init_variables for st in states]),
+        best_variables=None if best[0] is None else cat([b[0] for b in best]),
+        best_step=None if best[0] is None else np.concatenate([b[1] for b in best]),
+        best_accuracy=None if best[0] is None else np.concatenate([b[2] for b in best]))
+
+
 def fit(
     model: nn.Module,
     images: np.ndarray,
@@ -265,55 +518,23 @@ def fit(
     on_step: Callable[[int, Array, dict], None] | None = None,
     stop_after: int | None = None,
 ) -> TrainResult:
-    """Trains `model` on images (n, H, W, C) with targets (n, C) for `config.steps` steps of
-    `config.batch_size` examples, in per-epoch random orders (the last partial batch of an
-    epoch is dropped). The same key gives the same result. With val_images / val_labels
-    ((m, ...), (m,) int), records validation accuracy every `eval_every` steps and at the end.
-    on_step(step, indices (b,), metrics) is called after each step (per-example statistics).
-    stop_after: run only the first `stop_after` steps of the `config.steps` schedule (a network
-    part-way through training, e.g. for scores at an early epoch; 0: the initial network).
-    """
-    config.check()
-    steps = config.steps if stop_after is None else stop_after
-    if not 0 <= steps <= config.steps:
-        raise InputError(f"stop_after must lie in 0..{config.steps} (the schedule's steps), got {stop_after}")
-    check_training_set(model, images, targets, config.loss)
-    x = jnp.asarray(images, jnp.float32)
-    y = jnp.asarray(targets, jnp.float32)
-    n = len(x)
-    batch = min(config.batch_size, n)
-    per_epoch = epoch_steps(n, batch)
-    init_key, order_key, step_key = jax.random.split(key, 3)
-    start = time.perf_counter()
-    variables, opt_state = init(model, config, init_key, x[:1])
-
-    losses, val = [], []
-    bar = tqdm(total=steps, disable=not progress, desc=desc, unit="step", file=sys.stderr, leave=False)
-    for t in range(steps):
-        if t % per_epoch == 0:
-            order = jax.random.permutation(jax.random.fold_in(order_key, t // per_epoch), n)
-        variables, opt_state, metrics, idx = _epoch_step(model, config, batch, variables, opt_state, x, y, order,
-                                                         t % per_epoch, jax.random.fold_in(step_key, t))
-        losses.append(metrics["loss"])
-        if on_step is not None:
-            on_step(t, idx, metrics)
-        done = t + 1
-        if val_images is not None and ((config.eval_every and done % config.eval_every == 0) or done == steps):
-            val.append({"step": done, "accuracy": accuracy(model, variables, val_images, val_labels)})
-        if progress and (done % 100 == 0 or done == steps):
-            bar.set_postfix(loss=f"{float(metrics['loss']):.4g}", **({"val_acc": f"{val[-1]['accuracy']:.4f}"} if val else {}))
-        bar.update(1)
-    bar.close()
-    losses = np.asarray(jax.device_get(losses), np.float64).reshape(steps)
-    return TrainResult(variables, losses, val, time.perf_counter() - start)
+    """`fit_many` for one network from `key` on images (n, H, W, C) with targets (n, C); the
+    result and on_step's indices (b,) and metrics carry no network axis."""
+    hook = None if on_step is None else (lambda t, idx, m: on_step(t, idx[0], jax.tree_util.tree_map(lambda a: a[0], m)))
+    return fit_many(model, images, targets, config, jnp.asarray(key)[None], val_images=val_images,
+                    val_labels=val_labels, progress=progress, desc=desc, on_step=hook, stop_after=stop_after).network(0)
 
 
-def validation_split(key: Array, n: int, size: int = DEFAULT_VAL_SIZE) -> np.ndarray:
-    """`min(size, n // 5)` random indices of n training examples, held out for validation."""
+def validation_split(key: Array, n: int, size: int = DEFAULT_VAL_SIZE, exclude: np.ndarray | None = None) -> np.ndarray:
+    """`min(size, n // 5)` random indices of n training examples, held out for validation, none
+    of them in `exclude` (e.g. a distilled set's source images)."""
     size = min(size, n // 5)
     if size < 1:
         raise InputError(f"no room for a validation split in {n} training examples")
-    return np.asarray(jax.random.permutation(key, n)[:size])
+    order = np.asarray(jax.random.permutation(key, n))
+    if exclude is not None and len(exclude):
+        order = order[~np.isin(order, np.asarray(exclude))]
+    return order[:size]
 
 
 def tune(
@@ -328,42 +549,71 @@ def tune(
     weight_decays: tuple[float, ...] = WEIGHT_DECAYS,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    vectorize: bool | None = None,
 ) -> tuple[TrainConfig, list[dict]]:
     """Grid search over learning rate (default: `LR_FACTORS` times config.lr) and weight
-    decay: one network per pair, all from `key`, scored by accuracy on val_images (m, ...)
-    against int val_labels (m,); a diverged network scores -1. Returns `config` with the best
-    pair (the first in grid order on ties) and the grid [{'lr', 'weight_decay', 'val_accuracy'}]."""
+    decay: one network per pair, all from `key`, trained together (`fit_many`), scored by
+    accuracy on val_images (m, ...) against int val_labels (m,) (the best validation accuracy
+    with `keep_best`, else the final one); a diverged network scores -1. Returns `config` with the
+    best pair (the first in grid order on ties) and the grid [{'lr', 'weight_decay', 'val_accuracy'}]."""
     lrs = tuple(config.lr * f for f in LR_FACTORS) if lrs is None else lrs
-    grid = []
-    for lr in lrs:
-        for wd in weight_decays:
-            trial = dataclasses.replace(config, lr=lr, weight_decay=wd, eval_every=0)
-            result = fit(model, images, targets, trial, key, val_images, val_labels, progress=progress,
-                         desc=f"lr {lr:g} wd {wd:g}")
-            acc = -1.0 if result.diverged else result.val[-1]["accuracy"]
-            grid.append({"lr": lr, "weight_decay": wd, "val_accuracy": acc})
-            if log:
-                log(f"  tune lr {lr:g}, weight decay {wd:g}: validation accuracy "
-                    + ("diverged" if acc < 0 else f"{100 * acc:.2f}%"))
+    pairs = [(lr, wd) for lr in lrs for wd in weight_decays]
+    result = fit_many(model, images, targets, config, jnp.stack([key] * len(pairs)), np.array([p[0] for p in pairs]),
+                      np.array([p[1] for p in pairs]), val_images, val_labels, vectorize=vectorize, progress=progress,
+                      desc="tune")
+    scores = result.best_accuracy if config.keep_best else result.val[-1]["accuracy"]
+    scores = np.where(result.diverged, -1.0, scores)
+    grid = [{"lr": lr, "weight_decay": wd, "val_accuracy": float(a)} for (lr, wd), a in zip(pairs, scores)]
+    if log:
+        for g in grid:
+            log(f"  tune lr {g['lr']:g}, weight decay {g['weight_decay']:g}: validation accuracy "
+                + ("diverged" if g["val_accuracy"] < 0 else f"{100 * g['val_accuracy']:.2f}%"))
     best = max(grid, key=lambda g: g["val_accuracy"])  # max keeps the first of equals
     return dataclasses.replace(config, lr=best["lr"], weight_decay=best["weight_decay"]), grid
 
 
-def predict(model: nn.Module, variables: dict, images: np.ndarray, block_size: int = 1000) -> Array:
-    """Outputs (n, C) of the network in eval mode, `block_size` images at a time."""
+def predict(model: nn.Module, variables: dict, images: np.ndarray, block_size: int = 1000,
+            init_variables: dict | None = None) -> Array:
+    """Outputs (n, C) of the network in eval mode (minus the initial network's, when given),
+    `block_size` images at a time."""
     x = jnp.asarray(images, jnp.float32)
     if x.ndim < 2 or len(x) == 0:
         raise InputError(f"no images to predict (shape {x.shape})")
     model.check_input_shape(x.shape[1:])
-    return _predict(model, variables, x, block_size)
+    return _predict(model, variables, init_variables, x, block_size)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _predict(model, variables, x, block_size):
-    return krr.map_blocks(lambda xb: model.apply(variables, xb, train=False), x, block_size)
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _predict(model, variables, init_variables, x, block_size):
+    return krr.map_blocks(lambda xb: outputs(model, variables, init_variables, xb), x, block_size)
 
 
-def accuracy(model: nn.Module, variables: dict, images: np.ndarray, labels: np.ndarray, block_size: int = 1000) -> float:
+def accuracy(model: nn.Module, variables: dict, images: np.ndarray, labels: np.ndarray, block_size: int = 1000,
+             init_variables: dict | None = None) -> float:
     """Argmax accuracy of the network on images (n, ...) against int labels (n,)."""
-    pred = predict(model, variables, images, block_size)
+    pred = predict(model, variables, images, block_size, init_variables)
     return float(jnp.mean(jnp.argmax(pred, -1) == jnp.asarray(labels)))
+
+
+def accuracy_many(model: nn.Module, variables: dict, images: Array, labels: Array, init_variables: dict | None = None,
+                  vectorize: bool | None = None, block_size: int = 1000) -> np.ndarray:
+    """(S,) argmax accuracies of S networks (variables with a leading axis) on images (n, ...)
+    against int labels (n,): vmapped (default on accelerators) or one network at a time."""
+    s = len(jax.tree_util.tree_leaves(variables)[0])
+    if vectorize is None:
+        vectorize = jax.default_backend() != "cpu"
+    if vectorize and s > 1:
+        return np.asarray(_accuracy_vmapped(model, variables, init_variables, jnp.asarray(images, jnp.float32),
+                                            jnp.asarray(labels), block_size))
+    take = lambda tree, i: None if tree is None else jax.tree_util.tree_map(lambda a: a[i], tree)
+    return np.array([accuracy(model, take(variables, i), images, labels, block_size, take(init_variables, i))
+                     for i in range(s)])
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _accuracy_vmapped(model, variables, init_variables, x, y, block_size):
+    def one(v, v0):
+        pred = krr.map_blocks(lambda xb: outputs(model, v, v0, xb), x, block_size)
+        return jnp.mean(jnp.argmax(pred, -1) == y)
+
+    return jax.vmap(one)(variables, init_variables)

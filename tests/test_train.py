@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from kip import InputError, data, models, train
+from kip import InputError, augment, data, models, train
 
 C = 3
 
@@ -104,11 +104,11 @@ def test_label_smoothing_changes_training():
 
 def test_flip_and_crop_give_flipped_or_shifted_copies():
     x = jax.random.normal(jax.random.PRNGKey(0), (64, 8, 8, 2))
-    flipped = np.asarray(train.augment(jax.random.PRNGKey(1), x, ("flip",)))
+    flipped = np.asarray(augment.standard(jax.random.PRNGKey(1), x, ("flip",)))
     same = np.all(flipped == np.asarray(x), axis=(1, 2, 3))
     mirrored = np.all(flipped == np.asarray(x)[:, :, ::-1], axis=(1, 2, 3))
     assert np.all(same | mirrored) and 16 < same.sum() < 48
-    cropped = np.asarray(train.augment(jax.random.PRNGKey(2), x, ("crop",)))
+    cropped = np.asarray(augment.standard(jax.random.PRNGKey(2), x, ("crop",)))
     pad = 1  # 8 // 8
     padded = np.pad(np.asarray(x), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     windows = {(i, j) for i in range(2 * pad + 1) for j in range(2 * pad + 1)}
