@@ -40,7 +40,7 @@ def evaluated(cell: str, options: run.KernelOptions, args: argparse.Namespace) -
     meta = {"kernel": dataclasses.asdict(options), "steps": done["steps"], "config": done["config"], "zca": args.zca}
     result = io.cached(os.path.join(cell, f"eval-{options.name}.npz"), meta, lambda: {
         k: np.asarray(v) for k, v in run.evaluate_run(os.path.join(cell, "distilled.npz"), args.dataset, args.data_dir,
-                                                      options, args.zca).items()}, overwrite=True)
+                                                      options).items()}, overwrite=True)  # the file's own preprocessing
     return {k: v.item() for k, v in result.items()}
 
 

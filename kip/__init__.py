@@ -16,3 +16,7 @@ __version__ = "0.1.0"
 
 class InputError(ValueError):
     """Bad user input (file, shape, label, option): the CLI prints it in one line and exits 2."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite (a distillation keeps its last good checkpoint)."""

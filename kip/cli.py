@@ -1,5 +1,6 @@
-"""The `kip` command line: `kip distill`, `kip evaluate` (KRR, finite networks, SLaPkNN), `kip label-solve`,
-and the Data Diet's `kip score`, `kip prune`, `kip train`.
+"""The `kip` command line: `kip distill`, `kip evaluate` (KRR, finite networks under a named protocol,
+SLaPkNN), `kip protocols`, `kip export`, `kip label-solve`, and the Data Diet's `kip score`, `kip prune`,
+`kip train`.
 
 Bad input prints one line `kip: error: ...` and exits with status 2.
 """
@@ -11,8 +12,9 @@ import dataclasses
 import os
 import sys
 
-from kip import InputError, data, knn, krr, models, scores, train
+from kip import InputError, TrainingDiverged, data, knn, krr, models, preprocess, scores, train
 from kip.kernels import rf
+from kip.release import LAYOUTS
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -97,15 +99,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: runs/label-solve-DATASET-KERNEL-ipcN-seedS)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
 
-    p = sub.add_parser("evaluate", help="test accuracy of a distilled set (ours or the authors' .npz release): "
-                                          "KRR, finite networks trained on it, or SLaPkNN")
+    p = sub.add_parser("evaluate", help="test accuracy of a distilled set (ours, the authors' release or another "
+                                          "codebase's): KRR, finite networks under a protocol, or SLaPkNN")
     p.add_argument("--distilled", required=True, metavar="FILE", help="an .npz with 'images' and 'labels'")
-    _add_data_args(p)
-    p.add_argument("--out", default=None, metavar="FILE", help="also write the result as JSON here")
+    _add_dataset_args(p)
     p.add_argument("--method", choices=("krr", "train", "slapknn"), default="krr",
-                   help="krr: kernel ridge regression with --kernel; train: finite networks; "
+                   help="krr: kernel ridge regression with --kernel; train: finite networks under --protocol; "
                         "slapknn: soft-label prototype kNN (default: %(default)s)")
-    _add_train_args(p)
+    p.add_argument("--out", default=None, metavar="FILE", help="also write the result as JSON here")
+    _add_release_args(p)
+    _add_evaluate_args(p)
+
+    p = sub.add_parser("protocols", help="the named finite-network evaluation protocols and what each reproduces")
+    p.add_argument("name", nargs="?", default=None, help="show one protocol's card in full (a name or a .toml file)")
+
+    p = sub.add_parser("export", help="write a distilled set channel-first (PyTorch) with its preprocessing, "
+                                        "readable with numpy alone")
+    p.add_argument("--distilled", required=True, metavar="FILE")
+    p.add_argument("--out", required=True, metavar="FILE", help="the .npz to write")
+    p.add_argument("--dataset", default=None, help="for a set without its own preprocessing: the data set to fit it on")
+    p.add_argument("--data-dir", default=None, metavar="DIR")
+    _add_release_args(p)
 
     p = sub.add_parser("score", help="Data Diet scores (EL2N, GraNd, forgetting) of every training example, "
                                        "averaged over independently trained networks")
@@ -174,31 +188,84 @@ def _recipe(args):
                   None if args.augment is None else tuple(args.augment))
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    t = train.TrainConfig()
-    g = p.add_argument_group("--method train (finite networks; defaults: the KIP transfer recipe)")
-    g.add_argument("--model", default=None, help=f"network: {', '.join(models.PRESETS)} (default: the --kernel preset's)")
-    g.add_argument("--width", type=int, default=1024, help="channels / hidden units (default: %(default)s)")
-    g.add_argument("--parameterization", choices=models.PARAMETERIZATIONS, default="standard", help="(default: %(default)s)")
-    g.add_argument("--norm", choices=models.NORMS, default="none", help="instance: the DC/DSA ConvNet (default: %(default)s)")
-    g.add_argument("--seeds", type=int, default=5, help="networks trained; mean ± std reported (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--steps", type=int, default=t.steps, help="(default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=t.batch_size, help="(default: %(default)s)")
-    g.add_argument("--optimizer", choices=train.OPTIMIZERS, default=t.optimizer,
-                   help="sgd: momentum 0.9; either on a cosine schedule (default: %(default)s)")
-    g.add_argument("--lr", type=float, default=t.lr, help="(default: %(default)s)")
-    g.add_argument("--weight-decay", type=float, default=t.weight_decay, help="coupled L2 (default: %(default)s)")
-    g.add_argument("--loss", choices=train.LOSSES, default=t.loss, help="(default: %(default)s)")
-    g.add_argument("--augment", nargs="+", choices=train.AUGMENTATIONS, default=[], help="(default: none)")
-    g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="mixup with Beta(ALPHA, ALPHA) (default: off)")
-    g.add_argument("--label-smoothing", type=float, default=0.0, metavar="EPS", help="(default: off)")
-    g.add_argument("--tune", action="store_true",
-                   help=f"first grid-search lr (x {', '.join(map(str, train.LR_FACTORS))}) and weight decay "
-                        f"({', '.join(map(str, train.WEIGHT_DECAYS))}) on a validation split of train")
-    g.add_argument("--val-size", type=int, default=train.DEFAULT_VAL_SIZE, help="validation images for --tune (at most 1/5 of train; default: %(default)s)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--k", type=int, default=knn.DEFAULT_K, help="--method slapknn: nearest prototypes that vote (default: %(default)s)")
+def _add_release_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preprocess", choices=preprocess.RECIPES, default=None,
+                   help="the preprocessing of a set that records none (another codebase's): standardize; kip-zca "
+                        "(per-image normalisation, then ZCA: KIP); zca (ZCA of the standardised images: RFAD, MTT, "
+                        "FRePo); none (default: the file's own, else standardize)")
+    p.add_argument("--zca-strength", type=float, default=preprocess.ZCA_STRENGTH,
+                   help="ZCA regulariser, times tr(cov) / d (default: %(default)s)")
+    p.add_argument("--layout", choices=LAYOUTS, default="auto", help="nchw: channel-first (PyTorch) images; auto: "
+                                                                     "detected from the shape (default: %(default)s)")
+
+
+# `kip evaluate` options that belong to some methods only (default None: given or not is known)
+EVALUATE_OPTIONS = {
+    "kernel": ("krr",), "rf_models": ("krr",), "rf_width": ("krr",), "devices": ("krr",), "precision": ("krr",),
+    "reg": ("krr",), "block_size": ("krr",), "max_memory": ("krr",),
+    "protocol": ("train",), "matched": ("train",), "model": ("train",), "width": ("train",), "norm": ("train",),
+    "epochs": ("train",), "steps": ("train",), "networks": ("train",), "networks_per_subset": ("train",),
+    "baseline_subsets": ("train",), "lr": ("train",), "weight_decay": ("train",), "label_scale": ("train",),
+    "batch_size": ("train",), "augment": ("train",), "val_size": ("train",), "val_per_class": ("train",),
+    "patience": ("train",), "tune_lr": ("train",), "tune_weight_decay": ("train",), "cache_dir": ("train",),
+    "vectorize": ("train",), "k": ("slapknn",), "seed": ("krr", "train"),
+}
+
+
+def _add_evaluate_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("--method krr")
+    g.add_argument("--kernel", default=None, help="kernel preset, or rf-NAME for random features (default: fc1)")
+    g.add_argument("--rf-models", type=int, default=None, help=f"rf- kernels (default: {rf.DEFAULT_MODELS})")
+    g.add_argument("--rf-width", type=int, default=None, help=f"rf- kernels (default: {rf.DEFAULT_WIDTH})")
+    g.add_argument("--devices", type=int, default=None, help="devices the test set is split over (default: all)")
+    g.add_argument("--precision", choices=("float64", "float32"), default=None, help="(default: float64)")
+    g.add_argument("--reg", type=float, default=None, help=f"ridge, times tr(K)/n (default: {krr.DEFAULT_REG})")
+    g.add_argument("--block-size", type=int, default=None, help=f"test rows per kernel block (default: {krr.DEFAULT_BLOCK})")
+    g.add_argument("--max-memory", type=_size, default=None, metavar="SIZE", help="see kip distill")
+    g = p.add_argument_group("--method train: finite networks under a protocol card (kip protocols), with overrides "
+                             "that are recorded in the result")
+    g.add_argument("--protocol", default=None, help="a protocol name (kip protocols) or a .toml card (default: kip)")
+    g.add_argument("--matched", action="store_true", default=None,
+                   help="train the finite network of the kernel the set was distilled with (e.g. convnet3 for rf-convnet3)")
+    g.add_argument("--model", default=None, help=f"network: {', '.join(models.PRESETS)}")
+    g.add_argument("--width", type=int, default=None)
+    g.add_argument("--norm", choices=models.NORMS, default=None)
+    g.add_argument("--epochs", type=int, default=None, help="passes over the set (replaces the card's steps)")
+    g.add_argument("--steps", type=int, default=None, help="training steps (replaces the card's epochs)")
+    g.add_argument("--networks", type=int, default=None, help="networks trained on the set (default: the card's)")
+    g.add_argument("--baseline-subsets", type=int, default=None,
+                   help="class-balanced random real subsets of the same size trained beside it (default: the card's)")
+    g.add_argument("--networks-per-subset", type=int, default=None, help="(default: 1)")
+    g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--weight-decay", type=float, default=None, help="in the card's form (see its weight_decay_form)")
+    g.add_argument("--label-scale", type=float, default=None)
+    g.add_argument("--batch-size", type=int, default=None)
+    g.add_argument("--augment", default=None, help="none, flip, crop, flip_crop, dsa:STRATEGY or dc:STRATEGY")
+    g.add_argument("--val-size", type=int, default=None, help="validation images (replaces the card's per-class count)")
+    g.add_argument("--val-per-class", type=int, default=None)
+    g.add_argument("--patience", type=int, default=None, help="early stopping: steps without a better validation accuracy")
+    g.add_argument("--tune-lr", type=float, nargs="+", default=None, help="learning rates searched on validation")
+    g.add_argument("--tune-weight-decay", type=float, nargs="+", default=None, help="weight decays searched on validation")
+    g.add_argument("--cache-dir", default=None, help="keep each finished network here and reuse it (default: runs/networks)")
+    g.add_argument("--vectorize", choices=("yes", "no"), default=None,
+                   help="train the networks together in one vmapped call (default: on accelerators, not on CPU)")
+    p.add_argument("--seed", type=int, default=None, help="krr: random-feature networks; train: networks and subsets (default: 0)")
+    p.add_argument("--k", type=int, default=None, help=f"--method slapknn: nearest prototypes that vote (default: {knn.DEFAULT_K})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _check_evaluate_options(args) -> None:
+    """One line for an option the chosen method does not use; then the defaults."""
+    for name, methods in EVALUATE_OPTIONS.items():
+        if getattr(args, name) is not None and args.method not in methods:
+            raise InputError(f"--{name.replace('_', '-')} applies to --method {' / '.join(methods)} only "
+                             f"(this is --method {args.method})")
+    defaults = {"kernel": "fc1", "rf_models": rf.DEFAULT_MODELS, "rf_width": rf.DEFAULT_WIDTH, "precision": "float64",
+                "reg": krr.DEFAULT_REG, "block_size": krr.DEFAULT_BLOCK, "protocol": "kip", "seed": 0,
+                "k": knn.DEFAULT_K, "networks_per_subset": 1, "cache_dir": os.path.join(DEFAULT_RUNS_DIR, "networks")}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 def _default_out(command: str, args) -> str:
@@ -217,23 +284,36 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "label-solve":
             config = run.LabelSolveConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(run.LabelSolveConfig)})
             run.label_solve_run(config, args.out or _default_out("label-solve", args), overwrite=args.overwrite)
-        elif args.command == "evaluate" and args.method == "krr":
-            options = run.KernelOptions(args.kernel, args.rf_models, args.rf_width, seed=args.seed)
-            result = run.evaluate_run(args.distilled, args.dataset, args.data_dir, options, args.zca, args.precision,
-                                      args.reg, args.block_size, max_memory=args.max_memory, devices=args.devices)
         elif args.command == "evaluate":
-            from kip import transfer
+            _check_evaluate_options(args)
+            if args.method == "krr":
+                options = run.KernelOptions(args.kernel, args.rf_models, args.rf_width, seed=args.seed)
+                result = run.evaluate_run(args.distilled, args.dataset, args.data_dir, options, args.preprocess,
+                                          args.precision, args.reg, args.block_size, max_memory=args.max_memory,
+                                          devices=args.devices, zca_strength=args.zca_strength, layout=args.layout)
+            elif args.method == "slapknn":
+                from kip import transfer
 
-            if args.method == "slapknn":
-                result = transfer.slapknn_run(args.distilled, args.dataset, args.data_dir, args.zca, args.k)
+                result = transfer.slapknn_run(args.distilled, args.dataset, args.data_dir, args.preprocess, args.k,
+                                              args.layout)
             else:
-                network = transfer.NetworkConfig(args.model or args.kernel, args.width, args.parameterization, args.norm)
-                config = train.TrainConfig(
-                    steps=args.steps, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                    weight_decay=args.weight_decay, loss=args.loss, augment=tuple(args.augment), mixup=args.mixup,
-                    label_smoothing=args.label_smoothing)
-                result = transfer.transfer_run(args.distilled, args.dataset, args.data_dir, args.zca, network, config,
-                                               args.seeds, args.seed, args.tune, args.val_size, not args.no_progress)
+                from kip import protocols, transfer
+
+                overrides = {name: getattr(args, name) for name in protocols.OVERRIDABLE if hasattr(args, name)}
+                result = transfer.protocol_run(
+                    args.distilled, args.dataset, args.data_dir, args.protocol, overrides, args.matched, args.preprocess,
+                    args.zca_strength, args.layout, args.seed, args.networks_per_subset, args.cache_dir,
+                    None if args.vectorize is None else args.vectorize == "yes", not args.no_progress)
+        elif args.command == "protocols":
+            from kip import protocols
+
+            print(protocols.listing(args.name))
+        elif args.command == "export":
+            from kip import release
+
+            done = release.export(args.distilled, args.out, args.dataset, args.data_dir, args.preprocess,
+                                  args.zca_strength, args.layout)
+            print(f"wrote {done['out']}: images {done['images']} channel-first, preprocessing {done['recipe']}")
         elif args.command in ("score", "prune", "train"):
             from kip import diet
 
@@ -260,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"kip: error: {e}", file=sys.stderr)
         return 2
-    except run.TrainingDiverged as e:
+    except TrainingDiverged as e:
         print(f"kip: training diverged: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -9,7 +9,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,14 +18,11 @@ import optax
 from tqdm.auto import tqdm
 
 import kip
-from kip import InputError, data, distill, io, kernels, krr, parallel, plots, preprocess, report
+from kip import InputError, TrainingDiverged, data, distill, io, kernels, krr, parallel, plots, preprocess, report  # noqa: F401
 from kip.kernels import rf
+from kip.release import _parse_distilled, load_distilled, load_distilled_for  # noqa: F401 (run.load_distilled*)
 
 OUTPUT_FILES = ("distilled.npz", "metrics.json", "support.png", "curve.png", "checkpoint.npz")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +111,7 @@ def prepare(
     options = KernelOptions.of(kernel)
     kernel_fn, layer = make_kernel(options, ds, dtype, max_memory)
     mesh = parallel.make_mesh(devices)
-    prep = preprocessing or preprocess.fit(ds.x_train, zca=zca)
+    prep = preprocessing or preprocess.fit(ds.x_train, "kip-zca" if zca else "standardize")
     x_test = jnp.asarray(prep.apply(ds.x_test), dtype)
     test_weights, x_test = parallel.split_rows(mesh, jnp.ones(len(x_test), dtype), x_test)
     return Problem(ds, prep, jnp.asarray(prep.apply(ds.x_train), dtype), x_test, test_weights, kernel_fn, dtype,
@@ -242,7 +239,7 @@ def _start_set(config: DistillConfig, ds: data.Dataset) -> tuple[np.ndarray, np.
     training indices it was first drawn from (-1 where unknown) and the preprocessing whose space
     it lives in (the file's own; None for the authors' format, which `prepare` fits on train)."""
     arrays = io.read_npz(config.init_from)
-    images, labels, prep = _parse_distilled(arrays, config.init_from, ds.image_shape, ds.num_classes)
+    images, labels, prep = _parse_distilled(arrays, config.init_from, ds.image_shape, ds.num_classes, "nhwc")
     if len(images) != config.ipc * ds.num_classes:
         raise InputError(f"--init-from: {config.init_from} holds {len(images)} images; --ipc {config.ipc} needs "
                          f"{config.ipc * ds.num_classes} ({ds.num_classes} classes)")
@@ -424,6 +421,7 @@ def _write_distilled(out, problem, images, labels, init_images, init_idx, metric
         images=images,
         labels=labels,
         initial_indices=init_idx,
+        kernel=np.array(metrics["config"]["kernel"]),
         **problem.preprocessing.to_arrays(),
     )
     io.write_json(os.path.join(out, "metrics.json"), metrics)
@@ -513,78 +511,37 @@ def label_solve_cell(config: LabelSolveConfig, out: str, log: Callable[[str], No
 # --------------------------------------------------------------------------- evaluate
 
 
-def load_distilled(path: str, image_shape: tuple[int, ...], num_classes: int) -> tuple[np.ndarray, np.ndarray, preprocess.Preprocessing | None]:
-    """Reads a distilled set (ours, or the authors' release: `images`, `labels`).
-
-    Returns images (n, H, W, C), labels (n, C) as centred one-hot when given as ints,
-    and the stored preprocessing (None for the authors' format).
-    """
-    return _parse_distilled(io.read_npz(path), path, image_shape, num_classes)
-
-
-def _parse_distilled(arrays: dict, path: str, image_shape: tuple[int, ...], num_classes: int):
-    """`load_distilled` on the arrays already read from `path` (named in errors)."""
-    for key in ("images", "labels"):
-        if key not in arrays:
-            raise InputError(f"{path}: missing key {key!r} (a distilled set has 'images' and 'labels')")
-    images, labels = arrays["images"], arrays["labels"]
-    if images.ndim == 3 and len(image_shape) == 3 and image_shape[-1] == 1:
-        images = images[..., None]
-    if images.ndim < 2 or tuple(images.shape[1:]) != tuple(image_shape):
-        raise InputError(f"{path}: images are {images.shape[1:]} but the data set's images are {tuple(image_shape)}")
-    if len(images) == 0:
-        raise InputError(f"{path}: the distilled set is empty")
-    if labels.ndim == 1:
-        if not np.all(np.equal(np.mod(labels, 1), 0)) or labels.min() < 0 or labels.max() >= num_classes:
-            raise InputError(f"{path}: integer labels must lie in 0..{num_classes - 1}")
-        labels = np.asarray(data.one_hot(labels.astype(np.int32), num_classes, dtype=jnp.float64))
-    if labels.shape != (len(images), num_classes):
-        raise InputError(f"{path}: labels have shape {labels.shape}, need ({len(images)}, {num_classes})")
-    if not (np.all(np.isfinite(images)) and np.all(np.isfinite(labels))):
-        raise InputError(f"{path}: contains NaN or inf")
-    return images, labels, preprocess.Preprocessing.from_arrays(arrays)
-
-
-def load_distilled_for(
-    distilled: str, dataset: str, data_dir: str | None, zca: bool = False
-) -> tuple[data.Dataset, np.ndarray, np.ndarray, preprocess.Preprocessing, str]:
-    """The data set, a distilled set read for it (see `load_distilled`), the preprocessing
-    that maps its real images into the distilled set's space (the file's own; fitted on train,
-    with `zca`, for the authors' format), and a note saying which."""
-    ds = data.load(dataset, data_dir)
-    images, labels, prep = load_distilled(distilled, ds.image_shape, ds.num_classes)
-    if prep is not None:
-        return ds, images, labels, prep, "from file"
-    return ds, images, labels, preprocess.fit(ds.x_train, zca=zca), "fitted: standardise + ZCA" if zca else "fitted: standardise"
-
-
 def evaluate_run(
     distilled: str,
     dataset: str = data.DEFAULT_DATASET,
     data_dir: str | None = None,
     kernel: str | KernelOptions = "fc1",
-    zca: bool = False,
+    recipe: str | None = None,
     precision: str = "float64",
     reg: float = krr.DEFAULT_REG,
     block_size: int = krr.DEFAULT_BLOCK,
     log: Callable[[str], None] = print,
     max_memory: float | None = None,
     devices: int | None = None,
+    zca_strength: float = preprocess.ZCA_STRENGTH,
+    layout: str = "auto",
 ) -> dict:
     """KRR test accuracy of a distilled set under a kernel (a name, or `KernelOptions` for
     random features), the test set split over `devices` devices (None: all). The file's own
-    preprocessing is re-applied to the test set; for the authors' format it is fitted on train (`zca`)."""
+    preprocessing is re-applied to the test set; for a file without one, the stated `recipe`."""
     options = KernelOptions.of(kernel)
     check_kernel(options)
-    ds, images, labels, prep, prep_note = load_distilled_for(distilled, dataset, data_dir, zca)
-    problem = prepare(ds, options, zca, precision, preprocessing=prep, max_memory=max_memory, devices=devices)
+    loaded = load_distilled_for(distilled, dataset, data_dir, recipe, zca_strength, layout)
+    ds, images, labels = loaded.dataset, loaded.images, loaded.labels
+    problem = prepare(ds, options, precision=precision, preprocessing=loaded.preprocessing, max_memory=max_memory,
+                      devices=devices)
     log(f"kip evaluate: {parallel.describe(problem.mesh)}; the test set is split between them")
     result = make_evaluator(problem, reg, block_size)(images, labels)
     kernel = options.name
     if rf.parse(kernel):
         result.update(rf_models=options.rf_models, rf_width=options.rf_width, rf_seed=options.seed)
     result.update(support_size=int(len(images)), kernel=kernel, dataset=ds.name, test_size=int(len(ds.y_test)),
-                  preprocessing=prep_note, devices=problem.mesh.size)
+                  preprocessing=loaded.note, devices=problem.mesh.size)
     log(f"{distilled}: {len(images)} images, kernel {kernel}, {ds.name} test accuracy "
         f"{100 * result['test_accuracy']:.2f}%, test mse {result['test_mse']:.5f}")
     return result

@@ -380,8 +380,12 @@ def _fit_group(model, config, x, y, data_axis, keys, lrs, wds, steps, val, bar, 
     history, active = [], np.ones(s, bool)
     steps_run = np.zeros(s, np.int64)
     best = None
+    if val is not None and state.init_variables is not None:  # centred: the initial networks' outputs, once
+        offsets = jnp.stack([predict(model, jax.tree_util.tree_map(lambda a: a[i], state.init_variables), val[0])
+                             for i in range(s)])
+        val = (*val[:2], offsets)
     if val is not None and config.keep_best:
-        acc = accuracy_many(model, state.variables, *val, state.init_variables, vectorize=s > 1)
+        acc = accuracy_many(model, state.variables, *val, vectorize=s > 1)
         history.append({"step": 0, "accuracy": acc})
         best = (state.variables, np.zeros(s, np.int64), acc)
     permute = jax.jit(jax.vmap(lambda k, e: jax.random.permutation(jax.random.fold_in(k, e), n), in_axes=(0, None)))
@@ -399,7 +403,7 @@ def _fit_group(model, config, x, y, data_axis, keys, lrs, wds, steps, val, bar, 
             on_step(t, idx, metrics)
         done = t + 1
         if val is not None and ((config.eval_every and done % config.eval_every == 0) or done == steps):
-            acc = accuracy_many(model, state.variables, *val, state.init_variables, vectorize=s > 1)
+            acc = accuracy_many(model, state.variables, *val, vectorize=s > 1)
             history.append({"step": done, "accuracy": acc})
             if best is not None:
                 better = active & (acc > best[2])
@@ -595,25 +599,28 @@ def accuracy(model: nn.Module, variables: dict, images: np.ndarray, labels: np.n
     return float(jnp.mean(jnp.argmax(pred, -1) == jnp.asarray(labels)))
 
 
-def accuracy_many(model: nn.Module, variables: dict, images: Array, labels: Array, init_variables: dict | None = None,
+def accuracy_many(model: nn.Module, variables: dict, images: Array, labels: Array, offsets: Array | None = None,
                   vectorize: bool | None = None, block_size: int = 1000) -> np.ndarray:
     """(S,) argmax accuracies of S networks (variables with a leading axis) on images (n, ...)
-    against int labels (n,): vmapped (default on accelerators) or one network at a time."""
+    against int labels (n,), their outputs minus `offsets` (S, n, C) when given (the initial
+    networks' outputs, for centred training): vmapped (default on accelerators) or one at a time."""
     s = len(jax.tree_util.tree_leaves(variables)[0])
     if vectorize is None:
         vectorize = jax.default_backend() != "cpu"
+    take = lambda tree, i: jax.tree_util.tree_map(lambda a: a[i], tree)
+    x, y = jnp.asarray(images, jnp.float32), jnp.asarray(labels)
     if vectorize and s > 1:
-        return np.asarray(_accuracy_vmapped(model, variables, init_variables, jnp.asarray(images, jnp.float32),
-                                            jnp.asarray(labels), block_size))
-    take = lambda tree, i: None if tree is None else jax.tree_util.tree_map(lambda a: a[i], tree)
-    return np.array([accuracy(model, take(variables, i), images, labels, block_size, take(init_variables, i))
+        return np.asarray(_accuracy_vmapped(model, variables, offsets, x, y, block_size))
+    return np.array([float(_accuracy(model, take(variables, i), None if offsets is None else offsets[i], x, y, block_size))
                      for i in range(s)])
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5))
-def _accuracy_vmapped(model, variables, init_variables, x, y, block_size):
-    def one(v, v0):
-        pred = krr.map_blocks(lambda xb: outputs(model, v, v0, xb), x, block_size)
-        return jnp.mean(jnp.argmax(pred, -1) == y)
+def _accuracy(model, variables, offsets, x, y, block_size):
+    pred = krr.map_blocks(lambda xb: model.apply(variables, xb, train=False), x, block_size)
+    return jnp.mean(jnp.argmax(pred if offsets is None else pred - offsets, -1) == y)
 
-    return jax.vmap(one)(variables, init_variables)
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _accuracy_vmapped(model, variables, offsets, x, y, block_size):
+    return jax.vmap(lambda v, o: _accuracy(model, v, o, x, y, block_size))(variables, offsets)

@@ -135,7 +135,7 @@ def test_standardisation_uses_train_statistics_per_channel():
 
 def test_zca_recipe_whitens_and_round_trips_through_arrays():
     x = images(n=400)
-    prep = preprocess.fit(x, zca=True)
+    prep = preprocess.fit(x, "kip-zca")
     z = prep.apply(x).reshape(400, -1)
     # the recipe: standardise, layer-normalise each image, then W = U (S + reg)^-1/2 U^T
     x64 = x.astype(np.float64)

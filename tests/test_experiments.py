@@ -15,7 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # script, extra flags, results file, a line of the table that must be there
 QUICK = [
     ("kip_fc.py", [], "kip_fc_digits_quick.md", r"\| fc1 \| 10 \|"),
-    ("transfer.py", ["--cache-dir", "{tmp}/networks"], "transfer_digits_quick.md", r"\| .*ipc10.* \| 10 \| fc1"),
+    ("transfer.py", ["--no-progress"], "transfer_digits_quick.md", r"\| digits-fc1-ipc5 \| 5 \| 1 \| \d+\.\d \| dc"),
+    ("protocol_baselines.py", ["--no-progress"], "protocol_baselines_digits_quick.md", r"\| dc \| 5 \| "),
     ("data_diet.py", ["--no-progress"], "data_diet_digits_quick.md", r"\| 50% \("),
     ("data_budget.py", ["--no-progress"], "data_budget_digits_quick.md", r"\| 50 \| "),
     ("kip_convnet.py", [], "kip_convnet_digits_quick.md", r"\| 10 \| "),
@@ -41,17 +42,6 @@ def test_quick_mode_runs_and_writes_its_table(tmp_path, script, flags, result, r
     accuracies = [float(v) for v in re.findall(r"\b(\d{1,3}\.\d{1,2})\b", line.split("|", 3)[-1])]
     assert accuracies and max(accuracies) > 20.0, line  # digits: chance is 10%
     assert (results / result.replace(".md", ".json")).exists()
-
-
-def test_a_diverging_cell_is_marked_and_the_table_still_written(tmp_path):
-    """--lr 1e4 makes every network diverge: each cell says so; the run ends normally."""
-    cmd = [sys.executable, os.path.join(ROOT, "experiments", "transfer.py"), "--quick", "--lr", "1e4",
-           "--results-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "nets")]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONPATH": ROOT})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [ln for ln in (tmp_path / "transfer_digits_quick.md").read_text().splitlines() if ln.startswith("| ")][1:]
-    assert len(rows) == 8 and all("| diverged | diverged | diverged |" in ln for ln in rows)  # 4 sets x 2 models
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -1,5 +1,6 @@
-"""`kip evaluate --method train | slapknn` end to end on the embedded digits: results, tuning,
-the authors' format, and bad input (one line, exit 2, nothing written)."""
+"""`kip evaluate --method train | slapknn` end to end on the embedded digits: the set beside random
+subsets under a protocol, overrides, tuning, matched transfer, the cache, the authors' format, and
+bad input (one line, exit 2, nothing written)."""
 
 import json
 import os
@@ -9,7 +10,9 @@ import pytest
 
 from kip import cli, data, preprocess
 
-TRAIN = ["--method", "train", "--model", "fc1", "--width", "64", "--steps", "200", "--batch-size", "20", "--no-progress"]
+TRAIN = ["--method", "train", "--protocol", "kip", "--model", "fc1", "--norm", "none", "--width", "64", "--steps", "200",
+         "--batch-size", "20", "--lr", "0.1", "--tune-lr", "0.1", "--tune-weight-decay", "0.001", "--val-size", "100",
+         "--baseline-subsets", "2", "--no-progress"]
 
 
 def run_cli(*args):
@@ -24,31 +27,64 @@ def real_support(tmp_path_factory):
     return out / "distilled.npz"
 
 
-def test_train_reports_mean_and_std_over_seeds(real_support, tmp_path):
+def test_train_reports_the_set_beside_random_subsets_and_records_the_overrides(real_support, tmp_path):
     out = tmp_path / "result.json"
-    assert run_cli("evaluate", "--distilled", real_support, *TRAIN, "--seeds", "3", "--mixup", "0.5",
-                   "--label-smoothing", "0.1", "--out", out) == 0
+    assert run_cli("evaluate", "--distilled", real_support, *TRAIN, "--networks", "3", "--cache-dir", tmp_path / "nets",
+                   "--out", out) == 0
     r = json.loads(out.read_text())
-    accs = r["test_accuracies"]
-    assert len(accs) == 3 and len(set(accs)) > 1  # the seeds differ
-    np.testing.assert_allclose(r["test_accuracy_mean"], np.mean(accs))
-    np.testing.assert_allclose(r["test_accuracy_std"], np.std(accs, ddof=1))
-    assert r["test_accuracy_mean"] > 0.4  # 50 real digits, 200 steps, width 64 (measured ~0.56); chance is 0.1
+    accs = r["set"]["test_accuracies"]
+    assert len(accs) == 3 and len(set(accs)) > 1  # the networks differ
+    np.testing.assert_allclose(r["set"]["mean"], np.mean(accs))
+    np.testing.assert_allclose(r["set"]["std"], np.std(accs, ddof=1))
+    assert r["set"]["mean"] > 0.4  # 50 real digits, 200 steps, width 64; chance is 0.1
+    assert len(r["random"]["test_accuracies"]) == 2 and r["random"]["subsets"] == 2
+    np.testing.assert_allclose(r["difference"], r["set"]["mean"] - r["random"]["mean"])
     assert r["support_size"] == 50 and r["test_size"] == 360 and r["preprocessing"] == "from file"
-    assert r["train_config"]["mixup"] == 0.5 and r["train_config"]["label_smoothing"] == 0.1
-    assert r["model"] == "fc1" and r["width"] == 64 and r["seconds_per_network"] > 0
+    assert r["overrides"]["model"] == "fc1" and r["overrides"]["width"] == 64 and r["overrides"]["steps"] == 200
+    assert r["card"]["model"] == "fc1" and r["train_config"]["steps"] == 200 and r["protocol"] == "kip"
+    assert r["validation"] == {"size": 100, "excludes_sources": 50, "excludes_subsets": 100}
+    assert r["environment"]["commit"]
+    # run again: every network comes from the cache, the same figures
+    again = tmp_path / "again.json"
+    assert run_cli("evaluate", "--distilled", real_support, *TRAIN, "--networks", "3", "--cache-dir", tmp_path / "nets",
+                   "--out", again) == 0
+    assert json.loads(again.read_text())["set"] == r["set"]
 
 
-def test_tune_picks_the_best_pair_of_the_grid(real_support, tmp_path):
+def test_diverged_networks_are_counted_not_averaged(real_support, tmp_path):
     out = tmp_path / "result.json"
-    assert run_cli("evaluate", "--distilled", real_support, *TRAIN, "--seeds", "1", "--tune", "--steps", "20",
-                   "--lr", "0.1", "--out", out) == 0
+    args = [a for a in TRAIN]
+    args[args.index("--tune-lr") + 1] = "1e4"  # every network's loss becomes NaN
+    args[args.index("--steps") + 1] = "20"
+    assert run_cli("evaluate", "--distilled", real_support, *args, "--networks", "2", "--cache-dir", tmp_path / "n",
+                   "--out", out) == 0
     r = json.loads(out.read_text())
-    grid = r["tune_grid"]
-    assert sorted({g["lr"] for g in grid}) == pytest.approx([0.01, 0.03, 0.1, 0.3])
-    assert sorted({g["weight_decay"] for g in grid}) == [0.0, 1e-4, 1e-3] and len(grid) == 12
+    assert r["set"]["diverged"] == 2 and np.isnan(r["set"]["mean"]) and r["random"]["diverged"] == 2
+
+
+def test_tuning_picks_the_best_pair_of_the_grid_on_validation(real_support, tmp_path):
+    out = tmp_path / "result.json"
+    args = [a for a in TRAIN]
+    args[args.index("--tune-lr") + 1: args.index("--tune-lr") + 2] = ["0.01", "0.1"]
+    args[args.index("--tune-weight-decay") + 1: args.index("--tune-weight-decay") + 2] = ["0", "0.001"]
+    args[args.index("--steps") + 1] = "20"
+    assert run_cli("evaluate", "--distilled", real_support, *args, "--networks", "1", "--cache-dir", tmp_path / "n",
+                   "--out", out) == 0
+    r = json.loads(out.read_text())
+    grid = r["set"]["tune_grid"]
+    assert [(g["lr"], g["weight_decay"]) for g in grid] == [(0.01, 0.0), (0.01, 0.001), (0.1, 0.0), (0.1, 0.001)]
     best = max(grid, key=lambda g: g["val_accuracy"])
-    assert (r["train_config"]["lr"], r["train_config"]["weight_decay"]) == (best["lr"], best["weight_decay"])
+    assert (r["set"]["lr"], r["set"]["weight_decay"]) == (best["lr"], best["weight_decay"])
+    assert r["random"]["tune_grid"] is not None
+
+
+def test_matched_transfer_trains_the_kernels_own_network(real_support, tmp_path):
+    out = tmp_path / "result.json"
+    args = [a for a in TRAIN if a not in ("--model", "fc1")]
+    assert run_cli("evaluate", "--distilled", real_support, *args, "--matched", "--networks", "1", "--baseline-subsets",
+                   "1", "--steps", "5", "--cache-dir", tmp_path / "n", "--out", out) == 0
+    r = json.loads(out.read_text())
+    assert r["matched"] and r["kernel"] == "fc1" and r["card"]["model"] == "fc1"
 
 
 def brute_force_slapknn(prototypes, labels, queries, k):
@@ -81,9 +117,11 @@ def test_authors_format_is_trained_on_with_preprocessing_fitted_on_train(tmp_pat
     idx = np.arange(40)
     np.savez(tmp_path / "authors.npz", images=prep.apply(ds.x_train[idx]), labels=ds.y_train[idx])
     out = tmp_path / "result.json"
-    assert run_cli("evaluate", "--distilled", tmp_path / "authors.npz", *TRAIN, "--seeds", "1", "--out", out) == 0
+    assert run_cli("evaluate", "--distilled", tmp_path / "authors.npz", *TRAIN, "--networks", "1", "--cache-dir",
+                   tmp_path / "n", "--out", out) == 0
     r = json.loads(out.read_text())
-    assert r["preprocessing"] == "fitted: standardise" and r["support_size"] == 40 and r["test_accuracy_mean"] > 0.4
+    assert r["preprocessing"] == "stated: standardize, fitted on train" and r["support_size"] == 40
+    assert r["set"]["mean"] > 0.4 and r["validation"]["excludes_sources"] == 0  # its sources are unknown
 
 
 def test_krr_stays_the_default_method(real_support, tmp_path):
@@ -102,13 +140,14 @@ def test_krr_stays_the_default_method(real_support, tmp_path):
         (["--distilled", "{tmp}/empty.npz", "--method", "slapknn"], "empty"),
         (["--distilled", "{tmp}/smallset.npz", "--dataset", "small", "--data-dir", "{tmp}", *TRAIN, "--model", "convnet"],
          "at least 8x8"),
-        (["--distilled", "{real}", *TRAIN, "--model", "resnet9000"], "unknown model"),
-        (["--distilled", "{real}", *TRAIN, "--loss", "xent"], "probability vectors"),
-        (["--distilled", "{real}", *TRAIN, "--seeds", "0"], "--seeds must be at least 1"),
-        (["--distilled", "{real}", *TRAIN, "--mixup", "-1"], "mixup must be"),
-        (["--distilled", "{real}", *TRAIN, "--label-smoothing", "1"], "label smoothing"),
+        (["--distilled", "{real}", *TRAIN, "--model", "resnet9000"], "model must be one of"),
+        (["--distilled", "{real}", *TRAIN, "--protocol", "nope"], "unknown protocol 'nope'"),
+        (["--distilled", "{real}", *TRAIN, "--networks", "0"], "networks must be at least 1"),
+        (["--distilled", "{real}", *TRAIN, "--augment", "dsa:warp"], "unknown: 'warp'"),
         (["--distilled", "{real}", *TRAIN, "--norm", "instance"], "conv nets only"),
+        (["--distilled", "{real}", *TRAIN, "--matched", "--model", "fc2"], "leave out --model"),
         (["--distilled", "{real}", "--method", "slapknn", "--k", "0"], "k must be"),
+        (["--distilled", "{real}", "--seed", "1", "--method", "slapknn"], "--seed applies to --method krr / train only"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(real_support, tmp_path, capsys, args, message):
@@ -139,7 +178,7 @@ def test_train_networks_reuses_finished_networks_and_retrains_on_new_data(tmp_pa
     def no_training(*a, **k):
         raise AssertionError("a cached network was trained again")
 
-    monkeypatch.setattr(train, "fit", no_training)
+    monkeypatch.setattr(train, "fit_many", no_training)
     assert transfer.train_networks(*args, cache_dir=str(tmp_path)) == first
     with pytest.raises(AssertionError, match="trained again"):  # other labels: the cache does not apply
         transfer.train_networks(net, x, -y, *args[3:], cache_dir=str(tmp_path))
@@ -148,25 +187,25 @@ def test_train_networks_reuses_finished_networks_and_retrains_on_new_data(tmp_pa
 def test_train_networks_stable_steps_the_lr_down_until_no_loss_diverges():
     """Labels of size 1e3 (KIP's learned labels grow large) blow up lr 100; lr 0.01 trains.
     The lr is chosen from the training loss alone, so the result equals plain training at that lr."""
-    from kip import models, run, train, transfer
+    from kip import TrainingDiverged, models, train, transfer
 
     ds = data.load("digits")
     x, y = ds.x_train[:40] / 16.0, 1e3 * np.asarray(data.one_hot(ds.y_train[:40], 10))
     net, config = models.build("fc1", 10, 32), train.TrainConfig(steps=20, batch_size=20, lr=100.0)
     args = (net, x, y, ds.x_test[:50] / 16.0, ds.y_test[:50])
-    with pytest.raises(run.TrainingDiverged):
+    with pytest.raises(TrainingDiverged):
         transfer.train_networks(*args, config, seeds=1)
     stable = transfer.train_networks_stable(*args, config, lr_factors=(1.0, 1e-4), seeds=1)
     assert stable["lr"] == pytest.approx(1e-2)
     plain = transfer.train_networks(*args, train.TrainConfig(steps=20, batch_size=20, lr=1e-2), seeds=1)
     assert stable["test_accuracies"] == plain["test_accuracies"]
-    with pytest.raises(run.TrainingDiverged):
+    with pytest.raises(TrainingDiverged):
         transfer.train_networks_stable(*args, config, lr_factors=(1.0, 0.9), seeds=1)
 
 
 def test_train_networks_stable_resumes_without_training_anything_again(tmp_path, monkeypatch):
-    """The diverged attempt is cached as such and each lr keeps its own networks, so a second
-    call (a resumed run) trains nothing and returns the same figures."""
+    """The diverged attempt is cached as such, so a second call (a resumed run) trains nothing
+    and returns the same figures."""
     from kip import models, train, transfer
 
     ds = data.load("digits")
@@ -174,11 +213,10 @@ def test_train_networks_stable_resumes_without_training_anything_again(tmp_path,
     net, config = models.build("fc1", 10, 32), train.TrainConfig(steps=20, batch_size=20, lr=100.0)
     args = (net, x, y, ds.x_test[:50] / 16.0, ds.y_test[:50], config)
     first = transfer.train_networks_stable(*args, lr_factors=(1.0, 1e-4), seeds=2, cache_dir=str(tmp_path))
-    assert first["lr"] == pytest.approx(1e-2)
-    assert sorted(os.listdir(tmp_path / "lr-x0.0001")) == ["seed0-0.npz", "seed0-1.npz"]
+    assert first["lr"] == pytest.approx(1e-2) and len(os.listdir(tmp_path)) == 4  # 2 diverged, 2 trained
 
     def no_training(*a, **k):
         raise AssertionError("a cached network was trained again")
 
-    monkeypatch.setattr(train, "fit", no_training)
+    monkeypatch.setattr(train, "fit_many", no_training)
     assert transfer.train_networks_stable(*args, lr_factors=(1.0, 1e-4), seeds=2, cache_dir=str(tmp_path)) == first
