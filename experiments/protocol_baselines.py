@@ -8,12 +8,14 @@ protocol's published figures: the baseline every distilled set of that size must
 
 Configuration only: each mode names the data set, the protocol, its overrides and the cells
 (images per class, random subsets, networks per subset); `kip.transfer.evaluate_set` trains them,
-keeping every finished network under --runs-dir (an interrupted run resumes). Writes
+keeping every finished network in networks/ beside --runs-dir (runs/networks by default, shared
+with experiments/transfer.py, whose random subsets are the same networks): a run resumes. Writes
 results/protocol_baselines_<dataset>.{md,json}.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 from kip import data, preprocess, protocols, report, transfer
@@ -32,11 +34,12 @@ def main() -> None:
     m = MODES[mode]
     ds = data.load(m["dataset"], None if m["dataset"] == "digits" else args.data_dir)
     card = protocols.load(args.protocol)
+    cache_dir = os.path.join(os.path.dirname(runs_dir) or ".", "networks")  # shared with experiments/transfer.py
     rows, started = [], time.time()
     for ipc, subsets, per_subset in m["cells"]:
         p, recorded = protocols.with_overrides(card, baseline_subsets=subsets, **m["overrides"])
         prep = preprocess.fit(ds.x_train, p.preprocess, p.zca_strength)
-        r = transfer.evaluate_set(None, None, ds, prep, p, networks_per_subset=per_subset, cache_dir=f"{runs_dir}/networks",
+        r = transfer.evaluate_set(None, None, ds, prep, p, networks_per_subset=per_subset, cache_dir=cache_dir,
                                   progress=not args.no_progress, ipc=ipc)
         rows.append({**r, "overrides": recorded})
         print(f"{ipc} per class done ({time.time() - started:.0f} s so far)")

@@ -8,7 +8,8 @@ KIP-ConvNet -> ConvNet transfer, RFAD's kernel-aligned recipe, DC's evaluation).
 
 Configuration only: each mode names the protocols and their overrides (a CPU runs width-128
 networks where the papers use 1024, and says so); `kip.transfer.evaluate_set` trains the
-networks, keeping each finished one under --runs-dir. Sets are trained into the finite network
+networks, keeping each finished one in networks/ beside --runs-dir (runs/networks by default,
+shared with experiments/protocol_baselines.py: the same random subsets are trained once). Sets are trained into the finite network
 of the kernel they were distilled with (a matched transfer: rf-convnet3 and convnet3 sets into
 the finite ConvNet3) unless the protocol's card names a network of its own (dc, dsa). Sets named
 `NAME-seedK` are grouped as distillation seeds of NAME (mean ± std over them). The validation
@@ -107,6 +108,7 @@ def main() -> None:
     by_size: dict[int, list[np.ndarray]] = {}
     for s in loaded.values():
         by_size.setdefault(len(s.images) // s.dataset.num_classes, []).append(s.sources)
+    cache_dir = os.path.join(os.path.dirname(runs_dir) or ".", "networks")  # shared with protocol_baselines.py
     rows = []
     for path, s in loaded.items():
         setting, dseed = setting_of(path)
@@ -120,7 +122,7 @@ def main() -> None:
             p, recorded = protocols.with_overrides(protocols.load(name), **overrides)
             print(f"== {setting} (distillation seed {dseed}), {ipc}/class, protocol {name}")
             r = transfer.evaluate_set(s.images, s.labels, s.dataset, s.preprocessing, p, s.sources,
-                                      cache_dir=os.path.join(runs_dir, "networks"), progress=not args.no_progress,
+                                      cache_dir=cache_dir, progress=not args.no_progress,
                                       val_exclude=np.concatenate(by_size[ipc]))
             rows.append({**r, "setting": setting, "distillation_seed": dseed, "path": path, "krr": krr,
                          "kernel": s.kernel, "matched": spec["matched"], "overrides": recorded, "preprocessing": s.note})

@@ -367,14 +367,29 @@ def _group_init(model, config, data_axis, keys, x, lrs, wds):
                     in_axes=(0, data_axis, 0, 0))(keys, x, lrs, wds)
 
 
+@jax.jit
+def _split3(keys):
+    """Each network's key -> its (init, data order, step) keys, (S, ...) each."""
+    split = jax.vmap(lambda k: jax.random.split(k, 3))(keys)
+    return split[:, 0], split[:, 1], split[:, 2]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _permutations(n, keys, epoch):
+    """(S, n): each network's order of its n examples in this epoch."""
+    return jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, epoch), n))(keys)
+
+
+_fold_in = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+
+
 def _fit_group(model, config, x, y, data_axis, keys, lrs, wds, steps, val, bar, on_step):
     """Trains one group of networks (one compiled step for all of them) for `steps` steps."""
     s = len(keys)
     n = x.shape[0 if data_axis is None else 1]
     batch = min(config.batch_size, n)
     per_epoch = epoch_steps(n, batch, config.drop_last)
-    split = jax.vmap(lambda k: jax.random.split(k, 3))(keys)
-    init_keys, order_keys, step_keys = split[:, 0], split[:, 1], split[:, 2]
+    init_keys, order_keys, step_keys = _split3(keys)
     state = _group_init(model, config, data_axis, init_keys, x, lrs, wds)
     losses = np.full((s, steps), np.nan)
     history, active = [], np.ones(s, bool)
@@ -388,14 +403,12 @@ def _fit_group(model, config, x, y, data_axis, keys, lrs, wds, steps, val, bar, 
         acc = accuracy_many(model, state.variables, *val, vectorize=s > 1)
         history.append({"step": 0, "accuracy": acc})
         best = (state.variables, np.zeros(s, np.int64), acc)
-    permute = jax.jit(jax.vmap(lambda k, e: jax.random.permutation(jax.random.fold_in(k, e), n), in_axes=(0, None)))
-    fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
     pending = []  # device losses not yet copied to the host, with their step
     for t in range(steps):
         if t % per_epoch == 0:
-            order = permute(order_keys, t // per_epoch)
+            order = _permutations(n, order_keys, t // per_epoch)
         new, metrics, idx = _group_step(model, config, batch, data_axis, state, x, y, order, t % per_epoch,
-                                        fold(step_keys, t))
+                                        _fold_in(step_keys, t))
         state = new if active.all() else _select(jnp.asarray(active), new, state)
         pending.append((t, metrics["loss"]))
         steps_run += active

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kip import InputError, TrainingDiverged, data, io, knn, models, preprocess, protocols, report, train
+from kip import InputError, TrainingDiverged, data, io, knn, models, preprocess, protocols, release, report, train
 
 RESULT_KEYS = ("test_accuracy", "best_test_accuracy", "final_val_accuracy", "best_val_accuracy", "best_step",
                "steps_run", "diverged", "seconds")
@@ -319,9 +319,7 @@ def slapknn_run(distilled: str, dataset: str = data.DEFAULT_DATASET, data_dir: s
                 log: Callable[[str], None] = print) -> dict:
     """`kip evaluate --method slapknn`: SLaPkNN test accuracy with the distilled images as
     prototypes and their labels as soft labels, in the distilled set's preprocessed space."""
-    from kip import run
-
-    loaded = run.load_distilled_for(distilled, dataset, data_dir, prep_recipe, layout=layout)
+    loaded = release.load_distilled_for(distilled, dataset, data_dir, prep_recipe, layout=layout)
     ds, images, labels, prep = loaded.dataset, loaded.images, loaded.labels, loaded.preprocessing
     acc = knn.slapknn_accuracy(images, labels, prep.apply(ds.x_test), ds.y_test, k)
     log(f"{distilled}: {len(images)} prototypes, SLaPkNN (k = {min(k, len(images))}) {ds.name} test accuracy {100 * acc:.2f}%")
@@ -350,7 +348,6 @@ def protocol_run(
     codebase's, see `kip.release`) trained on under a protocol (a name or a card file) with
     `overrides` (recorded in the result), beside random real subsets (see `evaluate_set`).
     matched: train the finite network of the kernel the set was distilled with."""
-    from kip import release
     from kip.kernels import rf
 
     loaded = release.load_distilled_for(distilled, dataset, data_dir, recipe, zca_strength, layout)
