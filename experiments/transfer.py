@@ -14,7 +14,8 @@ of the kernel they were distilled with (a matched transfer: rf-convnet3 and conv
 the finite ConvNet3) unless the protocol's card names a network of its own (dc, dsa). Sets named
 `NAME-seedK` are grouped as distillation seeds of NAME (mean ± std over them). The validation
 split of every set of one size excludes all of those sets' source images, so their random
-subsets share one split and are trained once. Writes results/transfer_<dataset>.{md,json}.
+subsets share one split and are trained once; it also excludes the start images of distillation
+seeds 0-2 of that size, so adding a seed's set later changes no split. Writes results/transfer_<dataset>.{md,json}.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import re
 import numpy as np
 
 from kip import io, protocols, release, report, run, transfer
+
+SEEDS = 3  # distillation seeds a headline cell uses (0, 1, 2)
 
 MODES = {
     # protocol -> overrides of its card; "matched": train the set's own kernel's finite network
@@ -107,7 +110,11 @@ def main() -> None:
     loaded = {p: release.load_distilled_for(p, m["dataset"], data_dir) for p in paths}
     by_size: dict[int, list[np.ndarray]] = {}
     for s in loaded.values():
-        by_size.setdefault(len(s.images) // s.dataset.num_classes, []).append(s.sources)
+        ipc = len(s.images) // s.dataset.num_classes
+        # the start images of distillation seeds 0..SEEDS-1 too, so that distilling a further seed
+        # later leaves every size's validation split (and so every trained network) as it was
+        starts = [run.start_indices(k, s.dataset.y_train, s.dataset.num_classes, ipc) for k in range(SEEDS)]
+        by_size.setdefault(ipc, []).extend([s.sources, *map(np.asarray, starts)])
     cache_dir = os.path.join(os.path.dirname(runs_dir) or ".", "networks")  # shared with protocol_baselines.py
     rows = []
     for path, s in loaded.items():

@@ -251,6 +251,14 @@ def _start_set(config: DistillConfig, ds: data.Dataset) -> tuple[np.ndarray, np.
     return images, labels, indices, prep
 
 
+def start_indices(seed: int, labels: np.ndarray, num_classes: int, ipc: int) -> np.ndarray:
+    """The class-balanced real training images, (ipc * num_classes,) indices, that a run with this
+    `seed` starts from (KIP and Label Solve alike): fixed by the seed and size alone, so an
+    evaluation can keep them out of its validation split before those runs exist."""
+    init_key = jax.random.split(jax.random.PRNGKey(seed))[0]
+    return data.balanced_subset(init_key, labels, num_classes, ipc)
+
+
 def distill_run(
     config: DistillConfig,
     out: str,
@@ -271,12 +279,12 @@ def distill_run(
     problem = prepare(ds, config.kernel_options, config.zca, config.precision, max_memory=config.max_memory,
                       devices=config.devices, preprocessing=start_set[3] if start_set else None)
     key = jax.random.PRNGKey(config.seed)
-    init_key, run_key = jax.random.split(key)
+    run_key = jax.random.split(key)[1]
     if start_set:
         init_images, init_labels = (jnp.asarray(a, problem.dtype) for a in start_set[:2])
         init_idx = start_set[2]
     else:
-        init_idx = data.balanced_subset(init_key, ds.y_train, ds.num_classes, config.ipc)
+        init_idx = start_indices(config.seed, ds.y_train, ds.num_classes, config.ipc)
         init_images = problem.x_train[init_idx]
         init_labels = data.one_hot(ds.y_train[init_idx], ds.num_classes, dtype=problem.dtype)
     target_batch = min(config.target_batch, len(ds.y_train))
@@ -466,8 +474,8 @@ def label_solve_run(config: LabelSolveConfig, out: str, overwrite: bool = False,
     problem = prepare(data.load(config.dataset, config.data_dir), options, config.zca, config.precision,
                       max_memory=config.max_memory, devices=config.devices)
     ds = problem.dataset
-    init_key, target_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    idx = data.balanced_subset(init_key, ds.y_train, ds.num_classes, config.ipc)
+    target_key = jax.random.split(jax.random.PRNGKey(config.seed))[1]
+    idx = start_indices(config.seed, ds.y_train, ds.num_classes, config.ipc)
     n_train = len(ds.y_train)
     if config.target_size is None or config.target_size >= n_train:
         target_idx = np.arange(n_train)

@@ -2,6 +2,7 @@
 of ../shared when present."""
 
 import atexit
+import gc
 import os
 import shutil
 import tempfile
@@ -21,6 +22,17 @@ jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE
 SHARED_DATASETS = os.environ.get(
     "KIP_SHARED_DATASETS", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets")
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Frees each test file's compiled programs when it ends. One pytest process compiles thousands
+    of programs; held to the end they grew its memory past 5 GB, and CI's run ended in a
+    segmentation fault inside XLA's compiler. The persistent cache above makes a later recompile
+    of the same program a disk read."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture

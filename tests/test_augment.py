@@ -87,7 +87,8 @@ def test_dsa_gradients_in_the_images_equal_finite_differences(family):
     np.testing.assert_allclose(jnp.vdot(jax.grad(f)(x), direction), numeric, rtol=1e-6)
 
 
-@pytest.mark.parametrize("strategy", [augment.DSA_STRATEGY, "scale", "rotate", "crop", "cutout", "color"])
+@pytest.mark.parametrize("strategy", [pytest.param(augment.DSA_STRATEGY, marks=pytest.mark.slow),  # ~27 s: the families below
+                                      "scale", "rotate", "crop", "cutout", "color"])
 def test_siamese_draws_transform_any_batch_the_same_way(strategy):
     rng = np.random.RandomState(6)
     real, synthetic = jnp.asarray(rng.randn(6, 8, 8, 3)), jnp.asarray(rng.randn(2, 8, 8, 3))

@@ -160,7 +160,7 @@ def pair_gradients(request, monkeypatch):
     assert ("jacobians" in taken) == (request.param == "jacobians"), (request.param, taken)
 
 
-@pytest.mark.parametrize("prepend_conv", [False, True])
+@pytest.mark.parametrize("prepend_conv", [False, pytest.param(True, marks=pytest.mark.slow)])  # True: ~20 s each
 def test_kip_gradient_through_convnet_kernel_matches_finite_differences(prepend_conv, pair_gradients):
     """The pair-by-pair kernel (pooling; the band of position pairs) differentiated end to end."""
     kernel_fn = kernels.convnet(depth=2, prepend_conv=prepend_conv, num_classes=3).kernel_fn

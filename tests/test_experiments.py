@@ -20,13 +20,16 @@ QUICK = [
     ("data_diet.py", ["--no-progress"], "data_diet_digits_quick.md", r"\| 50% \("),
     ("data_budget.py", ["--no-progress"], "data_budget_digits_quick.md", r"\| 50 \| "),
     ("kip_convnet.py", [], "kip_convnet_digits_quick.md", r"\| 10 \| "),
-    ("kip_convnet.py", ["--kernel", "convnet3", "--ipc", "1", "--eval", "exact", "rf"], "kip_convnet_digits_quick.md",
-     r"\| 1 \| - \| \*\*\d+\.\d+\*\* \(\d+\.\d+\) \| \*\*\d+\.\d+\*\* .* \| 100 \| 200 \| "),  # exact KIP: both evaluations
-    ("neurips2021_table1.py", ["--no-progress"], "neurips2021_table1_digits_quick.md", r"\| digits \| 5 \| "),
+    # slow (~30 s and ~95 s): exact KIP in kip_convnet is also run by the fine-tuning test below
+    pytest.param("kip_convnet.py", ["--kernel", "convnet3", "--ipc", "1", "--eval", "exact", "rf"], "kip_convnet_digits_quick.md",
+                 r"\| 1 \| - \| \*\*\d+\.\d+\*\* \(\d+\.\d+\) \| \*\*\d+\.\d+\*\* .* \| 100 \| 200 \| ",  # exact KIP: both evaluations
+                 marks=pytest.mark.slow, id="kip_convnet.py-convnet3"),
+    pytest.param("neurips2021_table1.py", ["--no-progress"], "neurips2021_table1_digits_quick.md", r"\| digits \| 5 \| ",
+                 marks=pytest.mark.slow, id="neurips2021_table1.py"),
 ]
 
 
-@pytest.mark.parametrize("script, flags, result, row", QUICK, ids=[q[0] + ("-" + q[1][1] if q[1][:1] == ["--kernel"] else "")
+@pytest.mark.parametrize("script, flags, result, row", QUICK, ids=[q[0] if isinstance(q[0], str) else None
                                                                  for q in QUICK])
 def test_quick_mode_runs_and_writes_its_table(tmp_path, script, flags, result, row):
     results = tmp_path / "results"
