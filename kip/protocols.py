@@ -106,6 +106,7 @@ class Protocol:
     baseline_subsets: int = 5  # class-balanced random real subsets evaluated beside every set
     hyperparameters: tuple[Hyperparameters, ...] = ()
     published: tuple[Published, ...] = ()
+    overridden: tuple[str, ...] = ()  # fields set by `with_overrides`: a per-size row never replaces them
 
     def check(self) -> None:
         """Raises `InputError` naming the first bad field."""
@@ -163,8 +164,9 @@ def coupled_weight_decay(p: Protocol, weight_decay: float) -> float:
 def _train_config(p: Protocol, steps: int) -> train.TrainConfig:
     milestones, factor, reset = train.STEP_MILESTONES, train.STEP_FACTOR, False
     schedule = p.schedule
-    if schedule == "dc":  # decay once epoch epochs // 2 + 1 (0-based) has been trained
-        schedule, milestones, factor, reset = "step", ((p.epochs // 2 + 2) / (p.epochs + 1),), 0.1, True
+    if schedule == "dc":  # decay once epoch epochs // 2 + 1 (0-based) has been trained; counted in steps: halfway
+        at = (p.epochs // 2 + 2) / (p.epochs + 1) if p.epochs else 0.5
+        schedule, milestones, factor, reset = "step", (at,), 0.1, True
     return train.TrainConfig(
         steps=steps, batch_size=p.batch_size, lr=p.lr, optimizer=p.optimizer, momentum=p.momentum, nesterov=p.nesterov,
         schedule=schedule, milestones=milestones, step_factor=factor, reset_momentum=reset,
@@ -183,13 +185,15 @@ def steps_for(p: Protocol, n: int) -> tuple[int, int]:
 
 def for_set(p: Protocol, dataset: str, ipc: int) -> tuple[Protocol, Hyperparameters | None]:
     """The card with its hyper-parameter row for this data set (matched by name or name prefix,
-    e.g. 'cifar10' for 'cifar10_jpeg_lossy') and images per class applied, and that row."""
+    e.g. 'cifar10' for 'cifar10_jpeg_lossy') and images per class applied, and that row. Fields
+    the user overrode (`with_overrides`) keep the user's value."""
     rows = [h for h in p.hyperparameters
             if (dataset == h.dataset or dataset.startswith(h.dataset + "_")) and h.ipc in (None, ipc)]
     if not rows:
         return p, None
     row = rows[0]
-    changes = {k: getattr(row, k) for k in ROW_FIELDS if getattr(row, k) is not None}
+    kept = set(p.overridden) | ({"epochs"} if "steps" in p.overridden else set())
+    changes = {k: getattr(row, k) for k in ROW_FIELDS if getattr(row, k) is not None and k not in kept}
     if changes.get("epochs"):
         changes["steps"] = 0
     return dataclasses.replace(p, **changes), row
@@ -248,7 +252,7 @@ def parse(spec: dict, origin: str) -> Protocol:
         else:
             items = [(key, value)]
         for name, v in items:
-            if name not in fields or name in ("hyperparameters", "published"):
+            if name not in fields or name in ("hyperparameters", "published", "overridden"):
                 raise InputError(f"{origin}: unknown field {name!r}" + (f" in [{key}]" if key in SECTIONS else ""))
             flat[name] = tuple(v) if isinstance(v, list) else v
     for name in ("name", "description"):
@@ -311,7 +315,7 @@ def with_overrides(p: Protocol, **changes: Any) -> tuple[Protocol, dict]:
     if "steps" in changes and changes["steps"] and "epochs" not in changes:
         changes["epochs"] = 0
     recorded = {k: v for k, v in changes.items() if getattr(p, k) != v}
-    new = dataclasses.replace(p, **changes)
+    new = dataclasses.replace(p, **changes, overridden=tuple(sorted(set(p.overridden) | set(changes))))
     _check_types(new, f"protocol {p.name}")
     new.check()
     return new, recorded

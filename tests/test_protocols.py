@@ -75,6 +75,17 @@ def test_per_size_rows_apply_to_their_data_set_only():
     assert protocols.for_set(protocols.load("dc"), "cifar10", 1)[0].epochs == 300
 
 
+def test_overrides_win_over_the_per_size_rows():
+    p, recorded = protocols.with_overrides(protocols.load("rfad"), lr=0.08, width=128)
+    q, row = protocols.for_set(p, "mnist", 10)  # the row says lr 1e-2, label scale 8, wd 1e-3
+    assert (q.lr, q.label_scale, q.weight_decay, row.lr) == (0.08, 8.0, 1e-3, 1e-2) and recorded == {"lr": 0.08, "width": 128}
+    d, _ = protocols.with_overrides(protocols.load("dc"), steps=7)  # steps replace the row's epochs
+    assert (protocols.for_set(d, "mnist", 1)[0].epochs, protocols.for_set(d, "mnist", 1)[0].steps) == (0, 7)
+    assert protocols.resolve(protocols.for_set(d, "mnist", 1)[0], 10, 10)[1].milestones == (0.5,)  # DC's decay: halfway
+    with pytest.raises(InputError, match="unknown field 'overridden'"):
+        protocols.parse({"name": "x", "description": "y", "training": {"overridden": ["lr"]}}, "card.toml")
+
+
 def test_dc_network_is_the_published_convnet():
     p = protocols.load("dc")
     for (h, c), count in (((28, 1), 317_706), ((32, 3), 320_010)):  # published parameter counts
