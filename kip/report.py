@@ -49,7 +49,9 @@ def _commit() -> str:
         out = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
         if out.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+        # results/ is output, not code: rewriting a results file there does not make the code dirty
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)results"],
                                capture_output=True, text=True).stdout.strip()
         return out.stdout.strip() + ("+local changes" if dirty else "")
     except OSError:
