@@ -157,7 +157,10 @@ protocol reports the final network, or (rfad) each network at its best validatio
 "set, validation" is that accuracy on the validation split, which never holds the sets' source
 images or the random subsets' images; choices (the kip protocol's lr / L2 grid, rfad's early
 stopping) are made on it, nothing on the test set. "KRR": the set's accuracy under the kernel it
-was distilled with (from its metrics.json). Protocols and their overrides here:
+was distilled with (from its metrics.json). Protocols and their overrides here, as the card's
+defaults before its per-size rows (`kip protocols NAME`: lr, label scale, weight decay,
+augmentation and epochs per data set and size; on MNIST `dc` trains 1000 + 1 epochs with DC's
+augmentation), which apply to every row:
 """ + "\n".join(f"- `{name}`{' (matched: the finite network of the set' + chr(39) + 's kernel)' if spec['matched'] else ''}: "
                 f"{protocols.with_overrides(protocols.load(name), **spec['overrides'])[0].describe()}; overrides of the card: "
                 f"{', '.join(f'{k} = {v}' for k, v in spec['overrides'].items()) or 'none'}"
