@@ -119,10 +119,12 @@ def main() -> None:
     by_size: dict[int, list[np.ndarray]] = {}
     for s in loaded.values():
         ipc = len(s.images) // s.dataset.num_classes
-        # the start images of distillation seeds 0..SEEDS-1 too, so that distilling a further seed
-        # later leaves every size's validation split (and so every trained network) as it was
-        starts = [run.start_indices(k, s.dataset.y_train, s.dataset.num_classes, ipc) for k in range(SEEDS)]
-        by_size.setdefault(ipc, []).extend([s.sources, *map(np.asarray, starts)])
+        if ipc not in by_size:
+            # the start images of distillation seeds 0..SEEDS-1 too, so that distilling a further seed
+            # later leaves every size's validation split (and so every trained network) as it was
+            ds = s.dataset
+            by_size[ipc] = [np.asarray(run.start_indices(k, ds.y_train, ds.num_classes, ipc)) for k in range(SEEDS)]
+        by_size[ipc].append(s.sources)
     cache_dir = os.path.join(os.path.dirname(runs_dir) or ".", "networks")  # shared with protocol_baselines.py
     rows = []
     for path, s in loaded.items():

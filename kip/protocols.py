@@ -192,8 +192,7 @@ def for_set(p: Protocol, dataset: str, ipc: int) -> tuple[Protocol, Hyperparamet
     if not rows:
         return p, None
     row = rows[0]
-    kept = set(p.overridden) | ({"epochs"} if "steps" in p.overridden else set())
-    changes = {k: getattr(row, k) for k in ROW_FIELDS if getattr(row, k) is not None and k not in kept}
+    changes = {k: getattr(row, k) for k in ROW_FIELDS if getattr(row, k) is not None and k not in p.overridden}
     if changes.get("epochs"):
         changes["steps"] = 0
     return dataclasses.replace(p, **changes), row

@@ -27,9 +27,9 @@ SHARED_DATASETS = os.environ.get(
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
     """Frees each test file's compiled programs when it ends. One pytest process compiles thousands
-    of programs; held to the end they grew its memory past 5 GB, and CI's run ended in a
-    segmentation fault inside XLA's compiler. The persistent cache above makes a later recompile
-    of the same program a disk read."""
+    of programs, each holding its own memory mappings; kept to the end they reached the kernel's
+    limit (vm.max_map_count, 65530) and XLA segfaulted (CI, test_sweep). The persistent cache
+    above makes a later recompile of the same program a disk read."""
     yield
     jax.clear_caches()
     gc.collect()
