@@ -13,6 +13,10 @@ Writes results/ensemble_speed.{md,json}.
 
 from __future__ import annotations
 
+from kip import entry
+
+entry.configure()  # an entry point: before numpy, scipy and JAX load
+
 import argparse
 
 import jax
@@ -31,7 +35,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--name", default="ensemble_speed")
     parser.add_argument("--results-dir", default=report.RESULTS)
-    args = parser.parse_args()
+    args = report.parse_args(parser)
 
     model = models.build("convnet3", 10, args.width, norm="instance", weight_init="torch", pad_to=32)
     keys = jax.random.split(jax.random.PRNGKey(0), args.networks)
@@ -83,7 +87,7 @@ initialisation, 28x28x1 inputs padded to 32x32) for the table's full-batch SGD s
 (`vectorize=None`).
 """
     report.write_results(args.name, "Many networks per compiled call against one call per network", body,
-                         {"rows": rows, "args": vars(args)}, results_dir=args.results_dir)
+                         {"rows": rows, "args": vars(args)}, results_dir=args.results_dir, code=args.provenance)
     print(body)
 
 

@@ -13,6 +13,10 @@ what this plain route costs, not what a tuned one would.
 
 from __future__ import annotations
 
+from kip import entry
+
+entry.configure()  # an entry point: before numpy, scipy and JAX load
+
 import argparse
 import dataclasses
 import json
@@ -61,7 +65,7 @@ def main() -> None:
     parser.add_argument("--target-batch", type=int, default=100)
     parser.add_argument("--test-size", type=int, default=2000)
     parser.add_argument("--name", default="entk_probe")
-    args = parser.parse_args()
+    args = report.parse_args(parser)
     jax.config.update("jax_enable_x64", True)
     ds = data.load(args.dataset, args.data_dir)
     options = run.KernelOptions("rf-convnet3", args.models, args.width)
@@ -87,7 +91,7 @@ evaluated with the exact ConvNet3 NTK on the first {args.test_size} {ds.name} te
 benchmarks/rf_speed.py (the same starting supports and target batches as results/rf_speed_platt.md).
 """
     report.write_results(args.name, "Probe: KIP with the empirical NTK of random finite networks as features", body,
-                         {"cells": cells, "args": vars(args)})
+                         {"cells": cells, "args": vars(args)}, code=args.provenance)
     print(body)
 
 

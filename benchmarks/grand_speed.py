@@ -12,6 +12,10 @@ must agree. Writes results/grand_speed.{md,json}.
 
 from __future__ import annotations
 
+from kip import entry
+
+entry.configure()  # an entry point: before numpy, scipy and JAX load
+
 import argparse
 import time
 
@@ -100,7 +104,7 @@ def main() -> None:
     parser.add_argument("--resnet-batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--scale", type=int, default=8, help="grand on this many times the batch, for its memory")
-    args = parser.parse_args()
+    args = report.parse_args(parser)
     rows = [bench("convnet", args.convnet_width, args.convnet_batch, args.repeats, args.scale),
             bench("resnet18", 64, args.resnet_batch, args.repeats, args.scale)]
     lines = ["| model | parameters | batch | GraNd, kip (vmap(grad)) ex/s | jax.jacrev over the batch ex/s | speed-up "
@@ -133,7 +137,7 @@ Goal (issue 6): at least 3x faster with bounded memory. The 2-core CPU was share
 jobs while this ran, which slows both methods alike.
 """
     report.write_results("grand_speed", "GraNd: per-example gradients by vmap(grad) against jax.jacrev (CPU)", body,
-                         {"rows": rows, "args": vars(args)})
+                         {"rows": rows, "args": vars(args)}, code=args.provenance)
     print(body)
 
 

@@ -13,6 +13,10 @@ Writes results/kernel_speed.{md,json}.
 
 from __future__ import annotations
 
+from kip import entry
+
+entry.configure()  # an entry point: before numpy, scipy and JAX load
+
 import argparse
 import collections
 import functools
@@ -132,7 +136,7 @@ def main() -> None:
     parser.add_argument("--nt-python", default=common.default_nt_python())
     parser.add_argument("--dtypes", nargs="+", default=["float64", "float32"])
     parser.add_argument("--only", nargs="*", default=None, help="kernel names to run (default: all)")
-    args = parser.parse_args()
+    args = report.parse_args(parser)
     jax.config.update("jax_enable_x64", True)
 
     rows = []
@@ -203,7 +207,7 @@ on identical inputs. The reference: neural-tangents 0.6.5 on JAX 0.5.3 in its si
 same machine, run one configuration at a time between ours.
 """
     report.write_results("kernel_speed", "Kernel speed: kip vs neural-tangents (NTK, seconds per entry)", body,
-                         {"rows": rows, "matmul_peak_gflops": peaks, "efficiency": efficiency, "profile": where})
+                         {"rows": rows, "matmul_peak_gflops": peaks, "efficiency": efficiency, "profile": where}, code=args.provenance)
     print(body)
 
 

@@ -12,6 +12,10 @@ end, so speed is compared at equal accuracy. Writes results/kip_step.{md,json}.
 
 from __future__ import annotations
 
+from kip import entry
+
+entry.configure()  # an entry point: before numpy, scipy and JAX load
+
 import argparse
 import functools
 import time
@@ -62,7 +66,7 @@ def main() -> None:
     parser.add_argument("--target-batch", type=int, default=5000)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--nt-python", default=common.default_nt_python(), help="python of the neural-tangents side env")
-    args = parser.parse_args()
+    args = report.parse_args(parser)
     jax.config.update("jax_enable_x64", True)
 
     ds = data.load(args.dataset, args.data_dir)
@@ -104,7 +108,7 @@ transfer. Both processes ran with OPENBLAS_NUM_THREADS={report.machine()['OPENBL
 Goal (issue 2): at least 2x faster at equal accuracy, counting the batch sampling.
 """
     report.write_results("kip_step", "Seconds per KIP step: kip vs neural-tangents (FC1)", body,
-                         {"ours": rows, "reference": reference, "args": vars(args)})
+                         {"ours": rows, "reference": reference, "args": vars(args)}, code=args.provenance)
     print(body)
 
 

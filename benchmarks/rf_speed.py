@@ -15,6 +15,10 @@ Both sets of sizes are printed in the table. Compilation is not timed (`lower().
 
 from __future__ import annotations
 
+from kip import entry
+
+entry.configure()  # an entry point: before numpy, scipy and JAX load
+
 import argparse
 import dataclasses
 import json
@@ -170,7 +174,7 @@ def main() -> None:
     parser.add_argument("--scaling-target-batch", type=int, default=128)
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--scaling-worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = report.parse_args(parser)
     if args.scaling_worker:
         return scaling_worker(args)
     jax.config.update("jax_enable_x64", True)
@@ -250,7 +254,7 @@ def main() -> None:
                   "within 1 point."]
     body = "\n".join(lines)
     report.write_results(args.name, "KIP step time: exact ConvNet3 kernel vs random features (rf-convnet3)", body,
-                         {"speed": speed, "accuracy": acc, "scaling": scale, "args": vars(args)})
+                         {"speed": speed, "accuracy": acc, "scaling": scale, "args": vars(args)}, code=args.provenance)
     print(body)
 
 

@@ -16,6 +16,10 @@ results/data_budget_<dataset>.{md,json} and two plots (kernel, network).
 
 from __future__ import annotations
 
+from kip import entry
+
+entry.configure(x64=True)  # an entry point: before numpy, scipy and JAX load; kernel runs solve in float64
+
 import os
 import time
 
@@ -162,7 +166,7 @@ def main() -> None:
     report.write_results(name, f"Data budget on {ds.name}: accuracy against stored examples", body,
                          {"mode": mode, "settings": m, "sizes": sizes,
                           "results": [{"method": k[0], "n": k[1], **v} for k, v in results.items()]},
-                         results_dir=args.results_dir)
+                         results_dir=args.results_dir, code=args.provenance)
     print(body)
 
 

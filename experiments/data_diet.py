@@ -16,6 +16,10 @@ results/data_diet_<dataset>.{md,json,png}.
 
 from __future__ import annotations
 
+from kip import entry
+
+entry.configure()  # an entry point: before numpy, scipy and JAX load
+
 import dataclasses
 import os
 
@@ -164,7 +168,7 @@ script runs that protocol unchanged: `python -m experiments.data_diet --gpu --da
                          {"mode": mode, "settings": m, "described": described, "full": full,
                           "grid": [{"method": k[0], "keep": k[1], "accuracies": v} for k, v in grid.items()],
                           "goals": [{"goal": g, "met": ok, "detail": d} for g, ok, d in goals], **agreement},
-                         results_dir=args.results_dir)
+                         results_dir=args.results_dir, code=args.provenance)
     print(body)
 
 

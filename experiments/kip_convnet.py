@@ -20,6 +20,10 @@ Writes results/kip_convnet_<dataset>.{md,json}.
 
 from __future__ import annotations
 
+from kip import entry
+
+entry.configure(x64=True)  # an entry point: before numpy, scipy and JAX load; kernel runs solve in float64
+
 import argparse
 import dataclasses
 import os
@@ -74,7 +78,7 @@ def main() -> None:
     parser.add_argument("--name", default=None, help="results file name (default: kip_convnet_<dataset>)")
     parser.add_argument("--results-dir", default=report.RESULTS)
     parser.add_argument("--quick", action="store_true", help="digits, 1 and 10 per class, 100 steps: a smoke run")
-    args = parser.parse_args()
+    args = report.parse_args(parser)
     if args.quick:
         args.dataset, args.data_dir, args.steps, args.target_batch, args.eval_every = "digits", None, [100], [200], 50
         args.rf_models, args.rf_width, args.eval_models, args.eval_width = 2, 64, 8, 128
@@ -142,7 +146,7 @@ Runs (distilled sets, curves) in {args.runs_dir}/.
     report.write_results(args.name or f"kip_convnet_{args.dataset}" + ("_quick" if args.quick else ""),
                          f"KIP-ConvNet ({'exact kernel' if exact else 'random features'}) on {args.dataset}: KRR test accuracy against the published figures",
                          body, {"rows": [{**r, "kip": {k: v for k, v in r["kip"].items() if k != "losses"}} for r in rows],
-                                "args": vars(args)}, results_dir=args.results_dir)
+                                "args": vars(args)}, results_dir=args.results_dir, code=args.provenance)
     print(body)
 
 

@@ -12,6 +12,10 @@ on that same support. Writes results/kip_fc_<dataset>.{md,json}.
 
 from __future__ import annotations
 
+from kip import entry
+
+entry.configure(x64=True)  # an entry point: before numpy, scipy and JAX load; kernel runs solve in float64
+
 import argparse
 import dataclasses
 import os
@@ -46,7 +50,7 @@ def main() -> None:
     parser.add_argument("--results-dir", default=report.RESULTS)
     parser.add_argument("--name", default=None, help="results file name (default: kip_fc_<dataset>)")
     parser.add_argument("--quick", action="store_true", help="digits, 1 and 10 per class, 200 steps: a smoke run")
-    args = parser.parse_args()
+    args = report.parse_args(parser)
     if args.quick:
         args.dataset, args.data_dir, args.ipc, args.steps, args.eval_every = "digits", None, [1, 10], [200], 100
     pairs = [(k, i) for k in args.kernel for i in args.ipc]
@@ -104,7 +108,7 @@ Runs (distilled sets, curves, support grids) in {args.runs_dir}/.
     report.write_results(args.name or f"kip_fc_{args.dataset}" + ("_quick" if args.quick else ""),
                          f"KIP-FC on {name}: KRR test accuracy against the published figures", body,
                          {"rows": [{**r, "kip": {k: v for k, v in r["kip"].items() if k != "losses"}} for r in rows],
-                          "args": vars(args)}, results_dir=args.results_dir)
+                          "args": vars(args)}, results_dir=args.results_dir, code=args.provenance)
     print(body)
 
 

@@ -15,6 +15,10 @@ Writes results/neurips2021_table1[_digits_quick].{md,json}.
 
 from __future__ import annotations
 
+from kip import entry
+
+entry.configure(x64=True)  # an entry point: before numpy, scipy and JAX load; kernel runs solve in float64
+
 import dataclasses
 import os
 import sys
@@ -123,7 +127,7 @@ Every cell's run folder is under {runs_dir}/; total time {(time.time() - started
                          "NeurIPS 2021 Table 1: KIP and Label Solve with ConvNet kernels", body,
                          {"mode": mode, "kip": records["distill"], "label_solve": records["label-solve"],
                           "published_kip": PUBLISHED_KIP, "published_label_solve": PUBLISHED_LS},
-                         results_dir=args.results_dir)
+                         results_dir=args.results_dir, code=args.provenance)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ results/protocol_baselines_<dataset>.{md,json}.
 
 from __future__ import annotations
 
+from kip import entry
+
+entry.configure()  # an entry point: before numpy, scipy and JAX load
+
 import os
 import time
 
@@ -67,7 +71,7 @@ network on this machine (compilation included; other jobs on the machine slow it
 """ + ("\nSmoke run (--quick): tiny networks, few epochs; it checks the pipeline, not the protocol.\n" if mode == "quick" else "")
     name = f"protocol_baselines_{ds.name}" + ("_quick" if mode == "quick" else "")
     report.write_results(name, f"Random real subsets under the `{p.name}` protocol on {ds.name}", body,
-                         {"mode": mode, "rows": rows}, results_dir=args.results_dir)
+                         {"mode": mode, "rows": rows}, results_dir=args.results_dir, code=args.provenance)
     print(body)
 
 

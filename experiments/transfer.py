@@ -20,6 +20,10 @@ seeds 0-2 of that size, so adding a seed's set later changes no split. Writes re
 
 from __future__ import annotations
 
+from kip import entry
+
+entry.configure()  # an entry point: before numpy, scipy and JAX load
+
 import glob
 import os
 import re
@@ -60,6 +64,7 @@ def setting_of(path: str) -> tuple[str, int]:
 
 def quick_sets(runs_dir: str) -> list[str]:
     """Digits KIP-FC sets (learned labels, 100 steps) at 1 and 5 per class, made or reused."""
+    entry.enable_x64()  # these sets are distilled here, with float64 ridge solves
     paths = []
     for ipc in (1, 5):
         out = os.path.join(runs_dir, "sets", f"digits-fc1-ipc{ipc}")
@@ -173,7 +178,7 @@ augmentation), which apply to every row:
         "\nSmoke run (--quick): tiny networks, few steps; it checks the pipeline, not the method.\n" if mode == "quick" else "")
     name = args.name or f"transfer_{ds_name}" + ("_quick" if mode == "quick" else "")
     report.write_results(name, f"Distilled sets on {ds_name} trained into finite networks under named protocols", body,
-                         {"mode": mode, "rows": rows}, results_dir=args.results_dir)
+                         {"mode": mode, "rows": rows}, results_dir=args.results_dir, code=args.provenance)
     print(body)
 
 

@@ -3,14 +3,6 @@
 Pipeline: `kip.data` -> `kip.preprocess` -> `kip.kernels` -> `kip.krr` -> `kip.distill`.
 """
 
-import os
-
-# jaxlib's CPU LAPACK (Cholesky, triangular solves) calls scipy's OpenBLAS, whose worker
-# threads busy-wait after each call and starve XLA's own threads: on 2 cores a KIP step ran
-# 1.5x slower. Our LAPACK calls are small, so one thread loses nothing. Must be set before
-# scipy's OpenBLAS loads; a value the user set wins.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
 __version__ = "0.1.0"
 
 

@@ -12,11 +12,16 @@ import dataclasses
 import os
 import sys
 
-from kip import InputError, TrainingDiverged, data, knn, krr, models, preprocess, scores, train
-from kip.kernels import rf
-from kip.release import LAYOUTS
+from kip import entry
+
+entry.configure()  # an entry point: before numpy and scipy load (OpenBLAS reads its threads once)
+
+from kip import InputError, TrainingDiverged, data, knn, krr, models, preprocess, scores, train  # noqa: E402
+from kip.kernels import rf  # noqa: E402
+from kip.release import LAYOUTS  # noqa: E402
 
 DEFAULT_RUNS_DIR = "runs"
+KERNEL_COMMANDS = ("distill", "label-solve", "sweep")
 
 
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
@@ -274,6 +279,8 @@ def _default_out(command: str, args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in KERNEL_COMMANDS or (args.command == "evaluate" and args.method == "krr"):
+        entry.enable_x64()  # kernel runs solve in float64; finite networks train in float32, as always
     from kip import io, run  # after parsing, so --help stays fast
 
     try:
@@ -334,7 +341,10 @@ def main(argv: list[str] | None = None) -> int:
                 for point, _ in grid.cells():
                     print(grid.cell_dir(point))
             else:
-                print(sweep.write_summary(grid, sweep.run_sweep(grid, args.devices, not args.no_progress)))
+                from kip import report
+
+                code = report.provenance(allow_dirty=True)  # a sweep is a user's run: its stamp says if the code was dirty
+                print(sweep.write_summary(grid, sweep.run_sweep(grid, args.devices, not args.no_progress), code))
         if args.command == "evaluate" and args.out:
             io.write_json(args.out, result)
     except InputError as e:

@@ -91,7 +91,6 @@ def from_npz(path: str, name: str | None = None) -> Dataset:
 
 def from_tfds(name: str, data_dir: str | None = None) -> Dataset:
     """Loads the `train` and `test` splits of a TFDS image classification data set."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow_datasets as tfds
 
     try:

@@ -3,13 +3,10 @@ Diet a histogram of scores and the pruning curve (test accuracy against the frac
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from kip import io  # noqa: E402
+from kip import io
 
 MAX_PER_CLASS_SHOWN = 10
 
@@ -33,9 +30,8 @@ def support_grid(path: str, distilled: np.ndarray, labels: np.ndarray, initial: 
     per_class = min(MAX_PER_CLASS_SHOWN, max(np.bincount(classes, minlength=num_classes).max(), 1))
     shown_d, shown_i = _displayable(distilled), _displayable(initial)
     cmap = "gray" if shown_d.ndim == 3 else None
-    fig, axes = plt.subplots(
-        num_classes, 2 * per_class, figsize=(1.0 * 2 * per_class, 1.05 * num_classes), squeeze=False
-    )
+    fig = Figure(figsize=(1.0 * 2 * per_class, 1.05 * num_classes))
+    axes = fig.subplots(num_classes, 2 * per_class, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for c in range(num_classes):
@@ -47,13 +43,13 @@ def support_grid(path: str, distilled: np.ndarray, labels: np.ndarray, initial: 
         axes[c, 0].text(-0.3, 0.5, str(c), transform=axes[c, 0].transAxes, ha="right", va="center")
     fig.suptitle(f"{title}\n(pairs: initial real image | distilled; number: learned label weight of its class)", fontsize=8)
     io.save_figure(path, fig)
-    plt.close(fig)
 
 
 def learning_curve(path: str, losses: list, evals: list[dict], title: str) -> None:
     """Training loss per step (losses: [step, loss, ...] rows) and test accuracy at
     evaluation steps (evals: {'step', 'test_accuracy'} dicts)."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig = Figure(figsize=(9, 3.2))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     if losses:
         ax_loss.semilogy([r[0] for r in losses], [r[1] for r in losses], lw=0.8)
     ax_loss.set_xlabel("step")
@@ -65,14 +61,14 @@ def learning_curve(path: str, losses: list, evals: list[dict], title: str) -> No
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
     io.save_figure(path, fig)
-    plt.close(fig)
 
 
 def score_histogram(path: str, scores: np.ndarray, title: str, xlabel: str) -> None:
     """Histogram of per-example scores (n,); infinite ones (never learned) are counted in the legend."""
     scores = np.asarray(scores, np.float64)
     finite = scores[np.isfinite(scores)]
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig = Figure(figsize=(6, 3.2))
+    ax = fig.subplots()
     ax.hist(finite, bins=60, color="tab:blue", alpha=0.85,
             label=f"{len(finite)} examples" + (f" ({len(scores) - len(finite)} infinite, not shown)"
                                                if len(finite) < len(scores) else ""))
@@ -85,7 +81,8 @@ def accuracy_curves(path: str, curves: dict[str, list], xlabel: str, title: str,
     """Test accuracy (%) against x: curves {label: [(x, accuracy mean, std), ...]} (accuracies
     as fractions; x multiplied by `x_scale` for display); full (mean, std) draws a reference
     accuracy (the full data set's) as a band."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     if full is not None:
         ax.axhline(100 * full[0], color="k", lw=0.8, label=f"full data {100 * full[0]:.2f}%")
         ax.axhspan(100 * (full[0] - full[1]), 100 * (full[0] + full[1]), color="k", alpha=0.1)
@@ -104,11 +101,10 @@ def pruning_curve(path: str, curves: dict[str, list], full: tuple[float, float] 
 
 
 def _save_axes(path: str, fig, ax, xlabel: str, ylabel: str, title: str) -> None:
-    """Labels, legend, grid and title of a one-panel figure; saves and closes it."""
+    """Labels, legend, grid and title of a one-panel figure; saves it."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
     io.save_figure(path, fig)
-    plt.close(fig)

@@ -4,6 +4,8 @@ results/<name>.{md,json} written atomically."""
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import os
 import platform
 import shlex
@@ -15,14 +17,16 @@ from typing import Callable
 import jax
 import numpy as np
 
-from kip import io
+from kip import InputError, io
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "results")
+CODE_PATHS = ("kip", "experiments", "benchmarks")  # what a result's numbers depend on
 
 
 def machine() -> dict:
-    """Where a number was measured: CPU, cores, JAX device, versions, date and commit."""
+    """Where a number was measured: CPU, cores, JAX device, versions, date and the code's commit
+    (with a hash of any uncommitted changes: `provenance`)."""
     cpu = "unknown"
     try:
         with open("/proc/cpuinfo") as f:
@@ -36,26 +40,60 @@ def machine() -> dict:
         "device": f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})",
         "jax": jax.__version__,
         "python": platform.python_version(),
-        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+        "OPENBLAS_NUM_THREADS": os.getenv("OPENBLAS_NUM_THREADS"),
         # other jobs on the machine slow every timing: the 1-minute load average when written
         "load_average": round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None,
         "date": time.strftime("%Y-%m-%d"),
-        "commit": _commit(),
+        "commit": provenance(allow_dirty=True)["stamp"],  # runs record it; results files, the one taken at start
     }
 
 
-def _commit() -> str:
+def provenance(allow_dirty: bool = False, root: str = ROOT) -> dict:
+    """The code a result comes from, taken when a run starts (the modules it runs are loaded then):
+    {'commit': short hash, or 'unknown' outside a git checkout, 'stamp': what results files print}.
+    Uncommitted changes to CODE_PATHS (tracked or new files; results/ is output, never code) are
+    refused with an InputError unless `allow_dirty`, which records the changed paths and a sha256
+    of the diff and their contents ('dirty', 'diff_sha256') and says so in the stamp."""
+    git = functools.partial(subprocess.run, capture_output=True, cwd=root)
     try:
-        out = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        if out.returncode != 0:
-            return "unknown"
-        # results/ is output, not code: rewriting a results file there does not make the code dirty
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude)results"],
-                               capture_output=True, text=True).stdout.strip()
-        return out.stdout.strip() + ("+local changes" if dirty else "")
+        head = git(["git", "rev-parse", "--short", "HEAD"], text=True)
     except OSError:
-        return "unknown"
+        return {"commit": "unknown", "stamp": "unknown (no git)"}
+    if head.returncode != 0:
+        return {"commit": "unknown", "stamp": "unknown (not a git checkout)"}
+    commit = head.stdout.strip()
+    changed = git(["git", "status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS], text=True).stdout
+    dirty = sorted(line[3:] for line in changed.splitlines() if line.strip())
+    if not dirty:
+        return {"commit": commit, "stamp": commit}
+    if not allow_dirty:
+        raise InputError(f"uncommitted changes in {', '.join(CODE_PATHS)} ({', '.join(dirty[:4])}"
+                         f"{', ...' if len(dirty) > 4 else ''}): commit them first, or pass --allow-dirty to record "
+                         "the diff's hash in the results")
+    digest = hashlib.sha256(git(["git", "diff", "HEAD", "--binary", "--", *CODE_PATHS]).stdout)
+    for path in dirty:
+        full = os.path.join(root, path)
+        if os.path.isfile(full):  # new files are not in `git diff`; their contents are hashed too
+            with open(full, "rb") as f:
+                digest.update(path.encode() + b"\0" + f.read())
+    sha = digest.hexdigest()
+    return {"commit": commit, "dirty": dirty, "diff_sha256": sha,
+            "stamp": f"{commit} + uncommitted changes to {len(dirty)} file(s), diff sha256 {sha[:12]} (--allow-dirty)"}
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """`parser.parse_args` for a script that writes results/: adds --allow-dirty and sets
+    `args.provenance` (see `provenance`); a dirty tree without the flag exits 2 in one line,
+    before any work."""
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="run although kip/, experiments/ or benchmarks/ have uncommitted changes; the results "
+                             "then record the diff's sha256 and say so")
+    args = parser.parse_args(argv)
+    try:
+        args.provenance = provenance(args.allow_dirty)
+    except InputError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    return args
 
 
 def command_line() -> str:
@@ -65,14 +103,16 @@ def command_line() -> str:
     return "python " + " ".join([script, *(shlex.quote(a) for a in sys.argv[1:])])
 
 
-def write_results(name: str, title: str, body: str, payload: dict, results_dir: str = RESULTS) -> None:
-    """results/<name>.md (title, command, machine, body) and results/<name>.json (all of it)."""
-    env = machine()
+def write_results(name: str, title: str, body: str, payload: dict, code: dict, results_dir: str = RESULTS) -> None:
+    """results/<name>.md (title, command, machine, the code's `provenance` taken at the start, body)
+    and results/<name>.json (all of it)."""
+    env = {**machine(), "commit": code["stamp"]}
     header = (f"# {title}\n\nCommand: `{command_line()}`  \nMachine: {env['cpu']}, {env['cores']} cores, "
-              f"{env['device']}, JAX {env['jax']}; commit {env['commit']}; {env['date']}; "
+              f"{env['device']}, JAX {env['jax']}; commit {code['stamp']}; {env['date']}; "
               f"load average {env['load_average']} when written\n\n")
     io.write_bytes(os.path.join(results_dir, f"{name}.md"), (header + body.rstrip() + "\n").encode())
-    io.write_json(os.path.join(results_dir, f"{name}.json"), {"command": command_line(), "machine": env, **payload})
+    io.write_json(os.path.join(results_dir, f"{name}.json"),
+                  {"command": command_line(), "machine": env, "provenance": code, **payload})
     print(f"wrote {os.path.relpath(results_dir)}/{name}.md and .json")
 
 
@@ -85,8 +125,9 @@ def mean_std(values) -> tuple[float, float]:
 def experiment_args(doc: str, name: str, gpu_help: str, quick_help: str, argv: list[str] | None = None,
                     extra: Callable[[argparse.ArgumentParser], None] | None = None) -> tuple[argparse.Namespace, str, str]:
     """The flags every experiment script with cpu / gpu / quick modes shares (--gpu, --quick,
-    --data-dir, --runs-dir, --results-dir, --no-progress), plus the script's own added by `extra`.
-    Returns (args, mode, runs folder: --runs-dir or runs/<name>_<mode>)."""
+    --data-dir, --runs-dir, --results-dir, --no-progress, --allow-dirty), plus the script's own added
+    by `extra`. Returns (args, mode, runs folder: --runs-dir or runs/<name>_<mode>); `args.provenance`
+    is the code's (a dirty tree without --allow-dirty exits 2 here, before any work)."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--gpu", action="store_true", help=gpu_help)
     parser.add_argument("--quick", action="store_true", help=quick_help)
@@ -96,6 +137,6 @@ def experiment_args(doc: str, name: str, gpu_help: str, quick_help: str, argv: l
     parser.add_argument("--no-progress", action="store_true")
     if extra is not None:
         extra(parser)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     mode = "gpu" if args.gpu else "quick" if args.quick else "cpu"
     return args, mode, args.runs_dir or os.path.join("runs", f"{name}_{mode}")

@@ -60,9 +60,14 @@ class KernelOptions:
 
 
 def dtype_for(precision: str):
+    """The array dtype of `precision` ('float32' | 'float64'). The process's x64 mode is the
+    caller's: float64 needs it on (an InputError says so, never a silent float32). With x64 on,
+    ridge solves run in float64 at either precision; with it off, in float32 (`kip.krr.solve`)."""
     if precision not in ("float32", "float64"):
         raise InputError(f"precision must be float32 or float64, got {precision!r}")
-    jax.config.update("jax_enable_x64", True)  # the ridge solve always runs in float64
+    if precision == "float64" and not jax.config.jax_enable_x64:
+        raise InputError("precision float64 needs JAX's 64-bit mode: call jax.config.update('jax_enable_x64', True) "
+                         "(or kip.entry.enable_x64()) before making arrays, or use precision 'float32'")
     return jnp.float32 if precision == "float32" else jnp.float64
 
 

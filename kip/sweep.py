@@ -166,9 +166,10 @@ def summarise(sweep: Sweep, records: list[dict]) -> tuple[str, dict[tuple, dict]
     return "\n".join(lines), rows
 
 
-def write_summary(sweep: Sweep, records: list[dict]) -> str:
+def write_summary(sweep: Sweep, records: list[dict], code: dict) -> str:
     """OUT/<name>/<name>.{md,json,png}: the table, every record, and accuracy against images per
-    class (one line per combination of the other options) when `ipc` is swept. Returns the table."""
+    class (one line per combination of the other options) when `ipc` is swept; `code`: the
+    `kip.report.provenance` taken before the sweep ran. Returns the table."""
     table, rows = summarise(sweep, records)
     folder = os.path.join(sweep.out, sweep.name)
     body = (f"{table}\n\nkip {sweep.command}, shared options: "
@@ -176,7 +177,7 @@ def write_summary(sweep: Sweep, records: list[dict]) -> str:
             + f". Each cell's run folder is under {folder}/.\n")
     report.write_results(sweep.name, f"Sweep {sweep.name}: kip {sweep.command} over "
                          + " x ".join(sweep.grid) if sweep.grid else f"Sweep {sweep.name}", body,
-                         {"base": sweep.base, "grid": sweep.grid, "records": records}, results_dir=folder)
+                         {"base": sweep.base, "grid": sweep.grid, "records": records}, code, results_dir=folder)
     keys = [k for k in sweep.grid if k != "seed"]
     if "ipc" in keys:
         others = [k for k in keys if k != "ipc"]

@@ -1,5 +1,5 @@
-"""Shared test set-up: float64 on, a compilation cache for the session, and the real data sets
-of ../shared when present."""
+"""Shared test set-up: the entry points' settings (float64 on), a compilation cache for the
+session, and the real data sets of ../shared when present."""
 
 import atexit
 import gc
@@ -7,10 +7,12 @@ import os
 import shutil
 import tempfile
 
-import jax
-import pytest
+from kip import entry
 
-jax.config.update("jax_enable_x64", True)
+entry.configure(x64=True)  # the suite is an entry point, like the CLI: before numpy, scipy and JAX load
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # Many tests (and the experiment scripts they start as subprocesses, which inherit the variable)
 # compile the same kernel programs: one persistent cache, empty at the start of each session.

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from kip import report
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # script, extra flags, results file, a line of the table that must be there
@@ -34,12 +36,13 @@ QUICK = [
 def test_quick_mode_runs_and_writes_its_table(tmp_path, script, flags, result, row):
     results = tmp_path / "results"
     cmd = [sys.executable, os.path.join(ROOT, "experiments", script), "--quick", "--results-dir", str(results),
-           "--runs-dir", str(tmp_path / "runs"), *(f.format(tmp=tmp_path) for f in flags)]
+           "--runs-dir", str(tmp_path / "runs"), "--allow-dirty", *(f.format(tmp=tmp_path) for f in flags)]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "PYTHONPATH": ROOT})
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = (results / result).read_text()
     assert text.startswith("# ") and "Command: `python" in text and "Machine:" in text
+    assert f"commit {report.provenance(allow_dirty=True)['stamp']};" in text  # taken at the start, the tree unchanged since
     line = next((ln for ln in text.splitlines() if re.match(row, ln)), None)
     assert line is not None, text
     accuracies = [float(v) for v in re.findall(r"\b(\d{1,3}\.\d{1,2})\b", line.split("|", 3)[-1])]
@@ -53,7 +56,7 @@ def test_quick_mode_runs_and_writes_its_table(tmp_path, script, flags, result, r
 ])
 def test_neurips_table1_refuses_what_it_cannot_run_in_one_line(tmp_path, flags, message):
     cmd = [sys.executable, os.path.join(ROOT, "experiments", "neurips2021_table1.py"), "--runs-dir", str(tmp_path / "runs"),
-           "--results-dir", str(tmp_path), *flags]
+           "--results-dir", str(tmp_path), "--allow-dirty", *flags]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": ROOT})
     assert proc.returncode != 0 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -72,7 +75,7 @@ def test_kip_convnet_fine_tunes_a_distilled_set_under_the_exact_kernel(tmp_path)
     before = json.loads((tmp_path / "start.json").read_text())["test_accuracy"]
     cmd = [sys.executable, os.path.join(ROOT, "experiments", "kip_convnet.py"), "--quick", "--kernel", "convnet3",
            "--ipc", "1", "--eval", "exact", "--init-from", str(start), "--lr", "0.01", "--results-dir", str(tmp_path),
-           "--runs-dir", str(tmp_path / "runs")]
+           "--runs-dir", str(tmp_path / "runs"), "--allow-dirty"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "PYTHONPATH": ROOT})
     assert proc.returncode == 0, proc.stderr[-3000:]

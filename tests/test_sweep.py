@@ -46,7 +46,7 @@ def sequential(tmp_path_factory):
 def test_cells_equal_runs_made_by_hand_and_are_reused(sequential, tmp_path, monkeypatch):
     grid, records = sequential
     assert [p for p, _ in grid.cells()] == [{"ipc": 2, "seed": 0}, {"ipc": 2, "seed": 1}]
-    table = sweep.write_summary(grid, records)
+    table = sweep.write_summary(grid, records, {"commit": "abc1234", "stamp": "abc1234"})
     by_hand = run.distill_run(run.DistillConfig(dataset="digits", steps=6, eval_every=3, target_batch=60,
                                                 learn_labels=True, ipc=2, seed=1), str(tmp_path / "hand"), progress=False)
     assert records[1]["test_accuracy"] == by_hand["test_accuracy"]
