@@ -16,7 +16,7 @@ from kip import entry
 
 entry.configure()  # an entry point: before numpy and scipy load (OpenBLAS reads its threads once)
 
-from kip import InputError, TrainingDiverged, data, knn, krr, models, preprocess, scores, train  # noqa: E402
+from kip import InputError, TrainingDiverged, data, knn, krr, models, optim, preprocess, scores, train  # noqa: E402
 from kip.kernels import rf  # noqa: E402
 from kip.release import LAYOUTS  # noqa: E402
 
@@ -179,7 +179,7 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=r.batch_size, help="(default: %(default)s)")
     g.add_argument("--lr", type=float, default=r.lr, help="(default: %(default)s)")
     g.add_argument("--weight-decay", type=float, default=r.weight_decay, help="coupled L2 (default: %(default)s)")
-    g.add_argument("--schedule", choices=train.SCHEDULES, default=r.schedule,
+    g.add_argument("--schedule", choices=optim.SCHEDULES, default=r.schedule,
                    help="step: lr x 0.2 at 30/60/80%% of the steps (epochs 60/120/160 of 200) (default: %(default)s)")
     g.add_argument("--augment", nargs="*", choices=train.AUGMENTATIONS, default=None,
                    help="(default: flip crop for colour images, crop for greyscale; none if given no value)")

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kip import InputError, krr
-from kip.kernels.stax import gram
+from kip.kernels.numerics import gram
 
 Array = jax.Array
 DEFAULT_K = 10

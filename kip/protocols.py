@@ -15,7 +15,7 @@ import os
 import tomllib
 from typing import Any
 
-from kip import InputError, augment, models, train
+from kip import InputError, augment, models, optim, train
 
 CARDS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "protocol_cards")
 PREPROCESSING = ("standardize", "kip-zca", "zca", "none")
@@ -162,7 +162,7 @@ def coupled_weight_decay(p: Protocol, weight_decay: float) -> float:
 
 
 def _train_config(p: Protocol, steps: int) -> train.TrainConfig:
-    milestones, factor, reset = train.STEP_MILESTONES, train.STEP_FACTOR, False
+    milestones, factor, reset = optim.STEP_MILESTONES, optim.STEP_FACTOR, False
     schedule = p.schedule
     if schedule == "dc":  # decay once epoch epochs // 2 + 1 (0-based) has been trained; counted in steps: halfway
         at = (p.epochs // 2 + 2) / (p.epochs + 1) if p.epochs else 0.5

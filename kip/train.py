@@ -25,16 +25,12 @@ import optax
 from tqdm.auto import tqdm
 
 from kip import InputError, augment, krr
+from kip.optim import DECAY_TARGETS, OPTIMIZERS, SCHEDULES, STEP_FACTOR, STEP_MILESTONES, make_optimizer
 
 Array = jax.Array
 Batch = tuple[Array, Array]  # images (b, H, W, C), targets (b, C)
 LOSSES = ("mse", "xent")
-OPTIMIZERS = ("sgd", "adam")
 AUGMENTATIONS = augment.STANDARD  # the plain choices; 'dsa:STRATEGY' and 'dc:STRATEGY' too (kip.augment.check)
-SCHEDULES = ("cosine", "step", "constant")
-DECAY_TARGETS = ("zero", "init")
-STEP_MILESTONES = (0.3, 0.6, 0.8)  # fractions of the steps: epochs 60 / 120 / 160 of 200 (Data Diet)
-STEP_FACTOR = 0.2  # the learning rate's factor at each milestone
 DEFAULT_VAL_SIZE = 5000  # the transfer recipe's validation split of train
 LR_FACTORS = (0.1, 0.3, 1.0, 3.0)  # a default tuning grid: learning rates as multiples of the configured one
 WEIGHT_DECAYS = (0.0, 1e-4, 1e-3)  # ... and weight decays
@@ -102,74 +98,6 @@ def epoch_steps(n: int, batch_size: int, drop_last: bool = True) -> int:
     """Steps in one epoch of n examples: n // batch, or ceil(n / batch) keeping the partial batch."""
     batch = min(batch_size, n)
     return n // batch if drop_last else -(-n // batch)
-
-
-def milestone_steps(config: TrainConfig) -> tuple[int, ...]:
-    """The steps at which a 'step' schedule multiplies the learning rate by step_factor."""
-    return tuple(round(f * config.steps) for f in config.milestones) if config.schedule == "step" else ()
-
-
-def learning_rate(config: TrainConfig, lr: float | Array | None = None) -> optax.Schedule:
-    """Step t -> learning rate: `lr` (default config.lr) decayed by a cosine to 0 over `steps`, or
-    times step_factor ** (milestones passed), or constant."""
-    lr = config.lr if lr is None else lr
-    if config.schedule == "cosine":
-        return lambda t: lr * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(t, config.steps) / config.steps))
-    if config.schedule == "constant":
-        return lambda t: lr * jnp.ones_like(t, dtype=jnp.float32)
-    boundaries = jnp.asarray(milestone_steps(config))
-    return lambda t: lr * config.step_factor ** jnp.sum(t >= boundaries)
-
-
-class _DecayState(NamedTuple):
-    ref: Any  # the weights decay pulls towards (zeros, or the initial weights)
-
-
-def decayed_weights(weight_decay: float | Array, towards_init: bool) -> optax.GradientTransformation:
-    """Adds weight_decay * (w - w_ref) to each gradient; w_ref is 0 or the weights at `init`."""
-    def init(params):
-        return _DecayState(params if towards_init else None)
-
-    def update(grads, state, params):
-        ref = state.ref if towards_init else jax.tree_util.tree_map(jnp.zeros_like, params)
-        return jax.tree_util.tree_map(lambda g, p, r: g + weight_decay * (p - r), grads, params, ref), state
-
-    return optax.GradientTransformation(init, update)
-
-
-def reset_at(inner: optax.GradientTransformation, steps: tuple[int, ...]) -> optax.GradientTransformation:
-    """`inner` (the momentum) with its state re-initialised before the updates of the given steps
-    (PyTorch code that builds a new optimizer when it decays the learning rate)."""
-    def init(params):
-        return (jnp.zeros([], jnp.int32), inner.init(params))
-
-    def update(grads, state, params=None):
-        count, inner_state = state
-        fresh = inner.init(params)
-        reset = jnp.any(count == jnp.asarray(steps, jnp.int32)) if steps else jnp.array(False)
-        inner_state = jax.tree_util.tree_map(lambda f, s: jnp.where(reset, f, s), fresh, inner_state)
-        updates, inner_state = inner.update(grads, inner_state, params)
-        return updates, (count + 1, inner_state)
-
-    return optax.GradientTransformation(init, update)
-
-
-def make_optimizer(config: TrainConfig, lr: float | Array | None = None,
-                   weight_decay: float | Array | None = None) -> optax.GradientTransformation:
-    """Weight decay (towards `decay_to`), then SGD + (Nesterov) momentum or Adam on
-    `learning_rate(config, lr)`; lr and weight_decay default to the config's (arrays are fine:
-    one network's values inside a vmapped step)."""
-    if config.optimizer == "sgd":  # optax.sgd and optax.adam, with their moments apart from the schedule
-        moments = optax.trace(decay=config.momentum, nesterov=config.nesterov) if config.momentum else optax.identity()
-    else:
-        moments = optax.scale_by_adam()
-    if config.reset_momentum:
-        moments = reset_at(moments, milestone_steps(config))
-    opt = optax.chain(moments, optax.scale_by_learning_rate(learning_rate(config, lr)))
-    wd = config.weight_decay if weight_decay is None else weight_decay
-    if isinstance(wd, (int, float)) and wd == 0 and config.decay_to == "zero":
-        return opt
-    return optax.chain(decayed_weights(wd, config.decay_to == "init"), opt)
 
 
 # --------------------------------------------------------------------------- batch transforms

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from kip import data, distill, kernels, krr
-from kip.kernels import stax
+from kip.kernels import engine, stax
 
 
 def toy(n_train=200, num_classes=3, dim=6, seed=0):
@@ -142,20 +142,20 @@ def test_label_solve_memory_does_not_grow_with_the_number_of_target_blocks():
 
 @pytest.fixture(params=["jacobians", "recomputed"])
 def pair_gradients(request, monkeypatch):
-    """Both ways the pairwise kernels are differentiated (`stax._PairKernels`): each pair's
+    """Both ways the pairwise kernels are differentiated (`kip.kernels.engine.PairKernels`): each pair's
     Jacobians kept from the forward pass (the default), or each pair recomputed backward
     (what a kernel whose Jacobians would exceed the memory limit does); the test fails if
     the way asked for is not the one taken."""
     taken = []
-    original = stax._PairKernels.with_jacobians
+    original = engine.PairKernels.with_jacobians
 
     def spy(self, wanted):
         taken.append("jacobians")
         return original(self, wanted)
 
-    monkeypatch.setattr(stax._PairKernels, "with_jacobians", spy)
+    monkeypatch.setattr(engine.PairKernels, "with_jacobians", spy)
     if request.param == "recomputed":
-        monkeypatch.setattr(stax, "_MAX_JACOBIAN_BYTES", -1)
+        monkeypatch.setattr(engine, "_MAX_JACOBIAN_BYTES", -1)
     yield request.param
     assert ("jacobians" in taken) == (request.param == "jacobians"), (request.param, taken)
 

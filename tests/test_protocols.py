@@ -11,10 +11,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
-from kip import InputError, cli, data, models, protocols, train, transfer
+from kip import InputError, cli, data, models, optim, protocols, train, transfer
 
 FIXTURE = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "torch_reference.npz"))
 
@@ -174,9 +173,9 @@ def test_dc_schedule_decays_after_epoch_half_plus_one_and_resets_momentum():
     p, _ = protocols.with_overrides(protocols.load("dc"), epochs=10)
     _, config = protocols.resolve(p, 10, 10)  # 10 images: one step per epoch, 10 + 1 epochs
     assert config.steps == 11
-    lrs = [float(train.learning_rate(config)(t)) for t in range(11)]
+    lrs = [float(optim.learning_rate(config)(t)) for t in range(11)]
     np.testing.assert_allclose(lrs, [0.01] * 7 + [0.001] * 4, rtol=1e-6)  # epochs 0..6 (= 10 // 2 + 1) at 0.01
-    opt = train.make_optimizer(dataclasses.replace(config, weight_decay=0.0))
+    opt = optim.make_optimizer(dataclasses.replace(config, weight_decay=0.0))
     w, state, g = jnp.array(1.0), None, jnp.array(0.5)
     state = opt.init(w)
     updates = []

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from kip import InputError, augment, data, models, train
+from kip import InputError, augment, data, models, optim, train
 
 C = 3
 
@@ -119,7 +119,7 @@ def test_flip_and_crop_give_flipped_or_shifted_copies():
 
 def test_cosine_schedule_momentum_and_coupled_weight_decay_by_hand():
     lr, wd, mom, steps = 0.5, 0.1, 0.9, 4
-    opt = train.make_optimizer(train.TrainConfig(steps=steps, lr=lr, weight_decay=wd, momentum=mom))
+    opt = optim.make_optimizer(train.TrainConfig(steps=steps, lr=lr, weight_decay=wd, momentum=mom))
     w, state, trace = jnp.array(2.0), None, 0.0
     state = opt.init(w)
     expected = 2.0
@@ -214,7 +214,7 @@ def test_predict_refuses_images_of_the_wrong_shape():
 
 def test_step_schedule_drops_by_0_2_at_30_60_80_percent_of_the_steps():
     # The Data Diet recipe: lr 0.1 x 0.2 at epochs 60 / 120 / 160 of 200 (390 steps each)
-    lr = train.learning_rate(train.DATA_DIET)
+    lr = optim.learning_rate(train.DATA_DIET)
     epoch = lambda e: e * 390  # noqa: E731
     got = [float(lr(t)) for t in (0, epoch(60) - 1, epoch(60), epoch(120) - 1, epoch(120), epoch(160), epoch(200) - 1)]
     np.testing.assert_allclose(got, [0.1, 0.1, 0.02, 0.02, 0.004, 0.0008, 0.0008], rtol=1e-6)
@@ -225,7 +225,7 @@ def test_nesterov_momentum_by_hand():
     # gradient g: first step lr (1 + mu) g, second lr (1 + mu + mu^2) g (heavy ball: (1 + mu) g).
     lr, mu, g = 0.1, 0.9, 0.3
     for nesterov, factors in ((True, (1 + mu, 1 + mu + mu**2)), (False, (1, 1 + mu))):
-        opt = train.make_optimizer(train.TrainConfig(steps=100, lr=lr, momentum=mu, nesterov=nesterov, weight_decay=0.0,
+        opt = optim.make_optimizer(train.TrainConfig(steps=100, lr=lr, momentum=mu, nesterov=nesterov, weight_decay=0.0,
                                                      schedule="step"))
         w, state = jnp.array(1.0), opt.init(jnp.array(1.0))
         for f in factors:

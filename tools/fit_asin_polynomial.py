@@ -1,4 +1,4 @@
-"""Fits the polynomials behind `kip.kernels.stax._arccos`: asin(y) = y P(y^2) on
+"""Fits the polynomials behind `kip.kernels.elementwise._arccos`: asin(y) = y P(y^2) on
 y^2 <= 1/4, least squares on Chebyshev nodes in long double, refined four times, one
 polynomial per dtype (the lowest degree whose Horner evaluation in that dtype is within
 a few units in the last place). Prints the coefficients and the worst relative error.

@@ -4,7 +4,7 @@
 from kip.kernels.conv import AvgPool, Conv, GlobalAvgPool
 from kip.kernels.presets import PRESETS, convnet, fc, myrtle, preset
 from kip.kernels.rf import RandomFeatures, random_features
-from kip.kernels.stax import (
+from kip.kernels.stax import (  # the language, gathered
     ABRelu,
     Dense,
     Erf,

@@ -11,10 +11,9 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from kip.kernels.stax import (
-    BAND, DIAG, FLAT, FULL, Array, Band, Kernel, Layer, _HIGHEST, _is_zero, _layer, _map_linear, _materialized,
-    _positionwise, band_zero_outside, gram, materialize,
-)
+from kip.kernels.engine import make_layer, materialized, positionwise
+from kip.kernels.kernel import BAND, DIAG, FLAT, FULL, HIGHEST, Array, Band, Kernel, Layer, is_zero, map_linear
+from kip.kernels.numerics import band_zero_outside, gram, materialize
 
 PADDINGS = ("VALID", "SAME", "CIRCULAR")
 
@@ -143,7 +142,7 @@ def _patches(x: Array, filter_shape, strides, padding: str) -> Array:
             x = jnp.take(x, jnp.arange(-lo, x.shape[d] + hi) % x.shape[d], axis=d)
         padding = "VALID"
     return jax.lax.conv_general_dilated_patches(
-        x[None], filter_shape, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=_HIGHEST
+        x[None], filter_shape, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=HIGHEST
     )[0]
 
 
@@ -191,7 +190,7 @@ def Conv(
                 x = jnp.take(x, jnp.arange(-lo, x.shape[1 + d] + hi) % x.shape[1 + d], axis=1 + d)
         y = jax.lax.conv_general_dilated(
             x, w, strides, "VALID" if padding == "CIRCULAR" else padding,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=_HIGHEST,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=HIGHEST,
         )
         if parameterization == "ntk":
             y = y * (W_std / math.sqrt(x.shape[-1] * math.prod(filter_shape)))
@@ -219,7 +218,7 @@ def Conv(
 
         if k.inputs and k.spatial == BAND:
             # The band of the pixels' own covariance is cheaper than the patches' Gram matrix.
-            k = _materialized(k)
+            k = materialized(k)
         if k.inputs:
             nngp_sum, cov_sum, k = conv_of_inputs(k)
             k = k.replace(nngp=nngp_sum, cov1=cov_sum, cov2=cov_sum)
@@ -241,7 +240,7 @@ def Conv(
         nngp = affine(nngp_sum)
         ntk = k.ntk
         if ntk is not None:
-            ntk_sum = W_std**2 * (ntk if _is_zero(ntk) else conv(ntk))
+            ntk_sum = W_std**2 * (ntk if is_zero(ntk) else conv(ntk))
             if parameterization == "ntk":
                 ntk = nngp + ntk_sum
             else:
@@ -251,16 +250,16 @@ def Conv(
         cov2 = cov1 if k.cov2 is k.cov1 else affine(conv(k.cov2))
         k = k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, channels=out_chan)
         # the bias reached entries outside the image too: keep them 0
-        return _map_linear(k, band_zero_outside) if k.spatial == BAND else k
+        return map_linear(k, band_zero_outside) if k.spatial == BAND else k
 
     def input_req(req):
-        req = _positionwise(req)
+        req = positionwise(req)
         if isinstance(req, Band) and (strides != (1, 1) or padding == "CIRCULAR"):
             # offsets scale with the stride, and wrap around: only the same-position band passes
             return DIAG if req == (0, 0) else FULL
         return req
 
-    return _layer(init_fn, apply_fn, transform, input_req, reads_inputs=True)
+    return make_layer(init_fn, apply_fn, transform, input_req, reads_inputs=True)
 
 
 def AvgPool(
@@ -273,7 +272,7 @@ def AvgPool(
 
     K'(p, q) = 1/|F|^2 Σ_{a, b in F} K(s p + a, s q + b): each image's window moves on its
     own, so it needs the position-position covariance (under a Flatten, for a disjoint VALID
-    pool, only the band of offsets up to f b + f - 1, see `stax.Band`). normalize_edges divides by the
+    pool, only the band of offsets up to f b + f - 1, see `kernel.Band`). normalize_edges divides by the
     number of in-image positions instead of |F| (matters only at SAME edges).
     """
     window_shape = tuple(window_shape)
@@ -312,12 +311,12 @@ def AvgPool(
     def transform(k: Kernel) -> Kernel:
         if k.spatial == BAND:
             band = tuple((b - f + 1) // f for b, f in zip(k.band, window_shape))
-            return _map_linear(k, lambda m: band_zero_outside(_band_disjoint_mean(m, window_shape, band)), band=band)
+            return map_linear(k, lambda m: band_zero_outside(_band_disjoint_mean(m, window_shape, band)), band=band)
         if k.spatial != FULL:
             raise ValueError("AvgPool needs the full spatial covariance (internal error: input_req)")
 
         # (H, W, H, W, batch...): each of the four position axes on its own
-        return _map_linear(k, lambda m: pool(m, list(enumerate(list(zip(window_shape, strides)) * 2))))
+        return map_linear(k, lambda m: pool(m, list(enumerate(list(zip(window_shape, strides)) * 2))))
 
     def input_req(req):
         if disjoint and (req == FLAT or isinstance(req, Band)):
@@ -325,7 +324,7 @@ def AvgPool(
             return Band(*(f * b + f - 1 for f, b in zip(window_shape, above)))
         return FULL
 
-    return _layer(init_fn, apply_fn, transform, input_req=input_req)
+    return make_layer(init_fn, apply_fn, transform, input_req=input_req)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -384,6 +383,6 @@ def GlobalAvgPool() -> Layer:
     def transform(k: Kernel) -> Kernel:
         if k.spatial != FULL:
             raise ValueError("GlobalAvgPool needs the full spatial covariance (internal error: input_req)")
-        return _map_linear(k, lambda m: jnp.mean(m, axis=(0, 1, 2, 3)), spatial=FLAT)
+        return map_linear(k, lambda m: jnp.mean(m, axis=(0, 1, 2, 3)), spatial=FLAT)
 
-    return _layer(init_fn, apply_fn, transform, input_req=lambda req: FULL)
+    return make_layer(init_fn, apply_fn, transform, input_req=lambda req: FULL)

@@ -6,7 +6,10 @@ from __future__ import annotations
 import math
 
 from kip.kernels.conv import AvgPool, Conv, GlobalAvgPool
-from kip.kernels.stax import Dense, Flatten, Layer, Relu, serial
+from kip.kernels.combinators import serial
+from kip.kernels.dense import Dense, Flatten
+from kip.kernels.elementwise import Relu
+from kip.kernels.kernel import Layer
 
 KIP_W_STD = math.sqrt(2.0)
 KIP_B_STD = 0.1
