@@ -16,7 +16,7 @@ from kip import entry
 
 entry.configure()  # an entry point: before numpy and scipy load (OpenBLAS reads its threads once)
 
-from kip import InputError, TrainingDiverged, data, knn, krr, models, optim, preprocess, scores, train  # noqa: E402
+from kip import InputError, TrainingDiverged, data, distill, kernels, knn, krr, models, optim, preprocess, scores, train  # noqa: E402,E501
 from kip.kernels import rf  # noqa: E402
 from kip.release import LAYOUTS  # noqa: E402
 
@@ -33,8 +33,8 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     _add_dataset_args(p)
     p.add_argument("--kernel", default="fc1",
-                   help="kernel preset: fc1, fc2, fc3, convnet, convnet3, myrtle5, myrtle7, myrtle10; rf-NAME: "
-                        "the random-feature NNGP estimate of preset NAME, e.g. rf-convnet3 (default: %(default)s)")
+                   help=f"kernel preset: {', '.join(kernels.PRESETS)}; {rf.PREFIX}NAME: the random-feature NNGP "
+                        f"estimate of preset NAME, e.g. {rf.PREFIX}convnet3 (default: %(default)s)")
     p.add_argument("--rf-models", type=int, default=rf.DEFAULT_MODELS,
                    help="rf- kernels: random networks per estimate (default: %(default)s)")
     p.add_argument("--rf-width", type=int, default=rf.DEFAULT_WIDTH,
@@ -82,8 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target-batch", type=int, default=5000, help="class-balanced target images per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=0.04, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--learn-labels", action="store_true", help="learn the support labels too")
-    p.add_argument("--loss", choices=("mse", "platt"), default="mse",
+    p.add_argument("--loss", choices=tuple(distill.LOSSES), default="mse",
                    help="platt: cross-entropy of a learned temperature times the KRR prediction (default: %(default)s)")
+    p.add_argument("--get", choices=("ntk", "nngp"), default="ntk",
+                   help="exact kernels: KIP with the network's NTK or its NNGP (rf- kernels estimate the NNGP) "
+                        "(default: %(default)s)")
     p.add_argument("--rf-fixed", dest="rf_resample", action="store_false",
                    help="rf- kernels: the same random networks every step (default: fresh ones each step)")
     p.add_argument("--seed", type=int, default=0, help="support initialisation, target batches and random networks")
@@ -164,6 +167,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="parent folder of the sweep's runs (default: the file's out, else runs/sweeps)")
     p.add_argument("--devices", type=int, default=None, help="devices to spread cells over (default: all)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace cells whose folders hold runs of other options (default: list them and stop)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -344,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                 from kip import report
 
                 code = report.provenance(allow_dirty=True)  # a sweep is a user's run: its stamp says if the code was dirty
-                print(sweep.write_summary(grid, sweep.run_sweep(grid, args.devices, not args.no_progress), code))
+                print(sweep.write_summary(grid, sweep.run_sweep(grid, args.devices, not args.no_progress, overwrite=args.overwrite), code))
         if args.command == "evaluate" and args.out:
             io.write_json(args.out, result)
     except InputError as e:

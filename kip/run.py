@@ -188,10 +188,11 @@ class DistillConfig:
     loss: str = "mse"
     devices: int | None = None  # None: all visible devices
     init_from: str | None = None  # a distilled .npz to start from instead of real images (fine-tuning)
+    get: str = "ntk"  # an exact kernel's NTK or NNGP (random features estimate the NNGP whatever this says)
 
     @property
     def kernel_options(self) -> KernelOptions:
-        return KernelOptions(self.kernel, self.rf_models, self.rf_width, self.rf_resample, self.seed)
+        return KernelOptions(self.kernel, self.rf_models, self.rf_width, self.rf_resample, self.seed, self.get)
 
     def check(self) -> None:
         check_kernel(self.kernel_options)
@@ -412,19 +413,53 @@ def finished(out: str, config, log: Callable[[str], None] = print) -> dict | Non
     return None
 
 
-def distill_cell(config: DistillConfig, out: str, progress: bool = False, log: Callable[[str], None] = print) -> dict:
+def _differences(stored: dict, config) -> str:
+    """'eval_every 3 -> 6, seed 0 -> 1': the options a stored run and `config` disagree on."""
+    known, wanted = {**dataclasses.asdict(type(config)()), **stored}, dataclasses.asdict(config)
+    return ", ".join(f"{k} {known.get(k)!r} -> {v!r}" for k, v in wanted.items() if known.get(k) != v)
+
+
+def cell_conflict(out: str, config) -> str | None:
+    """Why running `config` in `out` would replace work of other options: None when `out` holds
+    nothing, or a run of the same options (finished: all options count but `devices`;
+    interrupted: all but those a resume may change), else one line naming the folder and the
+    options that differ. A folder's name rarely spells every option: this is what keeps a
+    changed option from silently deleting a finished run."""
+    metrics_path, checkpoint = os.path.join(out, "metrics.json"), os.path.join(out, "checkpoint.npz")
+    if os.path.exists(metrics_path):
+        stored = io.read_json(metrics_path).get("config")
+        if not isinstance(stored, dict):
+            return f"{out} holds a run without recorded options"
+        if same_options(stored, config):
+            return None
+        return f"{out} holds a finished run of other options ({_differences(stored, config)})"
+    if os.path.exists(checkpoint) and isinstance(config, DistillConfig):
+        try:
+            stored = _load_checkpoint(checkpoint, None)[1].get("config", {})
+        except InputError:
+            return f"{out} holds an unreadable checkpoint"
+        if same_options(stored, config, ignore=_RESUMABLE_CHANGES):
+            return None
+        return f"{out} holds an interrupted run of other options ({_differences(stored, config)})"
+    return None
+
+
+def _check_cell(out: str, config, overwrite: bool) -> None:
+    conflict = cell_conflict(out, config)
+    if conflict and not overwrite:
+        raise InputError(f"{conflict}: pass --overwrite to replace it, or choose another folder")
+
+
+def distill_cell(config: DistillConfig, out: str, progress: bool = False, log: Callable[[str], None] = print,
+                 overwrite: bool = False) -> dict:
     """One cell of a table or sweep: reuses a finished run in `out` with the same options,
-    resumes an interrupted one, or starts it. Returns its metrics."""
+    resumes an interrupted one, or starts it. Returns its metrics. A folder holding a run of
+    other options (`cell_conflict`) is an InputError unless `overwrite`."""
+    _check_cell(out, config, overwrite)
     metrics = finished(out, config, log)
     if metrics is not None:
         return metrics
-    resume = os.path.exists(os.path.join(out, "checkpoint.npz"))
-    if resume:
-        try:  # a checkpoint of other options is stale: start again
-            _, meta = _load_checkpoint(os.path.join(out, "checkpoint.npz"), None)
-        except InputError:
-            meta = {}
-        resume = same_options(meta.get("config", {}), config, ignore=_RESUMABLE_CHANGES)
+    resume = os.path.exists(os.path.join(out, "checkpoint.npz")) and cell_conflict(out, config) is None
     return distill_run(config, out, resume=resume, overwrite=not resume, progress=progress, log=log)
 
 
@@ -467,11 +502,20 @@ class LabelSolveConfig:
     def kernel_options(self) -> KernelOptions:
         return KernelOptions(self.kernel, self.rf_models, self.rf_width, seed=self.seed)
 
+    def check(self) -> None:
+        check_kernel(self.kernel_options)
+        for name in ("ipc", "block_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.target_size is not None and self.target_size < 1:
+            raise InputError(f"--target-size must be at least 1, got {self.target_size}")
+        if not (self.reg >= 0 and np.isfinite(self.reg)):
+            raise InputError(f"--reg must be >= 0, got {self.reg}")
+
 
 def label_solve_run(config: LabelSolveConfig, out: str, overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
     """Label Solve on a class-balanced real support set; writes the same files as KIP."""
-    if config.ipc < 1 or config.block_size < 1:
-        raise InputError("--ipc and --block-size must be at least 1")
+    config.check()
     options = config.kernel_options
     check_kernel(options)
     _prepare_out(out, resume=False, overwrite=overwrite)
@@ -515,8 +559,11 @@ def label_solve_run(config: LabelSolveConfig, out: str, overwrite: bool = False,
     return metrics
 
 
-def label_solve_cell(config: LabelSolveConfig, out: str, log: Callable[[str], None] = print) -> dict:
-    """`label_solve_run` unless `out` already holds its result with the same options."""
+def label_solve_cell(config: LabelSolveConfig, out: str, log: Callable[[str], None] = print,
+                     overwrite: bool = False) -> dict:
+    """`label_solve_run` unless `out` already holds its result with the same options; a result
+    of other options is an InputError unless `overwrite` (see `cell_conflict`)."""
+    _check_cell(out, config, overwrite)
     metrics = finished(out, config, log)
     return metrics if metrics is not None else label_solve_run(config, out, overwrite=True, log=log)
 

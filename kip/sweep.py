@@ -106,12 +106,18 @@ def load(path: str, out: str | None = None) -> Sweep:
 
 
 def run_sweep(sweep: Sweep, devices: int | None = None, progress: bool = True,
-              log: Callable[[str], None] = print) -> list[dict]:
+              log: Callable[[str], None] = print, overwrite: bool = False) -> list[dict]:
     """Runs every unfinished cell (in parallel over `devices` of `jax.devices()`, default all;
     one cell per device at a time). Returns one record per cell: its grid values, folder,
-    test accuracy, initial (real-image) accuracy, seconds and the device it ran on."""
+    test accuracy, initial (real-image) accuracy, seconds and the device it ran on. Before
+    anything runs, cells whose folders hold runs of other options are listed in one InputError
+    (`run.cell_conflict`), unless `overwrite`."""
     used = list(parallel.make_mesh(devices).devices.flat)  # checks --devices
     cells = sweep.cells()
+    conflicts = [c for c in (run.cell_conflict(sweep.cell_dir(p), config) for p, config in cells) if c]
+    if conflicts and not overwrite:
+        raise InputError(f"{len(conflicts)} of {len(cells)} cells would replace other runs, nothing was run: "
+                         + "; ".join(conflicts) + ". Pass --overwrite to replace them")
     log(f"sweep {sweep.name}: {len(cells)} cells of kip {sweep.command} over {len(used)} device(s); "
         f"folders under {os.path.join(sweep.out, sweep.name)}/")
 
@@ -119,9 +125,10 @@ def run_sweep(sweep: Sweep, devices: int | None = None, progress: bool = True,
         out = sweep.cell_dir(point)
         with jax.default_device(device):
             if sweep.command == "distill":
-                metrics = run.distill_cell(config, out, progress=progress and len(used) == 1, log=log)
+                metrics = run.distill_cell(config, out, progress=progress and len(used) == 1, log=log,
+                                           overwrite=overwrite)
             else:
-                metrics = run.label_solve_cell(config, out, log=log)
+                metrics = run.label_solve_cell(config, out, log=log, overwrite=overwrite)
         return {"cell": point, "out": out, "test_accuracy": metrics["test_accuracy"],
                 "initial_test_accuracy": metrics.get("initial_test_accuracy"), "seconds": metrics.get("seconds"),
                 "device": str(device)}

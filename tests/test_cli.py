@@ -97,6 +97,8 @@ def test_nan_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_path, capsys
         (["evaluate", "--distilled", "{tmp}/wrongshape.npz"], "images are"),
         (["evaluate", "--distilled", "{tmp}/wronglabels.npz"], "labels"),
         (["label-solve", "--ipc", "1000"], "class 0 has only"),
+        (["label-solve", "--target-size", "0"], "--target-size must be at least 1"),
+        (["label-solve", "--reg", "-1"], "--reg must be >= 0"),
         (["distill", "--init-from", "{tmp}/missing.npz"], "no such file"),
         (["distill", "--init-from", "{tmp}/wrongshape.npz", "--ipc", "1"], "images are"),
         (["distill", "--init-from", "{tmp}/tenimages.npz", "--ipc", "2"], "--ipc 2 needs 20"),
@@ -154,6 +156,20 @@ def test_existing_run_is_not_overwritten_silently(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
     assert run_cli("distill", "--out", tmp_path, "--steps", "0", "--ipc", "1", "--no-progress", "--overwrite") == 0
     assert run_cli("distill", "--out", tmp_path, "--steps", "5", "--ipc", "2", "--resume", "--no-progress") == 2
+
+
+def test_get_nngp_distills_and_evaluates_with_the_exact_nngp(tmp_path):
+    """`--get nngp`: KIP through the network's NNGP. The run's own test accuracy is what KRR with
+    the NNGP (built independently by `evaluate_run`) gives for the set it wrote, not the NTK's."""
+    from kip import run
+
+    assert run_cli("distill", "--out", tmp_path / "run", "--get", "nngp", "--learn-labels", *FAST) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["config"]["get"] == "nngp"
+    by_kernel = {get: run.evaluate_run(str(tmp_path / "run" / "distilled.npz"), kernel=run.KernelOptions("fc1", get=get),
+                                       log=lambda _: None) for get in ("nngp", "ntk")}
+    assert by_kernel["nngp"]["test_accuracy"] == metrics["test_accuracy"]
+    assert by_kernel["nngp"]["test_mse"] != by_kernel["ntk"]["test_mse"]
 
 
 def test_label_solve_improves_on_one_hot_labels(tmp_path):

@@ -2,6 +2,7 @@
 runs made by hand, finished cells reused, interrupted ones resumed, and cells spread over
 devices (forced host devices, in a subprocess: the flag must precede JAX's start)."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -12,7 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from kip import cli, io, run, sweep
+from kip import InputError, cli, io, run, sweep
 
 SPEC = textwrap.dedent("""
     name = "tiny"
@@ -136,3 +137,31 @@ def test_runs_written_before_an_option_existed_still_count_as_finished(sequentia
 def test_committed_sweep_files_are_valid(path):
     grid = sweep.load(path)
     assert grid.cells() and all(len(p) == len(grid.grid) for p, _ in grid.cells())
+
+
+def test_a_changed_option_the_folder_name_omits_never_deletes_a_finished_run(sequential, tmp_path):
+    """eval_every is in no folder name: a sweep asking for another value lists the cells that
+    would be replaced and runs nothing; `kip sweep --overwrite` is the way to replace them."""
+    grid, records = sequential
+    before = {r["out"]: os.path.getmtime(os.path.join(r["out"], "distilled.npz")) for r in records}
+    changed = sweep.load(write(tmp_path, SPEC.replace("eval_every = 3", "eval_every = 2")), grid.out)
+    with pytest.raises(InputError, match=r"2 of 2 cells would replace other runs, nothing was run") as refused:
+        sweep.run_sweep(changed, progress=False)
+    assert "eval_every 3 -> 2" in str(refused.value) and "--overwrite" in str(refused.value)
+    assert before == {out: os.path.getmtime(os.path.join(out, "distilled.npz")) for out in before}
+
+
+def test_a_cell_refuses_a_folder_holding_a_run_of_other_options(tmp_path):
+    """The same for one cell (experiments call `distill_cell`): refused, the finished run intact;
+    with overwrite it is replaced by the run asked for."""
+    config = run.DistillConfig(dataset="digits", steps=2, eval_every=2, target_batch=60, ipc=1)
+    out = str(tmp_path / "cell")
+    first = run.distill_cell(config, out)
+    stored = (tmp_path / "cell" / "distilled.npz").read_bytes()
+    other = dataclasses.replace(config, lr=0.01)
+    with pytest.raises(InputError, match=r"holds a finished run of other options \(lr 0.04 -> 0.01\)"):
+        run.distill_cell(other, out)
+    assert (tmp_path / "cell" / "distilled.npz").read_bytes() == stored
+    assert run.distill_cell(config, out)["test_accuracy"] == first["test_accuracy"]  # the same options: reused
+    replaced = run.distill_cell(other, out, overwrite=True)
+    assert replaced["config"]["lr"] == 0.01
