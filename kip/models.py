@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
 from kip import InputError
-from kip.kernels.presets import KIP_B_STD, KIP_W_STD
+from kip.kernels.presets import KIP_B_STD, KIP_W_STD, MYRTLE_BLOCKS
 
 Array = jax.Array
 PARAMETERIZATIONS = ("standard", "ntk")
@@ -242,13 +242,10 @@ class ConvNet(_ConvNetwork):
         return self.readout(x.reshape(x.shape[0], -1))
 
 
-MYRTLE_CONVS = {5: (2, 1, 1), 7: (2, 2, 2), 10: (3, 3, 3)}  # Conv + Relu layers in each stage
-
-
 class Myrtle(_ConvNetwork):
     """Myrtle-5 / 7 / 10 (Shankar et al. 2020, as in neural-tangents' Myrtle example):
     [Conv, Relu] * a, AvgPool, [Conv, Relu] * b, AvgPool, [Conv, Relu] * c, GlobalAvgPool,
-    Dense(num_classes), with (a, b, c) = `MYRTLE_CONVS[depth]`. The example's three final
+    Dense(num_classes), with (a, b, c) = `MYRTLE_BLOCKS[depth]`. The example's three final
     2x2 AvgPools equal the global mean at 32x32 (8x8 -> 1x1); the global mean also fits 28x28.
     (n, H, W, C) -> (n, num_classes); H, W >= 4."""
 
@@ -257,7 +254,7 @@ class Myrtle(_ConvNetwork):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        stages = MYRTLE_CONVS[self.depth]
+        stages = MYRTLE_BLOCKS[self.depth]
         for i, convs in enumerate(stages):
             for _ in range(convs):
                 x = self.conv_relu(x)
@@ -317,7 +314,7 @@ PRESETS: dict[str, Callable[..., Network]] = {
     **{f"fc{d}": functools.partial(FC, depth=d) for d in (1, 2, 3)},
     "convnet": functools.partial(ConvNet, stem=True),
     "convnet3": functools.partial(ConvNet, stem=False),
-    **{f"myrtle{d}": functools.partial(Myrtle, depth=d) for d in MYRTLE_CONVS},
+    **{f"myrtle{d}": functools.partial(Myrtle, depth=d) for d in MYRTLE_BLOCKS},
     "resnet18": ResNet18,
 }
 DEFAULT_WIDTHS = {"resnet18": 64}  # the rest: 1024, KIP's finite-network width

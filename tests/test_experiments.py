@@ -63,6 +63,7 @@ def test_neurips_table1_refuses_what_it_cannot_run_in_one_line(tmp_path, flags, 
     assert not list(tmp_path.glob("*.md")) and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow  # ~30 s: --init-from is tested by test_cli, exact ConvNet3 KIP by test_distill, the script by its quick run
 def test_kip_convnet_fine_tunes_a_distilled_set_under_the_exact_kernel(tmp_path):
     """--init-from: the exact-kernel run starts from another run's set, and the table's bracketed
     figure is that set's own accuracy under the exact kernel (what `kip evaluate` says of it)."""

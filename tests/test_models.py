@@ -117,10 +117,10 @@ def test_conv_ntk_approaches_kip_kernel_preset(name):
 
 @pytest.mark.parametrize("channels, kernel, strides, size", [
     (1, 3, (1, 1), (9, 8)),  # few inputs per position: input derivative by patches
-    (3, 3, (2, 2), (9, 8)),
+    pytest.param(3, 3, (2, 2), (9, 8), marks=pytest.mark.slow),  # strided patches: (2, 3, (2, 1)) below too
     (2, 3, (2, 1), (8, 7)),
     (6, 3, (1, 1), (9, 8)),  # many: by the input/output-swapped kernel
-    (6, 3, (2, 2), (8, 8)),
+    pytest.param(6, 3, (2, 2), (8, 8), marks=pytest.mark.slow),  # strided swapped: (40, 1, (2, 2)) below too
     (40, 1, (2, 2), (8, 7)),
     (40, 5, (1, 1), (7, 7)),
 ])

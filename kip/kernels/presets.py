@@ -55,7 +55,7 @@ def convnet(
     return serial(*layers, Flatten(), Dense(num_classes, W_std, b_std, parameterization))
 
 
-MYRTLE_BLOCKS = {5: (2, 1, 1), 7: (2, 2, 2), 10: (3, 3, 3)}
+MYRTLE_BLOCKS = {5: (2, 1, 1), 7: (2, 2, 2), 10: (3, 3, 3)}  # [Conv, Relu] layers per stage; kip.models too
 
 
 def myrtle(
