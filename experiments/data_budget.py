@@ -26,7 +26,7 @@ import time
 import jax
 import numpy as np
 
-from kip import data, diet, io, models, plots, prune, report, run, train, transfer
+from kip import cells, data, diet, io, models, plots, prune, report, run, train, transfer
 
 MODES = {
     # sizes: stored examples (multiples of the number of classes); kip_max: largest KIP support (KIP's
@@ -81,11 +81,11 @@ def main() -> None:
                           kernel=KERNEL, ipc=ipc, seed=seed)
             out = os.path.join(runs_dir, "sets", f"{method.replace(' ', '_').lower()}-n{n}-seed{seed}")
             if method == "KIP":
-                metrics = run.distill_cell(run.DistillConfig(**common, steps=m["kip_steps"], learn_labels=True,
+                metrics = cells.distill_cell(run.DistillConfig(**common, steps=m["kip_steps"], learn_labels=True,
                                                              target_batch=min(m["target_batch"], n_train),
                                                              eval_every=m["kip_steps"]), out, progress=progress)
             else:
-                metrics = run.label_solve_cell(run.LabelSolveConfig(**common), out)
+                metrics = cells.label_solve_cell(run.LabelSolveConfig(**common), out)
             stored = io.read_npz(os.path.join(out, "distilled.npz"))
             return stored["images"], stored["labels"], metrics["test_accuracy"]
         if method == "full":
@@ -104,9 +104,9 @@ def main() -> None:
 
     lr_text = lambda lrs: "/".join(f"{lr:g}" for lr in lrs)  # noqa: E731
     results = {}  # (method, n) -> {"kernel": [...], "network": [...], "lr": [the lrs its networks trained at]}
-    cells = [("full", n_train)] + [(method, n) for n in sizes for method in METHODS
+    table_cells = [("full", n_train)] + [(method, n) for n in sizes for method in METHODS
                                     if not (method == "KIP" and n > m["kip_max"])]
-    for method, n in cells:
+    for method, n in table_cells:
         # one set per seed where the set itself is random; KIP, Label Solve and EL2N sets are made once
         set_seeds = range(m["seeds"]) if method == "random" else [0]
         kernel_acc, net_acc, lrs = [], [], set()

@@ -30,7 +30,7 @@ import os
 
 import numpy as np
 
-from kip import io, report, run
+from kip import cells, io, report, run
 
 # arXiv 2107.13034 Table 1, KIP-ConvNet kernel (KRR) accuracy (%), by images per class.
 PUBLISHED = {"mnist": {1: 96.5, 10: 99.1, 50: 99.5}, "fashion_mnist": {1: 76.7, 10: 88.8, 50: 91.0},
@@ -102,7 +102,7 @@ def main() -> None:
         start = f"-from-{os.path.basename(os.path.normpath(args.init_from))}" if args.init_from else ""
         lr = "" if args.lr == 0.04 else f"-lr{args.lr:g}"
         cell = os.path.join(args.runs_dir, f"{args.dataset}-{kernel}-{setting}{'-zca' if args.zca else ''}-{args.loss}-ipc{ipc}{start}{lr}")
-        kip = run.distill_cell(config, cell)
+        kip = cells.distill_cell(config, cell)
         evals, baseline = {}, {}
         for which in args.eval:
             if which == "exact" and ipc > args.exact_max_ipc:
@@ -112,7 +112,7 @@ def main() -> None:
                 baseline[which] = {"test_accuracy": kip["initial_test_accuracy"]}
                 continue
             # The same run at 0 steps: the images it started from (real, or --init-from's), evaluated like the distilled ones.
-            run.distill_cell(dataclasses.replace(config, steps=0), cell + "-init")
+            cells.distill_cell(dataclasses.replace(config, steps=0), cell + "-init")
             options = (run.KernelOptions("rf-convnet3", args.eval_models, args.eval_width, seed=12345) if which == "rf"
                        else run.KernelOptions("convnet3"))
             evals[which], baseline[which] = (evaluated(c, options, args) for c in (cell, cell + "-init"))

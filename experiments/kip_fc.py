@@ -23,7 +23,7 @@ import os
 import jax
 import numpy as np
 
-from kip import data, krr, report, run
+from kip import cells, data, krr, report, run
 
 # arXiv 2107.13034 Table 1, KIP-FC kernel (KRR) accuracy (%), by images per class.
 PUBLISHED = {"mnist": {1: 85.5, 10: 97.2, 50: 98.4}, "cifar10": {1: 40.5, 10: 53.1, 50: 58.6}}
@@ -71,8 +71,8 @@ def main() -> None:
                 eval_every=args.eval_every,
             )
             cell = os.path.join(args.runs_dir, f"{args.dataset}-{kernel}{'-zca' if args.zca else ''}-ipc{ipc}")
-            kip = run.distill_cell(config, cell)
-            ls = run.label_solve_cell(
+            kip = cells.distill_cell(config, cell)
+            ls = cells.label_solve_cell(
                 run.LabelSolveConfig(dataset=args.dataset, data_dir=args.data_dir, kernel=kernel, ipc=ipc,
                                      zca=args.zca, precision=args.precision),
                 cell + "-label-solve")

@@ -30,7 +30,7 @@ import re
 
 import numpy as np
 
-from kip import io, protocols, release, report, run, transfer
+from kip import cells, io, protocols, release, report, run, transfer
 
 SEEDS = 3  # distillation seeds a headline cell uses (0, 1, 2)
 
@@ -68,7 +68,7 @@ def quick_sets(runs_dir: str) -> list[str]:
     paths = []
     for ipc in (1, 5):
         out = os.path.join(runs_dir, "sets", f"digits-fc1-ipc{ipc}")
-        run.distill_cell(run.DistillConfig(ipc=ipc, steps=100, learn_labels=True), out)
+        cells.distill_cell(run.DistillConfig(ipc=ipc, steps=100, learn_labels=True), out)
         paths.append(os.path.join(out, "distilled.npz"))
     return paths
 

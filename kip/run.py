@@ -210,7 +210,7 @@ class DistillConfig:
 
 
 # Options that may change when a run is resumed (the rest must match the checkpoint).
-_RESUMABLE_CHANGES = ("steps", "data_dir", "devices")
+RESUMABLE_CHANGES = ("steps", "data_dir", "devices")
 
 
 def _save_checkpoint(path: str, state: distill.KipState, meta: dict) -> None:
@@ -219,7 +219,7 @@ def _save_checkpoint(path: str, state: distill.KipState, meta: dict) -> None:
     io.write_npz(path, meta=np.array(json.dumps(meta)), **arrays)
 
 
-def _load_checkpoint(path: str, template: distill.KipState | None) -> tuple[distill.KipState | None, dict]:
+def load_checkpoint(path: str, template: distill.KipState | None) -> tuple[distill.KipState | None, dict]:
     """The saved state (shaped like `template`) and the run's metadata; template None
     reads the metadata only."""
     arrays = io.read_npz(path)
@@ -309,8 +309,8 @@ def distill_run(
     evals: list[dict] = []
     seconds = 0.0
     if resume:
-        state, meta = _load_checkpoint(ckpt_path, state)
-        changed = [k for k, v in meta["config"].items() if k not in _RESUMABLE_CHANGES and config_dict.get(k) != v]
+        state, meta = load_checkpoint(ckpt_path, state)
+        changed = [k for k, v in meta["config"].items() if k not in RESUMABLE_CHANGES and config_dict.get(k) != v]
         if changed:
             before = ", ".join(f"{k}={meta['config'][k]!r}" for k in changed)
             raise InputError(f"--resume: {out} was run with different options ({before})")
@@ -391,76 +391,6 @@ def distill_run(
         f"{100 * metrics['initial_test_accuracy']:.2f}%), test mse {metrics['test_mse']:.5f}; "
         f"{step} steps in {seconds:.1f} s; wrote {out}/")
     return metrics
-
-
-def same_options(stored: dict, config, ignore: tuple[str, ...] = ("devices",)) -> bool:
-    """Whether a run's stored config dict asked for what `config` asks for. Options added
-    to the config class after the run was written count at their defaults (so finished runs
-    stay reusable as kip grows); `ignore` lists options that do not change the result."""
-    known = {**dataclasses.asdict(type(config)()), **stored}
-    wanted = dataclasses.asdict(config)
-    return {k: v for k, v in known.items() if k not in ignore} == {k: v for k, v in wanted.items() if k not in ignore}
-
-
-def finished(out: str, config, log: Callable[[str], None] = print) -> dict | None:
-    """The metrics of a finished run in `out` made with `config` (see `same_options`), else None."""
-    metrics_path = os.path.join(out, "metrics.json")
-    if os.path.exists(metrics_path):
-        metrics = io.read_json(metrics_path)
-        if isinstance(metrics.get("config"), dict) and same_options(metrics["config"], config):
-            log(f"{out}: already done ({100 * metrics['test_accuracy']:.2f}%)")
-            return metrics
-    return None
-
-
-def _differences(stored: dict, config) -> str:
-    """'eval_every 3 -> 6, seed 0 -> 1': the options a stored run and `config` disagree on."""
-    known, wanted = {**dataclasses.asdict(type(config)()), **stored}, dataclasses.asdict(config)
-    return ", ".join(f"{k} {known.get(k)!r} -> {v!r}" for k, v in wanted.items() if known.get(k) != v)
-
-
-def cell_conflict(out: str, config) -> str | None:
-    """Why running `config` in `out` would replace work of other options: None when `out` holds
-    nothing, or a run of the same options (finished: all options count but `devices`;
-    interrupted: all but those a resume may change), else one line naming the folder and the
-    options that differ. A folder's name rarely spells every option: this is what keeps a
-    changed option from silently deleting a finished run."""
-    metrics_path, checkpoint = os.path.join(out, "metrics.json"), os.path.join(out, "checkpoint.npz")
-    if os.path.exists(metrics_path):
-        stored = io.read_json(metrics_path).get("config")
-        if not isinstance(stored, dict):
-            return f"{out} holds a run without recorded options"
-        if same_options(stored, config):
-            return None
-        return f"{out} holds a finished run of other options ({_differences(stored, config)})"
-    if os.path.exists(checkpoint) and isinstance(config, DistillConfig):
-        try:
-            stored = _load_checkpoint(checkpoint, None)[1].get("config", {})
-        except InputError:
-            return f"{out} holds an unreadable checkpoint"
-        if same_options(stored, config, ignore=_RESUMABLE_CHANGES):
-            return None
-        return f"{out} holds an interrupted run of other options ({_differences(stored, config)})"
-    return None
-
-
-def _check_cell(out: str, config, overwrite: bool) -> None:
-    conflict = cell_conflict(out, config)
-    if conflict and not overwrite:
-        raise InputError(f"{conflict}: pass --overwrite to replace it, or choose another folder")
-
-
-def distill_cell(config: DistillConfig, out: str, progress: bool = False, log: Callable[[str], None] = print,
-                 overwrite: bool = False) -> dict:
-    """One cell of a table or sweep: reuses a finished run in `out` with the same options,
-    resumes an interrupted one, or starts it. Returns its metrics. A folder holding a run of
-    other options (`cell_conflict`) is an InputError unless `overwrite`."""
-    _check_cell(out, config, overwrite)
-    metrics = finished(out, config, log)
-    if metrics is not None:
-        return metrics
-    resume = os.path.exists(os.path.join(out, "checkpoint.npz")) and cell_conflict(out, config) is None
-    return distill_run(config, out, resume=resume, overwrite=not resume, progress=progress, log=log)
 
 
 def _write_distilled(out, problem, images, labels, init_images, init_idx, metrics, title) -> None:
@@ -557,15 +487,6 @@ def label_solve_run(config: LabelSolveConfig, out: str, overwrite: bool = False,
     log(f"label solve: {ds.name}, kernel {config.kernel}, {len(idx)} support images, {len(target_idx)} targets: "
         f"test accuracy {100 * before['test_accuracy']:.2f}% -> {100 * after['test_accuracy']:.2f}% in {seconds:.1f} s; wrote {out}/")
     return metrics
-
-
-def label_solve_cell(config: LabelSolveConfig, out: str, log: Callable[[str], None] = print,
-                     overwrite: bool = False) -> dict:
-    """`label_solve_run` unless `out` already holds its result with the same options; a result
-    of other options is an InputError unless `overwrite` (see `cell_conflict`)."""
-    _check_cell(out, config, overwrite)
-    metrics = finished(out, config, log)
-    return metrics if metrics is not None else label_solve_run(config, out, overwrite=True, log=log)
 
 
 # --------------------------------------------------------------------------- evaluate

@@ -12,7 +12,7 @@
     ipc = [1, 10, 50]
     seed = [0, 1]
 
-Each cell is one run folder (`run.distill_cell`): a finished cell is reused, an interrupted one
+Each cell is one run folder (`cells.distill_cell`): a finished cell is reused, an interrupted one
 resumes from its checkpoint, so running the same sweep again after an interruption finishes it
 with the same results. With several devices, cells run in parallel, one per device. The sweep
 ends with one table (mean ± std over `seed`) and one plot (accuracy against images per class).
@@ -32,7 +32,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from kip import InputError, parallel, plots, report, run
+from kip import InputError, cells, parallel, plots, report, run
 
 COMMANDS = {"distill": run.DistillConfig, "label-solve": run.LabelSolveConfig}
 DEFAULT_OUT = os.path.join("runs", "sweeps")
@@ -111,30 +111,30 @@ def run_sweep(sweep: Sweep, devices: int | None = None, progress: bool = True,
     one cell per device at a time). Returns one record per cell: its grid values, folder,
     test accuracy, initial (real-image) accuracy, seconds and the device it ran on. Before
     anything runs, cells whose folders hold runs of other options are listed in one InputError
-    (`run.cell_conflict`), unless `overwrite`."""
+    (`cells.cell_conflict`), unless `overwrite`."""
     used = list(parallel.make_mesh(devices).devices.flat)  # checks --devices
-    cells = sweep.cells()
-    conflicts = [c for c in (run.cell_conflict(sweep.cell_dir(p), config) for p, config in cells) if c]
+    points = sweep.cells()
+    conflicts = [c for c in (cells.cell_conflict(sweep.cell_dir(p), config) for p, config in points) if c]
     if conflicts and not overwrite:
-        raise InputError(f"{len(conflicts)} of {len(cells)} cells would replace other runs, nothing was run: "
+        raise InputError(f"{len(conflicts)} of {len(points)} cells would replace other runs, nothing was run: "
                          + "; ".join(conflicts) + ". Pass --overwrite to replace them")
-    log(f"sweep {sweep.name}: {len(cells)} cells of kip {sweep.command} over {len(used)} device(s); "
+    log(f"sweep {sweep.name}: {len(points)} cells of kip {sweep.command} over {len(used)} device(s); "
         f"folders under {os.path.join(sweep.out, sweep.name)}/")
 
     def one(point: dict, config, device) -> dict:
         out = sweep.cell_dir(point)
         with jax.default_device(device):
             if sweep.command == "distill":
-                metrics = run.distill_cell(config, out, progress=progress and len(used) == 1, log=log,
+                metrics = cells.distill_cell(config, out, progress=progress and len(used) == 1, log=log,
                                            overwrite=overwrite)
             else:
-                metrics = run.label_solve_cell(config, out, log=log, overwrite=overwrite)
+                metrics = cells.label_solve_cell(config, out, log=log, overwrite=overwrite)
         return {"cell": point, "out": out, "test_accuracy": metrics["test_accuracy"],
                 "initial_test_accuracy": metrics.get("initial_test_accuracy"), "seconds": metrics.get("seconds"),
                 "device": str(device)}
 
     if len(used) == 1:
-        return [one(point, config, used[0]) for point, config in cells]
+        return [one(point, config, used[0]) for point, config in points]
     # One worker thread per device; each takes the next cell when its device is free.
     free: queue.Queue = queue.Queue()
     for device in used:
@@ -148,7 +148,7 @@ def run_sweep(sweep: Sweep, devices: int | None = None, progress: bool = True,
             free.put(device)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(used)) as pool:
-        return list(pool.map(lambda cell: on_free_device(*cell), cells))
+        return list(pool.map(lambda cell: on_free_device(*cell), points))
 
 
 def summarise(sweep: Sweep, records: list[dict]) -> tuple[str, dict[tuple, dict]]:

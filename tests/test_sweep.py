@@ -13,7 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from kip import InputError, cli, io, run, sweep
+from kip import InputError, cells, cli, io, run, sweep
 
 SPEC = textwrap.dedent("""
     name = "tiny"
@@ -126,10 +126,10 @@ def test_runs_written_before_an_option_existed_still_count_as_finished(sequentia
     path = os.path.join(grid.cell_dir(point), "metrics.json")
     metrics = io.read_json(path)
     older = {k: v for k, v in metrics["config"].items() if k not in ("rf_models", "loss", "devices")}
-    assert run.same_options(older, config)
-    assert run.same_options({**metrics["config"], "devices": 4}, config)  # devices do not change the result
-    assert not run.same_options({**older, "lr": 0.5}, config)
-    assert not run.same_options({**older, "loss": "platt"}, config)
+    assert cells.same_options(older, config)
+    assert cells.same_options({**metrics["config"], "devices": 4}, config)  # devices do not change the result
+    assert not cells.same_options({**older, "lr": 0.5}, config)
+    assert not cells.same_options({**older, "loss": "platt"}, config)
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "experiments",
@@ -156,12 +156,12 @@ def test_a_cell_refuses_a_folder_holding_a_run_of_other_options(tmp_path):
     with overwrite it is replaced by the run asked for."""
     config = run.DistillConfig(dataset="digits", steps=2, eval_every=2, target_batch=60, ipc=1)
     out = str(tmp_path / "cell")
-    first = run.distill_cell(config, out)
+    first = cells.distill_cell(config, out)
     stored = (tmp_path / "cell" / "distilled.npz").read_bytes()
     other = dataclasses.replace(config, lr=0.01)
     with pytest.raises(InputError, match=r"holds a finished run of other options \(lr 0.04 -> 0.01\)"):
-        run.distill_cell(other, out)
+        cells.distill_cell(other, out)
     assert (tmp_path / "cell" / "distilled.npz").read_bytes() == stored
-    assert run.distill_cell(config, out)["test_accuracy"] == first["test_accuracy"]  # the same options: reused
-    replaced = run.distill_cell(other, out, overwrite=True)
+    assert cells.distill_cell(config, out)["test_accuracy"] == first["test_accuracy"]  # the same options: reused
+    replaced = cells.distill_cell(other, out, overwrite=True)
     assert replaced["config"]["lr"] == 0.01
