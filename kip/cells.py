@@ -11,12 +11,17 @@ from typing import Callable
 
 from kip import InputError, io, run
 
+
+def _with_defaults(stored: dict, config) -> dict:
+    """A run's stored config dict with the options added to the config class after it was
+    written at their defaults (so finished runs stay reusable as kip grows)."""
+    return {**dataclasses.asdict(type(config)()), **stored}
+
+
 def same_options(stored: dict, config, ignore: tuple[str, ...] = ("devices",)) -> bool:
-    """Whether a run's stored config dict asked for what `config` asks for. Options added
-    to the config class after the run was written count at their defaults (so finished runs
-    stay reusable as kip grows); `ignore` lists options that do not change the result."""
-    known = {**dataclasses.asdict(type(config)()), **stored}
-    wanted = dataclasses.asdict(config)
+    """Whether a run's stored config dict asked for what `config` asks for (`_with_defaults`);
+    `ignore` lists options that do not change the result."""
+    known, wanted = _with_defaults(stored, config), dataclasses.asdict(config)
     return {k: v for k, v in known.items() if k not in ignore} == {k: v for k, v in wanted.items() if k not in ignore}
 
 
@@ -33,7 +38,7 @@ def finished(out: str, config, log: Callable[[str], None] = print) -> dict | Non
 
 def _differences(stored: dict, config) -> str:
     """'eval_every 3 -> 6, seed 0 -> 1': the options a stored run and `config` disagree on."""
-    known, wanted = {**dataclasses.asdict(type(config)()), **stored}, dataclasses.asdict(config)
+    known, wanted = _with_defaults(stored, config), dataclasses.asdict(config)
     return ", ".join(f"{k} {known.get(k)!r} -> {v!r}" for k, v in wanted.items() if known.get(k) != v)
 
 
@@ -62,10 +67,12 @@ def cell_conflict(out: str, config) -> str | None:
     return None
 
 
-def _check_cell(out: str, config, overwrite: bool) -> None:
+def _check_cell(out: str, config, overwrite: bool) -> str | None:
+    """`cell_conflict`, raised as an InputError unless `overwrite`; returns it (None: no conflict)."""
     conflict = cell_conflict(out, config)
     if conflict and not overwrite:
         raise InputError(f"{conflict}: pass --overwrite to replace it, or choose another folder")
+    return conflict
 
 
 def distill_cell(config: run.DistillConfig, out: str, progress: bool = False, log: Callable[[str], None] = print,
@@ -73,11 +80,11 @@ def distill_cell(config: run.DistillConfig, out: str, progress: bool = False, lo
     """One cell of a table or sweep: reuses a finished run in `out` with the same options,
     resumes an interrupted one, or starts it. Returns its metrics. A folder holding a run of
     other options (`cell_conflict`) is an InputError unless `overwrite`."""
-    _check_cell(out, config, overwrite)
+    conflict = _check_cell(out, config, overwrite)
     metrics = finished(out, config, log)
     if metrics is not None:
         return metrics
-    resume = os.path.exists(os.path.join(out, "checkpoint.npz")) and cell_conflict(out, config) is None
+    resume = conflict is None and os.path.exists(os.path.join(out, "checkpoint.npz"))
     return run.distill_run(config, out, resume=resume, overwrite=not resume, progress=progress, log=log)
 
 

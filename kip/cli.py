@@ -349,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
                 from kip import report
 
                 code = report.provenance(allow_dirty=True)  # a sweep is a user's run: its stamp says if the code was dirty
-                print(sweep.write_summary(grid, sweep.run_sweep(grid, args.devices, not args.no_progress, overwrite=args.overwrite), code))
+                records = sweep.run_sweep(grid, args.devices, not args.no_progress, overwrite=args.overwrite)
+                print(sweep.write_summary(grid, records, code))
         if args.command == "evaluate" and args.out:
             io.write_json(args.out, result)
     except InputError as e:

@@ -24,9 +24,10 @@ RESULTS = os.path.join(ROOT, "results")
 CODE_PATHS = ("kip", "experiments", "benchmarks")  # what a result's numbers depend on
 
 
-def machine() -> dict:
-    """Where a number was measured: CPU, cores, JAX device, versions, date and the code's commit
-    (with a hash of any uncommitted changes: `provenance`)."""
+def machine(code: dict | None = None) -> dict:
+    """Where a number was measured: CPU, cores, JAX device, versions, date and the code's commit:
+    `code`'s stamp (a `provenance` taken earlier), else the tree's now, with a hash of any
+    uncommitted changes."""
     cpu = "unknown"
     try:
         with open("/proc/cpuinfo") as f:
@@ -44,7 +45,7 @@ def machine() -> dict:
         # other jobs on the machine slow every timing: the 1-minute load average when written
         "load_average": round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None,
         "date": time.strftime("%Y-%m-%d"),
-        "commit": provenance(allow_dirty=True)["stamp"],  # runs record it; results files, the one taken at start
+        "commit": (code or provenance(allow_dirty=True))["stamp"],
     }
 
 
@@ -106,9 +107,9 @@ def command_line() -> str:
 def write_results(name: str, title: str, body: str, payload: dict, code: dict, results_dir: str = RESULTS) -> None:
     """results/<name>.md (title, command, machine, the code's `provenance` taken at the start, body)
     and results/<name>.json (all of it)."""
-    env = {**machine(), "commit": code["stamp"]}
+    env = machine(code)
     header = (f"# {title}\n\nCommand: `{command_line()}`  \nMachine: {env['cpu']}, {env['cores']} cores, "
-              f"{env['device']}, JAX {env['jax']}; commit {code['stamp']}; {env['date']}; "
+              f"{env['device']}, JAX {env['jax']}; commit {env['commit']}; {env['date']}; "
               f"load average {env['load_average']} when written\n\n")
     io.write_bytes(os.path.join(results_dir, f"{name}.md"), (header + body.rstrip() + "\n").encode())
     io.write_json(os.path.join(results_dir, f"{name}.json"),

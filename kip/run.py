@@ -447,7 +447,6 @@ def label_solve_run(config: LabelSolveConfig, out: str, overwrite: bool = False,
     """Label Solve on a class-balanced real support set; writes the same files as KIP."""
     config.check()
     options = config.kernel_options
-    check_kernel(options)
     _prepare_out(out, resume=False, overwrite=overwrite)
     start = time.perf_counter()
     problem = prepare(data.load(config.dataset, config.data_dir), options, config.zca, config.precision,
