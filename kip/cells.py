@@ -56,7 +56,7 @@ def cell_conflict(out: str, config) -> str | None:
         if same_options(stored, config):
             return None
         return f"{out} holds a finished run of other options ({_differences(stored, config)})"
-    if os.path.exists(checkpoint) and isinstance(config, run.DistillConfig):
+    if os.path.exists(checkpoint) and _stepped(config):
         try:
             stored = run.load_checkpoint(checkpoint, None)[1].get("config", {})
         except InputError:
@@ -67,6 +67,13 @@ def cell_conflict(out: str, config) -> str | None:
     return None
 
 
+def _stepped(config) -> bool:
+    """Whether `config` is of a resumable, checkpointed run (KIP, DC, DSA, DM)."""
+    from kip import matching_run
+
+    return isinstance(config, (run.DistillConfig, matching_run.MatchConfig))
+
+
 def _check_cell(out: str, config, overwrite: bool) -> str | None:
     """`cell_conflict`, raised as an InputError unless `overwrite`; returns it (None: no conflict)."""
     conflict = cell_conflict(out, config)
@@ -75,17 +82,21 @@ def _check_cell(out: str, config, overwrite: bool) -> str | None:
     return conflict
 
 
-def distill_cell(config: run.DistillConfig, out: str, progress: bool = False, log: Callable[[str], None] = print,
+def distill_cell(config, out: str, progress: bool = False, log: Callable[[str], None] = print,
                  overwrite: bool = False) -> dict:
-    """One cell of a table or sweep: reuses a finished run in `out` with the same options,
-    resumes an interrupted one, or starts it. Returns its metrics. A folder holding a run of
-    other options (`cell_conflict`) is an InputError unless `overwrite`."""
+    """One cell of a table or sweep (a `run.DistillConfig`: KIP, or a `matching_run.MatchConfig`:
+    DC, DSA, DM): reuses a finished run in `out` with the same options, resumes an interrupted one,
+    or starts it. Returns its metrics. A folder holding a run of other options (`cell_conflict`)
+    is an InputError unless `overwrite`."""
+    from kip import matching_run
+
     conflict = _check_cell(out, config, overwrite)
     metrics = finished(out, config, log)
     if metrics is not None:
         return metrics
     resume = conflict is None and os.path.exists(os.path.join(out, "checkpoint.npz"))
-    return run.distill_run(config, out, resume=resume, overwrite=not resume, progress=progress, log=log)
+    runner = matching_run.matching_run if isinstance(config, matching_run.MatchConfig) else run.distill_run
+    return runner(config, out, resume=resume, overwrite=not resume, progress=progress, log=log)
 
 
 def label_solve_cell(config: run.LabelSolveConfig, out: str, log: Callable[[str], None] = print,

@@ -22,6 +22,19 @@ from kip.release import LAYOUTS  # noqa: E402
 
 DEFAULT_RUNS_DIR = "runs"
 KERNEL_COMMANDS = ("distill", "label-solve", "sweep")
+DISTILL_METHODS = ("kip", "label-solve", "dc", "dsa", "dm")
+_MATCHING = ("dc", "dsa", "dm")
+_STEPPED = ("kip",) + _MATCHING
+# `kip distill` options that belong to some methods only (default None: given or not is known), and their defaults
+DISTILL_OPTIONS = {
+    "steps": _STEPPED, "lr": _STEPPED, "eval_every": _STEPPED, "resume": _STEPPED,
+    "target_batch": ("kip",), "learn_labels": ("kip",), "loss": ("kip",), "get": ("kip",), "rf_resample": ("kip",),
+    "init_from": ("kip",), "zca": ("kip", "label-solve"), "target_size": ("label-solve",),
+    "width": _MATCHING, "real_batch": _MATCHING, "init": _MATCHING, "outer_loop": ("dc", "dsa"), "inner_loop": ("dc", "dsa"),
+    "strategy": ("dsa", "dm"),
+}
+KIP_DEFAULTS = {"steps": 1000, "lr": 0.04, "eval_every": 100, "resume": False, "target_batch": 5000, "learn_labels": False,
+                "loss": "mse", "get": "ntk", "rf_resample": True, "zca": False}
 
 
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
@@ -42,7 +55,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                         "Gram matrix and ridge solve in float64 (default: %(default)s)")
     p.add_argument("--devices", type=int, default=None,
                    help="devices the targets / test set are split over, data-parallel (default: all visible)")
-    p.add_argument("--zca", action="store_true", help="ZCA-whiten after standardisation (KIP ConvNet recipe)")
+    p.add_argument("--zca", action="store_true", default=None, help="ZCA-whiten after standardisation (KIP ConvNet recipe)")
     p.add_argument("--precision", choices=("float64", "float32"), default="float64",
                    help="dtype of images and kernels; the ridge solve is always float64 (default: %(default)s)")
     p.add_argument("--reg", type=float, default=krr.DEFAULT_REG, help="ridge, scaled by tr(K)/n (default: %(default)s)")
@@ -75,29 +88,56 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kip", description="Dataset distillation with infinite-width kernels.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("distill", help="learn a small support set by Kernel Inducing Points (KIP)")
+    p = sub.add_parser("distill", help="learn a small support set: KIP (default), Label Solve, or the matching "
+                                         "methods DC, DSA and DM")
     _add_data_args(p)
+    p.add_argument("--method", choices=DISTILL_METHODS, default="kip",
+                   help="kip: Kernel Inducing Points; label-solve: closed-form labels for real images; dc / dsa: "
+                        "gradient matching (without / with siamese augmentation); dm: distribution matching; the "
+                        "kernel (--kernel) judges every method by KRR (default: %(default)s)")
     p.add_argument("--ipc", type=int, default=10, help="images per class in the support set (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=1000, help="optimisation steps; 0 evaluates the initial real images (default: %(default)s)")
-    p.add_argument("--target-batch", type=int, default=5000, help="class-balanced target images per step (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=0.04, help="Adam learning rate (default: %(default)s)")
-    p.add_argument("--learn-labels", action="store_true", help="learn the support labels too")
-    p.add_argument("--loss", choices=tuple(distill.LOSSES), default="mse",
-                   help="platt: cross-entropy of a learned temperature times the KRR prediction (default: %(default)s)")
-    p.add_argument("--get", choices=("ntk", "nngp"), default="ntk",
-                   help="exact kernels: KIP with the network's NTK or its NNGP (rf- kernels estimate the NNGP) "
-                        "(default: %(default)s)")
-    p.add_argument("--rf-fixed", dest="rf_resample", action="store_false",
-                   help="rf- kernels: the same random networks every step (default: fresh ones each step)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimisation steps (dc / dsa / dm: outer iterations); 0 evaluates the initial real images "
+                        "(default: kip 1000, dc / dsa 1000, dm 20000)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="kip: Adam learning rate (default 0.04); dc / dsa / dm: SGD (momentum 0.5) on the images "
+                        "(default 0.1 / 0.1 / 1)")
     p.add_argument("--seed", type=int, default=0, help="support initialisation, target batches and random networks")
-    p.add_argument("--init-from", default=None, metavar="FILE",
-                   help="start from this distilled set (images and labels, e.g. a random-feature run's distilled.npz) "
-                        "instead of real images: fine-tuning under another kernel")
-    p.add_argument("--eval-every", type=int, default=100, help="steps between test evaluations and checkpoints (default: %(default)s)")
-    p.add_argument("--out", default=None, help="output folder (default: runs/distill-DATASET-KERNEL-ipcN-seedS)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--eval-every", type=int, default=None, help="steps between test evaluations and checkpoints (default: 100)")
+    p.add_argument("--eval-protocol", default=None, metavar="NAME",
+                   help="also train the finite networks of this protocol (kip protocols) on the result, beside random "
+                        "real subsets; recorded in metrics.json under 'protocol'")
+    p.add_argument("--eval-networks", type=int, default=None, help="--eval-protocol: networks per set (default: the card's)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/distill-DATASET-KERNEL-ipcN-seedS; "
+                                               "matching methods: runs/distill-DATASET-METHOD-ipcN-seedS)")
+    p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("--method kip")
+    g.add_argument("--target-batch", type=int, default=None, help="class-balanced target images per step (default: 5000)")
+    g.add_argument("--learn-labels", action="store_true", default=None, help="learn the support labels too")
+    g.add_argument("--loss", choices=tuple(distill.LOSSES), default=None,
+                   help="platt: cross-entropy of a learned temperature times the KRR prediction (default: mse)")
+    g.add_argument("--get", choices=("ntk", "nngp"), default=None,
+                   help="exact kernels: KIP with the network's NTK or its NNGP (rf- kernels estimate the NNGP) "
+                        "(default: ntk)")
+    g.add_argument("--rf-fixed", dest="rf_resample", action="store_false", default=None,
+                   help="rf- kernels: the same random networks every step (default: fresh ones each step)")
+    g.add_argument("--init-from", default=None, metavar="FILE",
+                   help="start from this distilled set (images and labels, e.g. a random-feature run's distilled.npz) "
+                        "instead of real images: fine-tuning under another kernel")
+    g = p.add_argument_group("--method label-solve")
+    g.add_argument("--target-size", type=int, default=None, help="training images to fit (default: all)")
+    g = p.add_argument_group("--method dc / dsa / dm (the networks: the dc protocol's ConvNet)")
+    g.add_argument("--width", type=int, default=None, help="the matching network's channels (default: 128, the papers')")
+    g.add_argument("--real-batch", type=int, default=None, help="real images per class per matching step (default: 256)")
+    g.add_argument("--outer-loop", type=int, default=None, help="dc / dsa: image updates per network (default: DC's "
+                                                                "per-size table, 1 / 10 / 50 at 1 / 10 / 50 per class)")
+    g.add_argument("--inner-loop", type=int, default=None, help="dc / dsa: epochs the network trains on the synthetic set "
+                                                                "between them (default: DC's table, 1 / 50 / 10)")
+    g.add_argument("--strategy", default=None, help="dsa / dm: DSA augmentation families joined by '_' (default: the dsa "
+                                                    "protocol's for the data set, e.g. color_crop_cutout_scale_rotate)")
+    g.add_argument("--init", choices=("real", "noise"), default=None, help="start from real images or noise (default: real)")
 
     p = sub.add_parser("label-solve", help="closed-form labels for a class-balanced real support set")
     _add_data_args(p)
@@ -279,7 +319,50 @@ def _check_evaluate_options(args) -> None:
 
 
 def _default_out(command: str, args) -> str:
-    return os.path.join(DEFAULT_RUNS_DIR, f"{command}-{args.dataset}-{args.kernel}-ipc{args.ipc}-seed{args.seed}")
+    what = args.method if command == "distill" and args.method in _MATCHING else args.kernel
+    return os.path.join(DEFAULT_RUNS_DIR, f"{command}-{args.dataset}-{what}-ipc{args.ipc}-seed{args.seed}")
+
+
+def _config(cls, args):
+    """The dataclass `cls` from the parsed options of the same names."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def _distill(args, run) -> None:
+    """`kip distill --method ...`: one line for an option the method does not use, then the run,
+    then (with --eval-protocol) its finite networks."""
+    for name, methods in DISTILL_OPTIONS.items():
+        if getattr(args, name) is not None and args.method not in methods:
+            raise InputError(f"--{name.replace('_', '-')} applies to --method {' / '.join(methods)} only "
+                             f"(this is --method {args.method})")
+    if args.eval_networks is not None and not args.eval_protocol:
+        raise InputError("--eval-networks needs --eval-protocol")
+    if args.eval_protocol:
+        from kip import protocols
+
+        protocols.load(args.eval_protocol)  # a bad name fails before the run, not after it
+    out = args.out or _default_out("distill", args)
+    progress = not args.no_progress
+    if args.method == "kip":
+        for name, value in KIP_DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+        run.distill_run(_config(run.DistillConfig, args), out, resume=args.resume, overwrite=args.overwrite, progress=progress)
+    elif args.method == "label-solve":
+        args.zca = bool(args.zca)
+        run.label_solve_run(_config(run.LabelSolveConfig, args), out, overwrite=args.overwrite)
+    else:
+        from kip import matching_run
+
+        args.init = args.init or "real"
+        args.real_batch = matching_run.matching.REAL_BATCH if args.real_batch is None else args.real_batch
+        args.eval_every = 100 if args.eval_every is None else args.eval_every
+        matching_run.matching_run(_config(matching_run.MatchConfig, args), out, resume=bool(args.resume),
+                                  overwrite=args.overwrite, progress=progress)
+    if args.eval_protocol:
+        from kip import transfer
+
+        transfer.judge_run(out, args.eval_protocol, args.eval_networks, args.data_dir, args.seed, progress)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -290,12 +373,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "distill":
-            config = run.DistillConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(run.DistillConfig)})
-            run.distill_run(config, args.out or _default_out("distill", args), resume=args.resume,
-                            overwrite=args.overwrite, progress=not args.no_progress)
+            _distill(args, run)
         elif args.command == "label-solve":
-            config = run.LabelSolveConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(run.LabelSolveConfig)})
-            run.label_solve_run(config, args.out or _default_out("label-solve", args), overwrite=args.overwrite)
+            args.zca = bool(args.zca)
+            run.label_solve_run(_config(run.LabelSolveConfig, args), args.out or _default_out("label-solve", args),
+                                overwrite=args.overwrite)
         elif args.command == "evaluate":
             _check_evaluate_options(args)
             if args.method == "krr":

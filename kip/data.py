@@ -188,13 +188,18 @@ def balanced_sample(key: jax.Array, table: jax.Array, counts: jax.Array, size: i
 
     table, counts: from `class_table`; each class needs ceil(size/C) members.
     """
-    num_classes, width = table.shape
-    per_class = -(-size // num_classes)
+    picked = per_class_sample(key, table, counts, -(-size // table.shape[0]))  # (C, per_class)
+    return picked.T.reshape(-1)[:size]
+
+
+def per_class_sample(key: jax.Array, table: jax.Array, counts: jax.Array, per_class: int) -> jax.Array:
+    """(C, per_class) indices: `per_class` members of each class drawn without replacement
+    (a uniform subset of the class). Jittable; table, counts from `class_table`."""
+    width = table.shape[1]
     u = jax.random.uniform(key, table.shape, jnp.float32)  # float32: XLA's CPU top_k is 10x faster
     u = jnp.where(jnp.arange(width)[None, :] < counts[:, None], u, 2.0)  # padding never wins
     _, pos = jax.lax.top_k(-u, per_class)  # the per_class smallest uniforms: a uniform subset
-    picked = jnp.take_along_axis(table, pos, axis=1)  # (C, per_class)
-    return picked.T.reshape(-1)[:size]
+    return jnp.take_along_axis(table, pos, axis=1)
 
 
 def balanced_subset(key: jax.Array, labels: np.ndarray, num_classes: int, per_class: int) -> np.ndarray:

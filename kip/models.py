@@ -105,6 +105,11 @@ def _conv_input_tangent(dx: Array, w: Array, strides: tuple[int, int], padding: 
                                         dimension_numbers=("NHWC", "HWOI", "NHWC"))
 
 
+def _conv_im2col(x: Array, w: Array, strides: tuple[int, int], padding: tuple[tuple[int, int], ...]) -> Array:
+    """The convolution as `_patches(x) @ W`: plain slices and matmuls at every order of derivative."""
+    return _patches(x, w.shape[:2], strides, padding) @ w.reshape(-1, w.shape[-1])
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _conv(x: Array, w: Array, strides: tuple[int, int], padding: tuple[tuple[int, int], ...]) -> Array:
     """lax's convolution (NHWC, HWIO), differentiated in x through `_conv_input_tangent`: the
@@ -134,6 +139,7 @@ class Conv(_Affine):
     kernel_size: tuple[int, int] = (3, 3)
     strides: tuple[int, int] = (1, 1)
     padding: tuple[int, int] | None = None
+    im2col: bool = False  # see `_ConvNetwork.im2col`
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -145,7 +151,8 @@ class Conv(_Affine):
             # with a wider padding runs ~6x slower (DC's first conv pads 28x28 MNIST by 3)
             xp = jnp.pad(x, ((0, 0), (extra[0], extra[0]), (extra[1], extra[1]), (0, 0))) if any(extra) else x
             padding = tuple((p - e, p - e) for p, e in zip(self.padding or same, extra))
-            return _conv(xp.astype(dtype), w.astype(dtype), tuple(self.strides), padding)
+            conv_fn = _conv_im2col if self.im2col else _conv
+            return conv_fn(xp.astype(dtype), w.astype(dtype), tuple(self.strides), padding)
 
         w_shape = (*self.kernel_size, x.shape[-1], self.features)
         return self.affine(math.prod(w_shape[:-1]), w_shape, conv)
@@ -211,10 +218,14 @@ class _ConvNetwork(Network):
     """Conv nets share the conv block and its optional instance norm (DC/DSA protocol)."""
 
     norm: str = "none"
+    # Convolutions as patch matmuls (im2col): the second-order gradients of DC's gradient matching
+    # then run ~20x faster on XLA:CPU (benchmarks/distill_speed.py), where lax's convolutions
+    # differentiated twice fall back to slow kernels; first-order training is faster without it.
+    im2col: bool = False
 
     def conv_relu(self, x: Array, padding: tuple[int, int] | None = None) -> Array:
         """Conv(width, 3x3, SAME or `padding`) [-> InstanceNorm] -> Relu."""
-        x = self._layer(Conv, self.width, padding=padding)(x)
+        x = self._layer(Conv, self.width, padding=padding, im2col=self.im2col)(x)
         if self.norm == "instance":
             x = nn.InstanceNorm(epsilon=1e-5, param_dtype=self.param_dtype)(x)
         return nn.relu(x)
@@ -332,6 +343,7 @@ def build(
     head: bool = True,
     weight_init: str = "normal",
     pad_to: int | None = None,
+    im2col: bool = False,
 ) -> Network:
     """The finite network registered under `name` (see `PRESETS`): a flax module mapping
     (n, H, W, C) images to (n, num_classes) outputs, called as `apply(variables, x, train=...)`.
@@ -342,6 +354,7 @@ def build(
     head: False drops the output layer: the network maps to the (n, D) features it would read.
     weight_init: 'normal' (W_std, b_std) or 'torch' (PyTorch's default uniform initialisation).
     pad_to: ConvNets only: the first conv pads smaller images up to pad_to x pad_to.
+    im2col: conv nets only: convolutions as patch matmuls (see `_ConvNetwork.im2col`).
     """
     if name not in PRESETS:
         raise InputError(f"unknown model {name!r}; choose one of {', '.join(PRESETS)}")
@@ -360,6 +373,10 @@ def build(
         if not name.startswith("convnet"):
             raise InputError(f"pad_to applies to the ConvNets only, not {name}")
         kwargs["pad_to"] = pad_to
+    if im2col:
+        if name.startswith("fc") or name == "resnet18":
+            raise InputError(f"im2col applies to the KIP conv nets only, not {name}")
+        kwargs["im2col"] = True
     if norm != "none":
         if name.startswith("fc") or name == "resnet18":
             raise InputError(f"--norm {norm} applies to the KIP conv nets only, not {name}")

@@ -45,7 +45,7 @@ def support_grid(path: str, distilled: np.ndarray, labels: np.ndarray, initial: 
     io.save_figure(path, fig)
 
 
-def learning_curve(path: str, losses: list, evals: list[dict], title: str) -> None:
+def learning_curve(path: str, losses: list, evals: list[dict], title: str, loss_label: str = "KIP loss (target batch)") -> None:
     """Training loss per step (losses: [step, loss, ...] rows) and test accuracy at
     evaluation steps (evals: {'step', 'test_accuracy'} dicts)."""
     fig = Figure(figsize=(9, 3.2))
@@ -53,7 +53,7 @@ def learning_curve(path: str, losses: list, evals: list[dict], title: str) -> No
     if losses:
         ax_loss.semilogy([r[0] for r in losses], [r[1] for r in losses], lw=0.8)
     ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("KIP loss (target batch)")
+    ax_loss.set_ylabel(loss_label)
     ax_acc.plot([h["step"] for h in evals], [100 * h["test_accuracy"] for h in evals], "o-", ms=3)
     ax_acc.set_xlabel("step")
     ax_acc.set_ylabel("KRR test accuracy (%)")

@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
-import sys
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 import kip
-from kip import InputError, TrainingDiverged, data, distill, io, kernels, krr, parallel, plots, preprocess, report  # noqa: F401
+from kip import InputError, TrainingDiverged, data, distill, io, kernels, krr, loop, parallel, plots, preprocess, report  # noqa: F401
 from kip.kernels import rf
 from kip.release import _parse_distilled, load_distilled, load_distilled_for  # noqa: F401 (run.load_distilled*)
 
@@ -148,7 +145,9 @@ def environment() -> dict:
     return {"kip": kip.__version__, **report.machine()}
 
 
-def _prepare_out(out: str, resume: bool, overwrite: bool) -> None:
+def prepare_out(out: str, resume: bool, overwrite: bool) -> None:
+    """Makes `out` ready for a run: resuming needs its checkpoint; a run already there needs
+    `overwrite`, which removes its files."""
     existing = [f for f in OUTPUT_FILES if os.path.exists(os.path.join(out, f))]
     if resume:
         if not os.path.exists(os.path.join(out, "checkpoint.npz")):
@@ -209,35 +208,8 @@ class DistillConfig:
             raise InputError(f"--reg must be >= 0, got {self.reg}")
 
 
-# Options that may change when a run is resumed (the rest must match the checkpoint).
-RESUMABLE_CHANGES = ("steps", "data_dir", "devices")
-
-
-def _save_checkpoint(path: str, state: distill.KipState, meta: dict) -> None:
-    leaves = jax.tree_util.tree_leaves(state)
-    arrays = {f"leaf_{i:04d}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
-    io.write_npz(path, meta=np.array(json.dumps(meta)), **arrays)
-
-
-def load_checkpoint(path: str, template: distill.KipState | None) -> tuple[distill.KipState | None, dict]:
-    """The saved state (shaped like `template`) and the run's metadata; template None
-    reads the metadata only."""
-    arrays = io.read_npz(path)
-    if template is None:
-        try:
-            return None, json.loads(str(arrays["meta"]))
-        except (KeyError, ValueError):
-            raise InputError(f"{path}: not a kip checkpoint") from None
-    leaves, treedef = jax.tree_util.tree_flatten(template)
-    try:
-        restored = [jnp.asarray(arrays[f"leaf_{i:04d}"], dtype=leaf.dtype) for i, leaf in enumerate(leaves)]
-        meta = json.loads(str(arrays["meta"]))
-    except KeyError:
-        raise InputError(f"{path}: not a kip checkpoint of this run's shape") from None
-    for new, old in zip(restored, leaves):
-        if new.shape != old.shape:
-            raise InputError(f"{path}: checkpoint arrays do not match this run's shapes")
-    return jax.tree_util.tree_unflatten(treedef, restored), meta
+RESUMABLE_CHANGES = loop.RESUMABLE_CHANGES
+load_checkpoint = loop.load_checkpoint
 
 
 def _start_set(config: DistillConfig, ds: data.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, preprocess.Preprocessing | None]:
@@ -281,7 +253,7 @@ def distill_run(
     config.check()
     ds = data.load(config.dataset, config.data_dir)
     start_set = _start_set(config, ds) if config.init_from else None
-    _prepare_out(out, resume, overwrite)
+    prepare_out(out, resume, overwrite)
     problem = prepare(ds, config.kernel_options, config.zca, config.precision, max_memory=config.max_memory,
                       devices=config.devices, preprocessing=start_set[3] if start_set else None)
     key = jax.random.PRNGKey(config.seed)
@@ -304,17 +276,9 @@ def distill_run(
     evaluate = make_evaluator(problem, config.reg, config.block_size)
     ckpt_path = os.path.join(out, "checkpoint.npz")
     config_dict = dataclasses.asdict(config)
-
-    losses: list[list[float]] = []  # [step, loss, target accuracy]
-    evals: list[dict] = []
-    seconds = 0.0
+    history = loop.History()
     if resume:
-        state, meta = load_checkpoint(ckpt_path, state)
-        changed = [k for k, v in meta["config"].items() if k not in RESUMABLE_CHANGES and config_dict.get(k) != v]
-        if changed:
-            before = ", ".join(f"{k}={meta['config'][k]!r}" for k in changed)
-            raise InputError(f"--resume: {out} was run with different options ({before})")
-        losses, evals, seconds = meta["losses"], meta["evals"], meta["seconds"]
+        state, history = loop.resume(ckpt_path, state, config_dict, out)
         log(f"resuming {out} from step {int(state.step)}")
     state, train = parallel.replicate(problem.mesh, (state, train))
 
@@ -322,53 +286,15 @@ def distill_run(
         f"kernel {config.kernel}, {config.ipc} images/class, target batch {target_batch}, "
         f"{config.precision}, {environment()['device']}")
     log(f"kip distill: {parallel.describe(problem.mesh)}; the target batch is split between them")
-    if not evals:
-        evals.append({"step": 0, **evaluate(state.params["images"], state.params["labels"])})
     step_fn = distill.make_step(problem.kernel_fn, optimizer, target_batch, config.reg, config.learn_labels,
                                 config.loss, problem.mesh)
-    runners: dict[int, Callable] = {}
-
-    def checkpoint(state: distill.KipState) -> None:
-        meta = {"config": config_dict, "losses": losses, "evals": evals, "seconds": seconds}
-        _save_checkpoint(ckpt_path, state, meta)
-
-    step = int(state.step)
-    if not resume:
-        checkpoint(state)  # the initial support: a good state to fall back to from step 1 on
-    bar = tqdm(total=config.steps, initial=min(step, config.steps), disable=not progress, unit="step", file=sys.stderr)
-    bar.set_postfix(test_acc=f"{evals[-1]['test_accuracy']:.4f}")
-    try:
-        while step < config.steps:
-            # Chunks end on multiples of eval_every, so a resumed run repeats the same programs.
-            chunk = min((step // config.eval_every + 1) * config.eval_every, config.steps) - step
-            if chunk not in runners:
-                runners[chunk] = distill.make_multi_step(step_fn, chunk)
-            start = time.perf_counter()
-            new_state, metrics = runners[chunk](state, train)
-            chunk_loss, chunk_acc = np.asarray(metrics["loss"]), np.asarray(metrics["accuracy"])
-            bad = np.flatnonzero(~np.isfinite(chunk_loss))
-            if len(bad) or not all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree_util.tree_leaves(new_state.params)):
-                failed = step + 1 + (int(bad[0]) if len(bad) else chunk - 1)
-                raise TrainingDiverged(
-                    f"loss became NaN/inf at step {failed}; the last good checkpoint (step {step}) is in {ckpt_path}"
-                    " - try a smaller --lr or a larger --reg"
-                )
-            seconds += time.perf_counter() - start
-            losses.extend([step + 1 + i, float(chunk_loss[i]), float(chunk_acc[i])] for i in range(chunk))
-            state, step = new_state, step + chunk
-            if step % config.eval_every == 0 or step == config.steps:
-                evals.append({"step": step, **evaluate(state.params["images"], state.params["labels"])})
-            checkpoint(state)
-            bar.update(chunk)
-            bar.set_postfix(loss=f"{chunk_loss[-1]:.3g}", test_acc=f"{evals[-1]['test_accuracy']:.4f}")
-    except KeyboardInterrupt:
-        bar.close()
-        checkpoint(state)
-        log(f"interrupted: checkpoint at step {step} in {ckpt_path}; continue with the same command and --resume")
-        raise
-    bar.close()
-
-    final = evals[-1] if evals[-1]["step"] == step else {"step": step, **evaluate(state.params["images"], state.params["labels"])}
+    state, history = loop.optimise(
+        state, lambda n: functools.partial(distill.make_multi_step(step_fn, n), train=train), config.steps,
+        config.eval_every, lambda s: evaluate(s.params["images"], s.params["labels"]),
+        lambda s, h: loop.save_checkpoint(ckpt_path, s, config_dict, h), history, ckpt_path, progress, log,
+        hint="try a smaller --lr or a larger --reg")
+    step, evals, seconds = int(state.step), history.evals, history.seconds
+    final = evals[-1]
     metrics = {
         "test_accuracy": final["test_accuracy"],
         "test_mse": final["test_mse"],
@@ -380,27 +306,32 @@ def distill_run(
         "config": config_dict,
         "environment": environment(),
         "evals": evals,
-        "losses": losses,
+        "losses": history.losses,
     }
-    _write_distilled(out, problem, np.asarray(state.params["images"]), np.asarray(state.params["labels"]),
+    write_distilled(out, problem, np.asarray(state.params["images"]), np.asarray(state.params["labels"]),
                      np.asarray(init_images), init_idx, metrics,
                      f"KIP {config.kernel} on {ds.name}, {config.ipc}/class, {step} steps: "
                      f"test acc {100 * final['test_accuracy']:.2f}%")
-    plots.learning_curve(os.path.join(out, "curve.png"), losses, evals, f"KIP {config.kernel} on {ds.name}, {config.ipc} images/class")
+    plots.learning_curve(os.path.join(out, "curve.png"), history.losses, evals, f"KIP {config.kernel} on {ds.name}, {config.ipc} images/class")
     log(f"test accuracy {100 * metrics['test_accuracy']:.2f}% (initial real images: "
         f"{100 * metrics['initial_test_accuracy']:.2f}%), test mse {metrics['test_mse']:.5f}; "
         f"{step} steps in {seconds:.1f} s; wrote {out}/")
     return metrics
 
 
-def _write_distilled(out, problem, images, labels, init_images, init_idx, metrics, title) -> None:
+def write_distilled(out: str, problem: Problem, images, labels, init_images, init_idx, metrics: dict, title: str,
+                    kernel: str | None = None, **extra) -> None:
+    """A run's outputs: OUT/distilled.npz (images, labels, the training indices they started from,
+    the kernel or network they were distilled with, the preprocessing, `extra` arrays),
+    metrics.json and support.png."""
     io.write_npz(
         os.path.join(out, "distilled.npz"),
         images=images,
         labels=labels,
         initial_indices=init_idx,
-        kernel=np.array(metrics["config"]["kernel"]),
+        kernel=np.array(metrics["config"]["kernel"] if kernel is None else kernel),
         **problem.preprocessing.to_arrays(),
+        **extra,
     )
     io.write_json(os.path.join(out, "metrics.json"), metrics)
     plots.support_grid(os.path.join(out, "support.png"), images, labels, init_images, title)
@@ -447,7 +378,7 @@ def label_solve_run(config: LabelSolveConfig, out: str, overwrite: bool = False,
     """Label Solve on a class-balanced real support set; writes the same files as KIP."""
     config.check()
     options = config.kernel_options
-    _prepare_out(out, resume=False, overwrite=overwrite)
+    prepare_out(out, resume=False, overwrite=overwrite)
     start = time.perf_counter()
     problem = prepare(data.load(config.dataset, config.data_dir), options, config.zca, config.precision,
                       max_memory=config.max_memory, devices=config.devices)
@@ -481,7 +412,7 @@ def label_solve_run(config: LabelSolveConfig, out: str, overwrite: bool = False,
         "config": dataclasses.asdict(config),
         "environment": environment(),
     }
-    _write_distilled(out, problem, np.asarray(x_s), np.asarray(y_s), np.asarray(x_s), idx, metrics,
+    write_distilled(out, problem, np.asarray(x_s), np.asarray(y_s), np.asarray(x_s), idx, metrics,
                      f"Label Solve {config.kernel} on {ds.name}, {config.ipc}/class: test acc {100 * after['test_accuracy']:.2f}%")
     log(f"label solve: {ds.name}, kernel {config.kernel}, {len(idx)} support images, {len(target_idx)} targets: "
         f"test accuracy {100 * before['test_accuracy']:.2f}% -> {100 * after['test_accuracy']:.2f}% in {seconds:.1f} s; wrote {out}/")

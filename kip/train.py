@@ -206,7 +206,7 @@ def step(model: nn.Module, config: TrainConfig, state: NetState, batch: Batch, w
     return state._replace(variables=variables, opt_state=opt_state), metrics
 
 
-def _epoch_step(model, config, batch, state, x, y, order, i, key):
+def epoch_batch_step(model, config, batch, state, x, y, order, i, key):
     """`step` on the i-th batch of `batch` positions of the epoch's `order` (n,) of x, y; positions
     past n (a partial last batch) count with weight 0. Also returns the batch's indices."""
     n = order.shape[0]
@@ -279,8 +279,8 @@ def _select(mask: Array, new, old):
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _group_step(model, config, batch, data_axis, state, x, y, order, i, keys):
-    """`_epoch_step` for a group of networks (leading axis), data shared (data_axis None) or not (0)."""
-    one = functools.partial(_epoch_step, model, config, batch)
+    """`epoch_batch_step` for a group of networks (leading axis), data shared (data_axis None) or not (0)."""
+    one = functools.partial(epoch_batch_step, model, config, batch)
     if keys.shape[0] == 1:  # a lone network runs unbatched: XLA:CPU's batched convolutions are slower
         first = lambda tree: jax.tree_util.tree_map(lambda a: a[0], tree)
         data = (x, y) if data_axis is None else (x[0], y[0])

@@ -371,3 +371,18 @@ def protocol_run(
     result.update(method="train", distilled=distilled, overrides=recorded, matched=bool(matched), kernel=loaded.kernel,
                   preprocessing=loaded.note, seed=seed, environment=report.machine())
     return result
+
+
+def judge_run(out: str, protocol: str, networks: int | None = None, data_dir: str | None = None, seed: int = 0,
+              progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """A finished distillation run in `out` (any method) judged by `protocol_run` on its
+    distilled.npz, the networks kept in OUT/networks (an interrupted evaluation resumes); the result
+    is added to OUT/metrics.json under 'protocol' and returned."""
+    metrics = io.read_json(os.path.join(out, "metrics.json"))
+    dataset = metrics.get("config", {}).get("dataset", data.DEFAULT_DATASET)
+    result = protocol_run(os.path.join(out, "distilled.npz"), dataset, data_dir, protocol,
+                          {"networks": networks} if networks else {}, seed=seed, cache_dir=os.path.join(out, "networks"),
+                          progress=progress, log=log)
+    metrics["protocol"] = result
+    io.write_json(os.path.join(out, "metrics.json"), metrics)
+    return result

@@ -1,0 +1,129 @@
+"""The resumable optimisation loop every distillation run shares (KIP, DC, DSA, DM): steps in
+jitted chunks that end on multiples of `eval_every`, a test evaluation and a checkpoint after
+each, a NaN check, a progress bar, and a checkpoint on Ctrl-C. A resumed run repeats the same
+compiled programs on the same state, so it ends where an uninterrupted run would."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from kip import InputError, TrainingDiverged, io
+
+# Options that may change when a run is resumed (the rest must match the checkpoint).
+RESUMABLE_CHANGES = ("steps", "data_dir", "devices")
+
+
+@dataclasses.dataclass
+class History:
+    """A run's record: per-step rows [step, loss] (+ [accuracy] where the method reports one),
+    evaluations {'step', 'test_accuracy', ...}, and seconds spent stepping."""
+
+    losses: list = dataclasses.field(default_factory=list)
+    evals: list = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+
+def save_checkpoint(path: str, state: Any, config: dict, history: History) -> None:
+    """The state's leaves and {'config', 'losses', 'evals', 'seconds'} as one .npz (atomic)."""
+    leaves = jax.tree_util.tree_leaves(state)
+    arrays = {f"leaf_{i:04d}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+    meta = {"config": config, "losses": history.losses, "evals": history.evals, "seconds": history.seconds}
+    io.write_npz(path, meta=np.array(json.dumps(meta)), **arrays)
+
+
+def load_checkpoint(path: str, template: Any | None) -> tuple[Any | None, dict]:
+    """The saved state (shaped like `template`) and the run's metadata; template None
+    reads the metadata only."""
+    arrays = io.read_npz(path)
+    if template is None:
+        try:
+            return None, json.loads(str(arrays["meta"]))
+        except (KeyError, ValueError):
+            raise InputError(f"{path}: not a kip checkpoint") from None
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    try:
+        restored = [jnp.asarray(arrays[f"leaf_{i:04d}"], dtype=leaf.dtype) for i, leaf in enumerate(leaves)]
+        meta = json.loads(str(arrays["meta"]))
+    except KeyError:
+        raise InputError(f"{path}: not a kip checkpoint of this run's shape") from None
+    for new, old in zip(restored, leaves):
+        if new.shape != old.shape:
+            raise InputError(f"{path}: checkpoint arrays do not match this run's shapes")
+    return jax.tree_util.tree_unflatten(treedef, restored), meta
+
+
+def resume(path: str, template: Any, config: dict, out: str) -> tuple[Any, History]:
+    """The checkpointed state and history of the run in `out`, after checking that it was run
+    with `config` (up to `RESUMABLE_CHANGES`)."""
+    state, meta = load_checkpoint(path, template)
+    changed = [k for k, v in meta["config"].items() if k not in RESUMABLE_CHANGES and config.get(k) != v]
+    if changed:
+        before = ", ".join(f"{k}={meta['config'].get(k)!r}" for k in changed)
+        raise InputError(f"--resume: {out} was run with different options ({before})")
+    return state, History(meta["losses"], meta["evals"], meta["seconds"])
+
+
+def optimise(
+    state: Any,
+    make_chunk: Callable[[int], Callable[[Any], tuple[Any, dict]]],
+    steps: int,
+    eval_every: int,
+    evaluate: Callable[[Any], dict],
+    checkpoint: Callable[[Any, History], None],
+    history: History,
+    checkpoint_path: str,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    hint: str = "try a smaller --lr",
+) -> tuple[Any, History]:
+    """Steps `state` (with `.params` and `.step`) to `steps`. `make_chunk(n)` is a jitted
+    `state -> (state, metrics)` taking n steps, metrics {'loss': (n,), optionally 'accuracy': (n,)};
+    `evaluate(state)` the test metrics; `checkpoint(state, history)` saves both. Raises
+    `TrainingDiverged` on a NaN loss or parameter, keeping the last good checkpoint."""
+    runners: dict[int, Callable] = {}
+    step = int(state.step)
+    if not history.evals:
+        history.evals.append({"step": step, **evaluate(state)})
+        checkpoint(state, history)  # the start: a good state to fall back to from step 1 on
+    bar = tqdm(total=steps, initial=min(step, steps), disable=not progress, unit="step", file=sys.stderr)
+    bar.set_postfix(test_acc=f"{history.evals[-1]['test_accuracy']:.4f}")
+    try:
+        while step < steps:
+            chunk = min((step // eval_every + 1) * eval_every, steps) - step
+            if chunk not in runners:
+                runners[chunk] = make_chunk(chunk)
+            start = time.perf_counter()
+            new_state, metrics = runners[chunk](state)
+            chunk_loss = np.asarray(metrics["loss"])
+            bad = np.flatnonzero(~np.isfinite(chunk_loss))
+            if len(bad) or not all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree_util.tree_leaves(new_state.params)):
+                failed = step + 1 + (int(bad[0]) if len(bad) else chunk - 1)
+                raise TrainingDiverged(f"loss became NaN/inf at step {failed}; the last good checkpoint (step {step}) "
+                                       f"is in {checkpoint_path} - {hint}")
+            history.seconds += time.perf_counter() - start
+            extra = [np.asarray(metrics["accuracy"])] if "accuracy" in metrics else []
+            history.losses.extend([step + 1 + i, float(chunk_loss[i]), *(float(e[i]) for e in extra)] for i in range(chunk))
+            state, step = new_state, step + chunk
+            if step % eval_every == 0 or step == steps:
+                history.evals.append({"step": step, **evaluate(state)})
+            checkpoint(state, history)
+            bar.update(chunk)
+            bar.set_postfix(loss=f"{chunk_loss[-1]:.3g}", test_acc=f"{history.evals[-1]['test_accuracy']:.4f}")
+    except KeyboardInterrupt:
+        bar.close()
+        checkpoint(state, history)
+        log(f"interrupted: checkpoint at step {step} in {checkpoint_path}; continue with the same command and --resume")
+        raise
+    bar.close()
+    if history.evals[-1]["step"] != step:
+        history.evals.append({"step": step, **evaluate(state)})
+    return state, history
