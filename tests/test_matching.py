@@ -74,7 +74,8 @@ def _conv_problem(ipc=2, batch=6, width=4):
     return model, model.init(key, syn[0]), real, syn
 
 
-@pytest.mark.parametrize("im2col", [False, True])
+# lax's convolutions differentiated twice compile slowly on CPU (~30 s): the path accelerators take
+@pytest.mark.parametrize("im2col", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_dc_gradient_in_the_synthetic_images_matches_finite_differences(im2col):
     model, variables, real, syn = _conv_problem()
     model = model.clone(im2col=im2col)
