@@ -102,7 +102,8 @@ def main() -> None:
             for seed in range(args.seeds or seeds):
                 config = matching_run.MatchConfig(method=method, dataset=m["dataset"], data_dir=data_dir, ipc=ipc, seed=seed,
                                                   kernel=m["kernel"], precision=m["precision"], **m["methods"][method])
-                config = dataclasses.replace(config, eval_every=config.iterations or 1)  # KRR at the start and the end
+                # KRR at the start and the end; a checkpoint every 100 iterations
+                config = dataclasses.replace(config, eval_every=config.iterations or 1, checkpoint_every=100)
                 out = os.path.join(runs_dir, f"{method}-ipc{ipc}-seed{seed}")
                 print(f"== {method.upper()}, {ipc}/class, seed {seed}")
                 metrics = cells.distill_cell(config, out, progress=progress)

@@ -18,7 +18,10 @@ def _with_defaults(stored: dict, config) -> dict:
     return {**dataclasses.asdict(type(config)()), **stored}
 
 
-def same_options(stored: dict, config, ignore: tuple[str, ...] = ("devices",)) -> bool:
+NO_EFFECT = ("devices", "checkpoint_every")  # options a finished run's result does not depend on
+
+
+def same_options(stored: dict, config, ignore: tuple[str, ...] = NO_EFFECT) -> bool:
     """Whether a run's stored config dict asked for what `config` asks for (`_with_defaults`);
     `ignore` lists options that do not change the result."""
     known, wanted = _with_defaults(stored, config), dataclasses.asdict(config)
@@ -44,7 +47,7 @@ def _differences(stored: dict, config) -> str:
 
 def cell_conflict(out: str, config) -> str | None:
     """Why running `config` in `out` would replace work of other options: None when `out` holds
-    nothing, or a run of the same options (finished: all options count but `devices`;
+    nothing, or a run of the same options (finished: all options count but `NO_EFFECT`;
     interrupted: all but those a resume may change), else one line naming the folder and the
     options that differ. A folder's name rarely spells every option: this is what keeps a
     changed option from silently deleting a finished run."""

@@ -27,7 +27,7 @@ _MATCHING = ("dc", "dsa", "dm")
 _STEPPED = ("kip",) + _MATCHING
 # `kip distill` options that belong to some methods only (default None: given or not is known), and their defaults
 DISTILL_OPTIONS = {
-    "steps": _STEPPED, "lr": _STEPPED, "eval_every": _STEPPED, "resume": _STEPPED,
+    "steps": _STEPPED, "lr": _STEPPED, "eval_every": _STEPPED, "checkpoint_every": _STEPPED, "resume": _STEPPED,
     "target_batch": ("kip",), "learn_labels": ("kip",), "loss": ("kip",), "get": ("kip",), "rf_resample": ("kip",),
     "init_from": ("kip",), "zca": ("kip", "label-solve"), "target_size": ("label-solve",),
     "width": _MATCHING, "real_batch": _MATCHING, "init": _MATCHING, "outer_loop": ("dc", "dsa"), "inner_loop": ("dc", "dsa"),
@@ -104,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
                         "(default 0.1 / 0.1 / 1)")
     p.add_argument("--seed", type=int, default=0, help="support initialisation, target batches and random networks")
     p.add_argument("--eval-every", type=int, default=None, help="steps between test evaluations and checkpoints (default: 100)")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help="steps between checkpoints, when more often than evaluations (default: at each evaluation)")
     p.add_argument("--eval-protocol", default=None, metavar="NAME",
                    help="also train the finite networks of this protocol (kip protocols) on the result, beside random "
                         "real subsets; recorded in metrics.json under 'protocol'")

@@ -18,8 +18,9 @@ from tqdm.auto import tqdm
 
 from kip import InputError, TrainingDiverged, io
 
-# Options that may change when a run is resumed (the rest must match the checkpoint).
-RESUMABLE_CHANGES = ("steps", "data_dir", "devices")
+# Options that may change when a run is resumed (the rest must match the checkpoint). Where the
+# chunks end does not change the result (tests/test_matching.py resumes across other periods).
+RESUMABLE_CHANGES = ("steps", "data_dir", "devices", "checkpoint_every")
 
 
 @dataclasses.dataclass
@@ -84,11 +85,14 @@ def optimise(
     progress: bool = True,
     log: Callable[[str], None] = print,
     hint: str = "try a smaller --lr",
+    checkpoint_every: int | None = None,
 ) -> tuple[Any, History]:
     """Steps `state` (with `.params` and `.step`) to `steps`. `make_chunk(n)` is a jitted
     `state -> (state, metrics)` taking n steps, metrics {'loss': (n,), optionally 'accuracy': (n,)};
-    `evaluate(state)` the test metrics; `checkpoint(state, history)` saves both. Raises
-    `TrainingDiverged` on a NaN loss or parameter, keeping the last good checkpoint."""
+    `evaluate(state)` the test metrics (every `eval_every` steps and at the end); `checkpoint(state,
+    history)` saves both, every `checkpoint_every` steps (None: at each evaluation) and at each
+    evaluation. Raises `TrainingDiverged` on a NaN loss or parameter, keeping the last good checkpoint."""
+    periods = (eval_every,) if checkpoint_every is None else (eval_every, checkpoint_every)
     runners: dict[int, Callable] = {}
     step = int(state.step)
     if not history.evals:
@@ -98,7 +102,8 @@ def optimise(
     bar.set_postfix(test_acc=f"{history.evals[-1]['test_accuracy']:.4f}")
     try:
         while step < steps:
-            chunk = min((step // eval_every + 1) * eval_every, steps) - step
+            # chunks end on multiples of the periods, so a resumed run repeats the same programs
+            chunk = min(min((step // p + 1) * p for p in periods), steps) - step
             if chunk not in runners:
                 runners[chunk] = make_chunk(chunk)
             start = time.perf_counter()

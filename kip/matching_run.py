@@ -43,6 +43,7 @@ class MatchConfig:
     precision: str = "float64"  # of the KRR evaluation (the images are float32)
     reg: float = krr.DEFAULT_REG
     eval_every: int = 100
+    checkpoint_every: int | None = None  # None: at each evaluation
     block_size: int = krr.DEFAULT_BLOCK
     max_memory: float | None = None
     rf_models: int = rf.DEFAULT_MODELS
@@ -59,7 +60,7 @@ class MatchConfig:
             raise InputError(f"--method must be one of {', '.join(matching.METHODS)} here, got {self.method!r}")
         if self.init not in INITS:
             raise InputError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
-        for name in ("ipc", "real_batch", "eval_every", "block_size", "outer_loop", "inner_loop", "width"):
+        for name in ("ipc", "real_batch", "eval_every", "block_size", "outer_loop", "inner_loop", "width", "checkpoint_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -155,7 +156,7 @@ def matching_run(
     state, history = loop.optimise(
         state, lambda n: functools.partial(distill.make_multi_step(step_fn, n), train=real), config.iterations, config.eval_every,
         lambda s: evaluate(s.params["images"], labels), lambda s, h: loop.save_checkpoint(ckpt_path, s, config_dict, h),
-        history, ckpt_path, progress, log)
+        history, ckpt_path, progress, log, checkpoint_every=config.checkpoint_every)
     step, final = int(state.step), history.evals[-1]
     metrics = {
         "method": config.method,

@@ -188,6 +188,7 @@ class DistillConfig:
     devices: int | None = None  # None: all visible devices
     init_from: str | None = None  # a distilled .npz to start from instead of real images (fine-tuning)
     get: str = "ntk"  # an exact kernel's NTK or NNGP (random features estimate the NNGP whatever this says)
+    checkpoint_every: int | None = None  # None: at each evaluation
 
     @property
     def kernel_options(self) -> KernelOptions:
@@ -197,8 +198,8 @@ class DistillConfig:
         check_kernel(self.kernel_options)
         if self.loss not in distill.LOSSES:
             raise InputError(f"--loss must be one of {', '.join(distill.LOSSES)}, got {self.loss!r}")
-        for name in ("ipc", "target_batch", "eval_every", "block_size"):
-            if getattr(self, name) < 1:
+        for name in ("ipc", "target_batch", "eval_every", "block_size", "checkpoint_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.steps < 0:
             raise InputError(f"--steps must be >= 0, got {self.steps}")
@@ -292,7 +293,7 @@ def distill_run(
         state, lambda n: functools.partial(distill.make_multi_step(step_fn, n), train=train), config.steps,
         config.eval_every, lambda s: evaluate(s.params["images"], s.params["labels"]),
         lambda s, h: loop.save_checkpoint(ckpt_path, s, config_dict, h), history, ckpt_path, progress, log,
-        hint="try a smaller --lr or a larger --reg")
+        hint="try a smaller --lr or a larger --reg", checkpoint_every=config.checkpoint_every)
     step, evals, seconds = int(state.step), history.evals, history.seconds
     final = evals[-1]
     metrics = {

@@ -147,12 +147,14 @@ def _images(out):
     return np.asarray(io.read_npz(os.path.join(out, "distilled.npz"))["images"])
 
 
-@pytest.mark.parametrize("method", ["dc", "dm"])
-def test_a_run_resumes_to_the_uninterrupted_result(tmp_path, method):
+@pytest.mark.parametrize("method, periods", [("dc", ["--eval-every", "2"]), ("dm", ["--eval-every", "4", "--checkpoint-every", "2"])])
+def test_a_run_resumes_to_the_uninterrupted_result(tmp_path, method, periods):
+    """Interrupted after 2 of 4 steps (at an evaluation, or at a checkpoint between evaluations),
+    then resumed: the images of one uninterrupted run (evaluated every 2 steps / at the end only)."""
     whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
-    assert cli.main(RUN + ["--method", method, "--steps", "4", "--eval-every", "2", "--out", whole]) == 0
-    assert cli.main(RUN + ["--method", method, "--steps", "2", "--eval-every", "2", "--out", split]) == 0
-    assert cli.main(RUN + ["--method", method, "--steps", "4", "--eval-every", "2", "--out", split, "--resume"]) == 0
+    assert cli.main(RUN + ["--method", method, "--steps", "4", "--eval-every", periods[1], "--out", whole]) == 0
+    assert cli.main(RUN + ["--method", method, "--steps", "2", *periods, "--out", split]) == 0
+    assert cli.main(RUN + ["--method", method, "--steps", "4", *periods, "--out", split, "--resume"]) == 0
     np.testing.assert_array_equal(_images(whole), _images(split))
     for f in ("distilled.npz", "metrics.json", "support.png", "curve.png", "checkpoint.npz"):
         assert os.path.exists(os.path.join(whole, f))
