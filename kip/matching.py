@@ -115,6 +115,17 @@ def _siamese(key: Array, real: Array, syn: Array, strategy: str | None) -> tuple
     return augment.dsa(key, real, strategy, siamese=True), augment.dsa(key, syn, strategy, siamese=True)
 
 
+def _siamese_per_class(key: Array, real: Array, syn: Array, strategy: str | None) -> tuple[Array, Array]:
+    """`_siamese` for each class c (batches real[c], syn[c]) with its own draw, key split(key, C)[c].
+    A Python loop over the classes, not vmap: under vmap DSA's choice of family (lax.switch on a
+    per-class index) would compute every family for every class."""
+    if strategy is None:
+        return real, syn
+    keys = jax.random.split(key, real.shape[0])
+    pairs = [_siamese(keys[c], real[c], syn[c], strategy) for c in range(real.shape[0])]
+    return jnp.stack([r for r, _ in pairs]), jnp.stack([s for _, s in pairs])
+
+
 def _class_cross_entropy(model: nn.Module, params: dict, rest: dict, images: Array, label: Array) -> Array:
     """Mean cross-entropy of the network on images (b, ...) that all belong to class `label`."""
     logits = model.apply({"params": params, **rest}, images, train=True)
@@ -129,13 +140,12 @@ def dc_loss(model: nn.Module, variables: dict, real: Array, syn: Array, key: Arr
     params, rest = variables["params"], {k: v for k, v in variables.items() if k != "params"}
     grad = jax.grad(_class_cross_entropy, argnums=1)
 
-    def one_class(real_c, syn_c, label, key_c):
-        real_c, syn_c = _siamese(key_c, real_c, syn_c, strategy)
+    def one_class(real_c, syn_c, label):
         g_real = jax.lax.stop_gradient(grad(model, params, rest, real_c, label))
         return gradient_distance(g_real, grad(model, params, rest, syn_c, label))
 
-    num_classes = real.shape[0]
-    return jnp.sum(jax.vmap(one_class)(real, syn, jnp.arange(num_classes), jax.random.split(key, num_classes)))
+    real, syn = _siamese_per_class(key, real, syn, strategy)
+    return jnp.sum(jax.vmap(one_class)(real, syn, jnp.arange(real.shape[0])))
 
 
 def dm_loss(embed: nn.Module, variables: dict, real: Array, syn: Array, key: Array, strategy: str | None = None) -> Array:
@@ -143,13 +153,11 @@ def dm_loss(embed: nn.Module, variables: dict, real: Array, syn: Array, key: Arr
     mean a constant), class c's two batches under one DSA draw. embed: a network without its
     head ((n, H, W, ch) -> (n, D)); real (C, b, ...), syn (C, ipc, ...)."""
 
-    def one_class(real_c, syn_c, key_c):
-        real_c, syn_c = _siamese(key_c, real_c, syn_c, strategy)
-        mean_real = jax.lax.stop_gradient(jnp.mean(embed.apply(variables, real_c, train=True), 0))
-        return jnp.sum((mean_real - jnp.mean(embed.apply(variables, syn_c, train=True), 0)) ** 2)
-
-    num_classes = real.shape[0]
-    return jnp.sum(jax.vmap(one_class)(real, syn, jax.random.split(key, num_classes)))
+    real, syn = _siamese_per_class(key, real, syn, strategy)
+    # every class's images through the network as one batch (the embedding is per image)
+    mean_embedding = lambda x: jnp.mean(embed.apply(variables, x.reshape((-1,) + x.shape[2:]), train=True)
+                                        .reshape(x.shape[:2] + (-1,)), axis=1)
+    return jnp.sum((jax.lax.stop_gradient(mean_embedding(real)) - mean_embedding(syn)) ** 2)
 
 
 # --------------------------------------------------------------------------- the step
