@@ -158,22 +158,9 @@ def matching_run(
         lambda s: evaluate(s.params["images"], labels), lambda s, h: loop.save_checkpoint(ckpt_path, s, config_dict, h),
         history, ckpt_path, progress, log, checkpoint_every=config.checkpoint_every)
     step, final = int(state.step), history.evals[-1]
-    metrics = {
-        "method": config.method,
-        "test_accuracy": final["test_accuracy"],
-        "test_mse": final["test_mse"],
-        "initial_test_accuracy": history.evals[0]["test_accuracy"],
-        "steps": step,
-        "seconds": history.seconds,
-        "seconds_per_step": history.seconds / step if step else None,
-        "test_size": int(len(ds.y_test)),
-        "settings": {**dataclasses.asdict(settings), "width": width, "image_lr": config.image_lr, "iterations": config.iterations,
-                     "network": model.__class__.__name__, "im2col": model.im2col},
-        "config": config_dict,
-        "environment": run.environment(),
-        "evals": history.evals,
-        "losses": history.losses,
-    }
+    settings_record = {**dataclasses.asdict(settings), "width": width, "image_lr": config.image_lr,
+                       "iterations": config.iterations, "network": model.__class__.__name__, "im2col": model.im2col}
+    metrics = run.run_metrics(history, step, ds, config_dict, method=config.method, settings=settings_record)
     images = np.asarray(state.params["images"])
     title = f"{name} on {ds.name}, {config.ipc}/class, {step} iterations: KRR ({config.kernel}) test acc {100 * final['test_accuracy']:.2f}%"
     run.write_distilled(out, problem, images, np.asarray(labels), np.asarray(init_images), init_idx, metrics, title,

@@ -294,21 +294,8 @@ def distill_run(
         config.eval_every, lambda s: evaluate(s.params["images"], s.params["labels"]),
         lambda s, h: loop.save_checkpoint(ckpt_path, s, config_dict, h), history, ckpt_path, progress, log,
         hint="try a smaller --lr or a larger --reg", checkpoint_every=config.checkpoint_every)
-    step, evals, seconds = int(state.step), history.evals, history.seconds
-    final = evals[-1]
-    metrics = {
-        "test_accuracy": final["test_accuracy"],
-        "test_mse": final["test_mse"],
-        "initial_test_accuracy": evals[0]["test_accuracy"],
-        "steps": step,
-        "seconds": seconds,
-        "seconds_per_step": seconds / step if step else None,
-        "test_size": int(len(ds.y_test)),
-        "config": config_dict,
-        "environment": environment(),
-        "evals": evals,
-        "losses": history.losses,
-    }
+    metrics = run_metrics(history, int(state.step), ds, config_dict)
+    step, evals, seconds, final = metrics["steps"], history.evals, history.seconds, history.evals[-1]
     write_distilled(out, problem, np.asarray(state.params["images"]), np.asarray(state.params["labels"]),
                      np.asarray(init_images), init_idx, metrics,
                      f"KIP {config.kernel} on {ds.name}, {config.ipc}/class, {step} steps: "
@@ -318,6 +305,26 @@ def distill_run(
         f"{100 * metrics['initial_test_accuracy']:.2f}%), test mse {metrics['test_mse']:.5f}; "
         f"{step} steps in {seconds:.1f} s; wrote {out}/")
     return metrics
+
+
+def run_metrics(history: loop.History, step: int, ds: data.Dataset, config: dict, **extra) -> dict:
+    """The metrics.json of a distillation run (any method) that ended at `step`: the final and
+    initial test accuracy, timing, the options, the machine, the evaluations and the losses."""
+    final = history.evals[-1]
+    return {
+        **extra,
+        "test_accuracy": final["test_accuracy"],
+        "test_mse": final["test_mse"],
+        "initial_test_accuracy": history.evals[0]["test_accuracy"],
+        "steps": step,
+        "seconds": history.seconds,
+        "seconds_per_step": history.seconds / step if step else None,
+        "test_size": int(len(ds.y_test)),
+        "config": config,
+        "environment": environment(),
+        "evals": history.evals,
+        "losses": history.losses,
+    }
 
 
 def write_distilled(out: str, problem: Problem, images, labels, init_images, init_idx, metrics: dict, title: str,
