@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.timing import best_seconds
-from kip import data, distill, matching, matching_run, report
+from kip import data, distill, matching, method_run, report
 
 STRATEGY = "color_crop_cutout_scale_rotate"
 
@@ -86,7 +86,7 @@ def main() -> None:
     else:
         x, y = ((ds.x_train - ds.x_train.mean()) / ds.x_train.std()).astype(np.float32), ds.y_train
     real = distill.train_data(x, y, 10, jnp.float32)
-    model, embed, width = matching_run.networks(args.width, 10)
+    model, embed, width = method_run.networks(args.width, 10)
     rows = []
     for method in args.methods:
         settings = matching.Settings(method, args.ipc, 10, args.real_batch, 1, 1, None if method == "dc" else STRATEGY)

@@ -28,15 +28,19 @@ import os
 
 import numpy as np
 
-from kip import cells, io, matching, matching_run, protocols, release, report, transfer
+from kip import cells, io, matching, method_run, protocols, release, report, transfer
 
 PROTOCOL_OF = {"dc": "dc", "dsa": "dsa", "dm": "dsa"}  # as each paper evaluates its sets
 MODES = {
     # CPU: ~1-1.5 s per DC / DSA iteration and ~0.7 s per DM iteration at width 64 and 64 real images
-    # per class on this 2-core machine: each run within about 20 minutes
+    # per class on this 2-core machine: each run within about 20 minutes. At 10 per class DC's loops
+    # (10 matching steps, 50 epochs of inner training between them) take ~1 minute per iteration
+    # here, so the CPU runs shorten the inner loop to 10 epochs and take 40 iterations (size_methods)
     "cpu": dict(dataset="mnist", sizes={1: 3, 10: 1}, kernel="convnet3", precision="float32", methods={
         "dc": dict(steps=500, width=64, real_batch=64), "dsa": dict(steps=500, width=64, real_batch=64),
         "dm": dict(steps=1500, width=64, real_batch=64)},
+        size_methods={10: {"dc": dict(steps=40, outer_loop=10, inner_loop=10), "dsa": dict(steps=40, outer_loop=10, inner_loop=10),
+                           "dm": dict(steps=3000)}},
         evaluation=dict(networks=2), baseline_subsets={1: 5, 10: 3}),
     "gpu": dict(dataset="mnist", sizes={1: 3, 10: 3, 50: 3}, kernel="convnet3", precision="float32",
                 methods={"dc": {}, "dsa": {}, "dm": {}}, evaluation=dict(networks=20), baseline_subsets={1: 5, 10: 5, 50: 5}),
@@ -100,8 +104,9 @@ def main() -> None:
             continue
         for method in args.methods:
             for seed in range(args.seeds or seeds):
-                config = matching_run.MatchConfig(method=method, dataset=m["dataset"], data_dir=data_dir, ipc=ipc, seed=seed,
-                                                  kernel=m["kernel"], precision=m["precision"], **m["methods"][method])
+                options = {**m["methods"][method], **m.get("size_methods", {}).get(ipc, {}).get(method, {})}
+                config = method_run.MethodConfig(method=method, dataset=m["dataset"], data_dir=data_dir, ipc=ipc, seed=seed,
+                                                 kernel=m["kernel"], precision=m["precision"], **options)
                 # KRR at the start and the end; a checkpoint every 100 iterations
                 config = dataclasses.replace(config, eval_every=config.iterations or 1, checkpoint_every=100)
                 out = os.path.join(runs_dir, f"{method}-ipc{ipc}-seed{seed}")
@@ -135,7 +140,8 @@ with DC's MNIST augmentation, `dsa` with DSA's. Overrides of the cards here: {',
 {m['baseline_subsets']}. Nothing is chosen on the test set (the cards fix every hyper-parameter).
 "distillation": the matching network is DC's ConvNet at the stated width (the papers: 128), with
 the stated real images per class per matching step (the papers: 256) and outer iterations (the
-papers: DC / DSA 1000, DM 20000); image lr 0.1 (DC, DSA) / 1 (DM), SGD momentum 0.5, real-image
+papers: DC / DSA 1000, DM 20000) and DC / DSA loops (outer / inner; the papers: 1 / 1 at 1 per class,
+10 / 50 at 10); image lr 0.1 (DC, DSA) / 1 (DM), SGD momentum 0.5, real-image
 start; DSA and DM augment with DSA's strategy for the data set. "KRR": the set's test accuracy by
 kernel regression with the {m['kernel']} kernel at the end of its run (KIP rows: under the kernel
 it was distilled with). "min / run": wall-clock minutes of the distillation steps on this machine.

@@ -72,9 +72,9 @@ def cell_conflict(out: str, config) -> str | None:
 
 def _stepped(config) -> bool:
     """Whether `config` is of a resumable, checkpointed run (KIP, DC, DSA, DM)."""
-    from kip import matching_run
+    from kip import method_run
 
-    return isinstance(config, (run.DistillConfig, matching_run.MatchConfig))
+    return isinstance(config, (run.DistillConfig, method_run.MethodConfig))
 
 
 def _check_cell(out: str, config, overwrite: bool) -> str | None:
@@ -87,18 +87,18 @@ def _check_cell(out: str, config, overwrite: bool) -> str | None:
 
 def distill_cell(config, out: str, progress: bool = False, log: Callable[[str], None] = print,
                  overwrite: bool = False) -> dict:
-    """One cell of a table or sweep (a `run.DistillConfig`: KIP, or a `matching_run.MatchConfig`:
+    """One cell of a table or sweep (a `run.DistillConfig`: KIP, or a `method_run.MethodConfig`:
     DC, DSA, DM): reuses a finished run in `out` with the same options, resumes an interrupted one,
     or starts it. Returns its metrics. A folder holding a run of other options (`cell_conflict`)
     is an InputError unless `overwrite`."""
-    from kip import matching_run
+    from kip import method_run
 
     conflict = _check_cell(out, config, overwrite)
     metrics = finished(out, config, log)
     if metrics is not None:
         return metrics
     resume = conflict is None and os.path.exists(os.path.join(out, "checkpoint.npz"))
-    runner = matching_run.matching_run if isinstance(config, matching_run.MatchConfig) else run.distill_run
+    runner = method_run.method_run if isinstance(config, method_run.MethodConfig) else run.distill_run
     return runner(config, out, resume=resume, overwrite=not resume, progress=progress, log=log)
 
 

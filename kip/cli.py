@@ -22,16 +22,16 @@ from kip.release import LAYOUTS  # noqa: E402
 
 DEFAULT_RUNS_DIR = "runs"
 KERNEL_COMMANDS = ("distill", "label-solve", "sweep")
-DISTILL_METHODS = ("kip", "label-solve", "dc", "dsa", "dm")
-_MATCHING = ("dc", "dsa", "dm")
-_STEPPED = ("kip",) + _MATCHING
+DISTILL_METHODS = ("kip", "label-solve", "dc", "dsa", "dm", "dd", "frepo")
+_NETWORKED = ("dc", "dsa", "dm", "dd", "frepo")  # kip.method_run
+_STEPPED = ("kip",) + _NETWORKED
 # `kip distill` options that belong to some methods only (default None: given or not is known), and their defaults
 DISTILL_OPTIONS = {
     "steps": _STEPPED, "lr": _STEPPED, "eval_every": _STEPPED, "checkpoint_every": _STEPPED, "resume": _STEPPED,
-    "target_batch": ("kip",), "learn_labels": ("kip",), "loss": ("kip",), "get": ("kip",), "rf_resample": ("kip",),
+    "target_batch": ("kip",), "learn_labels": ("kip", "frepo"), "loss": ("kip",), "get": ("kip",), "rf_resample": ("kip",),
     "init_from": ("kip",), "zca": ("kip", "label-solve"), "target_size": ("label-solve",),
-    "width": _MATCHING, "real_batch": _MATCHING, "init": _MATCHING, "outer_loop": ("dc", "dsa"), "inner_loop": ("dc", "dsa"),
-    "strategy": ("dsa", "dm"),
+    "width": _NETWORKED, "real_batch": _NETWORKED, "init": _NETWORKED, "outer_loop": ("dc", "dsa"), "inner_loop": ("dc", "dsa"),
+    "strategy": ("dsa", "dm"), "unroll": ("dd",), "unroll_epochs": ("dd",), "net_init": ("dd",), "pool_size": ("frepo",), "max_age": ("frepo",),
 }
 KIP_DEFAULTS = {"steps": 1000, "lr": 0.04, "eval_every": 100, "resume": False, "target_batch": 5000, "learn_labels": False,
                 "loss": "mse", "get": "ntk", "rf_resample": True, "zca": False}
@@ -88,20 +88,21 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kip", description="Dataset distillation with infinite-width kernels.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("distill", help="learn a small support set: KIP (default), Label Solve, or the matching "
-                                         "methods DC, DSA and DM")
+    p = sub.add_parser("distill", help="learn a small support set: KIP (default), Label Solve, the matching "
+                                         "methods DC, DSA and DM, Dataset Distillation (DD) or FRePo")
     _add_data_args(p)
     p.add_argument("--method", choices=DISTILL_METHODS, default="kip",
                    help="kip: Kernel Inducing Points; label-solve: closed-form labels for real images; dc / dsa: "
-                        "gradient matching (without / with siamese augmentation); dm: distribution matching; the "
+                        "gradient matching (without / with siamese augmentation); dm: distribution matching; dd: "
+                        "Dataset Distillation (unrolled gradient steps); frepo: feature regression with a model pool; the "
                         "kernel (--kernel) judges every method by KRR (default: %(default)s)")
     p.add_argument("--ipc", type=int, default=10, help="images per class in the support set (default: %(default)s)")
     p.add_argument("--steps", type=int, default=None,
                    help="optimisation steps (dc / dsa / dm: outer iterations); 0 evaluates the initial real images "
-                        "(default: kip 1000, dc / dsa 1000, dm 20000)")
+                        "(default: kip 1000, dc / dsa 1000, dm 20000, dd 1000, frepo 5000)")
     p.add_argument("--lr", type=float, default=None,
                    help="kip: Adam learning rate (default 0.04); dc / dsa / dm: SGD (momentum 0.5) on the images "
-                        "(default 0.1 / 0.1 / 1)")
+                        "(default 0.1 / 0.1 / 1); dd: Adam (0.01); frepo: LAMB (3e-4)")
     p.add_argument("--seed", type=int, default=0, help="support initialisation, target batches and random networks")
     p.add_argument("--eval-every", type=int, default=None, help="steps between test evaluations and checkpoints (default: 100)")
     p.add_argument("--checkpoint-every", type=int, default=None,
@@ -111,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
                         "real subsets; recorded in metrics.json under 'protocol'")
     p.add_argument("--eval-networks", type=int, default=None, help="--eval-protocol: networks per set (default: the card's)")
     p.add_argument("--out", default=None, help="output folder (default: runs/distill-DATASET-KERNEL-ipcN-seedS; "
-                                               "matching methods: runs/distill-DATASET-METHOD-ipcN-seedS)")
+                                               "dc, dsa, dm, dd, frepo: runs/distill-DATASET-METHOD-ipcN-seedS)")
     p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -130,9 +131,10 @@ def _parser() -> argparse.ArgumentParser:
                         "instead of real images: fine-tuning under another kernel")
     g = p.add_argument_group("--method label-solve")
     g.add_argument("--target-size", type=int, default=None, help="training images to fit (default: all)")
-    g = p.add_argument_group("--method dc / dsa / dm (the networks: the dc protocol's ConvNet)")
-    g.add_argument("--width", type=int, default=None, help="the matching network's channels (default: 128, the papers')")
-    g.add_argument("--real-batch", type=int, default=None, help="real images per class per matching step (default: 256)")
+    g = p.add_argument_group("--method dc / dsa / dm / dd / frepo (the networks: the dc protocol's ConvNet; frepo: without its norm)")
+    g.add_argument("--width", type=int, default=None, help="the network's channels (default: 128, the papers')")
+    g.add_argument("--real-batch", type=int, default=None,
+                   help="real images per class per step (default: dc / dsa / dm 256, dd 64, frepo 100)")
     g.add_argument("--outer-loop", type=int, default=None, help="dc / dsa: image updates per network (default: DC's "
                                                                 "per-size table, 1 / 10 / 50 at 1 / 10 / 50 per class)")
     g.add_argument("--inner-loop", type=int, default=None, help="dc / dsa: epochs the network trains on the synthetic set "
@@ -140,6 +142,18 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--strategy", default=None, help="dsa / dm: DSA augmentation families joined by '_' (default: the dsa "
                                                     "protocol's for the data set, e.g. color_crop_cutout_scale_rotate)")
     g.add_argument("--init", choices=("real", "noise"), default=None, help="start from real images or noise (default: real)")
+    g.add_argument("--unroll", type=int, default=None, help="dd: class-balanced batches the synthetic set is split into, "
+                                                            "one gradient step each (DD's distill_steps; default: the "
+                                                            "largest divisor of --ipc up to 10)")
+    g.add_argument("--unroll-epochs", type=int, default=None, help="dd: passes over those batches, each step with its "
+                                                                   "own learned step size (default: 3)")
+    g.add_argument("--net-init", choices=("random", "fixed"), default=None,
+                   help="dd: a fresh network every step, or one fixed initialisation (default: random)")
+    g.add_argument("--pool-size", type=int, default=None, help="frepo: networks in the model pool (default: 10)")
+    g.add_argument("--max-age", type=int, default=None, help="frepo: steps a pool network trains before it is "
+                                                             "re-initialised (default: 100)")
+    g.add_argument("--fixed-labels", dest="learn_labels", action="store_false", default=None,
+                   help="frepo: keep the one-hot labels (default: learned)")
 
     p = sub.add_parser("label-solve", help="closed-form labels for a class-balanced real support set")
     _add_data_args(p)
@@ -321,7 +335,7 @@ def _check_evaluate_options(args) -> None:
 
 
 def _default_out(command: str, args) -> str:
-    what = args.method if command == "distill" and args.method in _MATCHING else args.kernel
+    what = args.method if command == "distill" and args.method in _NETWORKED else args.kernel
     return os.path.join(DEFAULT_RUNS_DIR, f"{command}-{args.dataset}-{what}-ipc{args.ipc}-seed{args.seed}")
 
 
@@ -354,13 +368,12 @@ def _distill(args, run) -> None:
         args.zca = bool(args.zca)
         run.label_solve_run(_config(run.LabelSolveConfig, args), out, overwrite=args.overwrite)
     else:
-        from kip import matching_run
+        from kip import method_run
 
         args.init = args.init or "real"
-        args.real_batch = matching_run.matching.REAL_BATCH if args.real_batch is None else args.real_batch
         args.eval_every = 100 if args.eval_every is None else args.eval_every
-        matching_run.matching_run(_config(matching_run.MatchConfig, args), out, resume=bool(args.resume),
-                                  overwrite=args.overwrite, progress=progress)
+        method_run.method_run(_config(method_run.MethodConfig, args), out, resume=bool(args.resume),
+                              overwrite=args.overwrite, progress=progress)
     if args.eval_protocol:
         from kip import transfer
 

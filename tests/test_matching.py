@@ -178,7 +178,7 @@ def test_zero_steps_keep_the_real_images_they_start_from(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--method", "dm", "--target-batch", "5"], "--target-batch applies to --method kip"),
-    (["--method", "kip", "--real-batch", "5"], "--real-batch applies to --method dc / dsa / dm"),
+    (["--method", "kip", "--real-batch", "5"], "--real-batch applies to --method dc / dsa / dm / dd / frepo"),
     (["--method", "dc", "--strategy", "crop"], "--strategy applies to --method dsa / dm"),
     (["--method", "dm", "--outer-loop", "2"], "--outer-loop applies to --method dc / dsa"),
     (["--method", "label-solve", "--steps", "5"], "--steps applies to"),

@@ -1,0 +1,238 @@
+"""`kip distill --method dc|dsa|dm|dd|frepo`: a whole run of a distillation method that learns
+through finite networks (the matching family, `kip.matching`; Dataset Distillation,
+`kip.unrolled`; FRePo, `kip.frepo`), resumable, with the outputs every distillation writes
+(distilled.npz, metrics.json, support.png, curve.png), judged by KRR under the chosen kernel
+during the run and, on request, by a protocol's finite networks at the end."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kip import InputError, data, distill, frepo, krr, loop, matching, models, plots, protocols, run, unrolled
+from kip.kernels import rf
+
+METHODS = matching.METHODS + ("dd", "frepo")
+INITS = ("real", "noise")
+NETWORK_CARD = "dc"  # the methods' network is the DC / DSA / DM evaluation ConvNet of this protocol card
+STRATEGY_CARD = "dsa"  # ... and DSA's augmentation strategy per data set comes from this one
+ITERATIONS = {**matching.ITERATIONS, "dd": unrolled.ITERATIONS, "frepo": frepo.ITERATIONS}
+IMAGE_LR = {**matching.IMAGE_LR, "dd": unrolled.IMAGE_LR, "frepo": frepo.IMAGE_LR}
+REAL_BATCH = {**{m: matching.REAL_BATCH for m in matching.METHODS}, "dd": unrolled.REAL_BATCH, "frepo": frepo.REAL_BATCH}
+# options that belong to some methods only (None: the method's default)
+METHOD_OPTIONS = {"outer_loop": ("dc", "dsa"), "inner_loop": ("dc", "dsa"), "strategy": ("dsa", "dm"),
+                  "unroll": ("dd",), "unroll_epochs": ("dd",), "net_init": ("dd",), "pool_size": ("frepo",), "max_age": ("frepo",),
+                  "learn_labels": ("frepo",)}
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig:
+    """Options of a DC / DSA / DM / DD / FRePo run (`kip distill --method ...`); None: the method's default."""
+
+    method: str = "dm"
+    dataset: str = data.DEFAULT_DATASET
+    data_dir: str | None = None
+    ipc: int = 10
+    steps: int | None = None  # outer iterations (default: ITERATIONS)
+    lr: float | None = None  # of the images (default: IMAGE_LR)
+    real_batch: int | None = None  # real images per class per step (default: REAL_BATCH)
+    outer_loop: int | None = None  # DC / DSA (default: matching.DC_LOOPS)
+    inner_loop: int | None = None
+    width: int | None = None  # the network's width (default: the card's, 128)
+    strategy: str | None = None  # DSA strategy for dsa / dm (default: the dsa card's for the data set)
+    unroll: int | None = None  # DD: step batches per epoch (default: unrolled.default_unroll(ipc))
+    unroll_epochs: int | None = None  # DD: passes over them (default: unrolled.EPOCHS)
+    net_init: str | None = None  # DD: 'random' (a fresh network per step, default) or 'fixed'
+    pool_size: int | None = None  # FRePo: networks in the pool (default: frepo.POOL_SIZE)
+    max_age: int | None = None  # FRePo: steps before a network is re-initialised (default: frepo.MAX_AGE)
+    learn_labels: bool | None = None  # FRePo: learn the labels (default: True)
+    init: str = "real"
+    seed: int = 0
+    kernel: str = "fc1"  # KRR evaluation during the run
+    precision: str = "float64"  # of the KRR evaluation (the images are float32)
+    reg: float = krr.DEFAULT_REG
+    eval_every: int = 100
+    checkpoint_every: int | None = None  # None: at each evaluation
+    block_size: int = krr.DEFAULT_BLOCK
+    max_memory: float | None = None
+    rf_models: int = rf.DEFAULT_MODELS
+    rf_width: int = rf.DEFAULT_WIDTH
+    devices: int | None = None
+
+    @property
+    def kernel_options(self) -> run.KernelOptions:
+        return run.KernelOptions(self.kernel, self.rf_models, self.rf_width, seed=self.seed)
+
+    def check(self) -> None:
+        run.check_kernel(self.kernel_options)
+        if self.method not in METHODS:
+            raise InputError(f"--method must be one of {', '.join(METHODS)} here, got {self.method!r}")
+        if self.init not in INITS:
+            raise InputError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
+        for name, methods in METHOD_OPTIONS.items():
+            if getattr(self, name) is not None and self.method not in methods:
+                raise InputError(f"--{name.replace('_', '-')} applies to --method {' / '.join(methods)} only "
+                                 f"(this is --method {self.method})")
+        for name in ("ipc", "real_batch", "eval_every", "block_size", "outer_loop", "inner_loop", "width", "checkpoint_every",
+                     "unroll", "unroll_epochs", "pool_size", "max_age"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.steps is not None and self.steps < 0:
+            raise InputError(f"--steps must be >= 0, got {self.steps}")
+        if self.lr is not None and not (self.lr > 0 and np.isfinite(self.lr)):
+            raise InputError(f"--lr must be a positive number, got {self.lr}")
+        if self.net_init is not None and self.net_init not in unrolled.INITS:
+            raise InputError(f"--net-init must be one of {', '.join(unrolled.INITS)}, got {self.net_init!r}")
+
+    def settings(self, dataset: str, num_classes: int, smallest_class: int):
+        """The method's settings (`matching.Settings`, `unrolled.Settings` or `frepo.Settings`) with
+        every default resolved for this data set; the real batch is capped at the smallest class
+        (as DC's get_images: a class's whole training set where it is smaller)."""
+        real_batch = min(REAL_BATCH[self.method] if self.real_batch is None else self.real_batch, smallest_class)
+        if self.method == "dd":
+            return unrolled.Settings(self.ipc, num_classes, real_batch, self.unroll or unrolled.default_unroll(self.ipc),
+                                     self.unroll_epochs or unrolled.EPOCHS, self.net_init or "random")
+        if self.method == "frepo":
+            return frepo.Settings(self.ipc, num_classes, real_batch, self.pool_size or frepo.POOL_SIZE,
+                                  self.max_age or frepo.MAX_AGE,
+                                  learn_labels=True if self.learn_labels is None else self.learn_labels)
+        outer, inner = (1, 1) if self.method == "dm" else \
+            (self.outer_loop, self.inner_loop) if self.outer_loop and self.inner_loop else \
+            tuple(a or b for a, b in zip((self.outer_loop, self.inner_loop), matching.default_loops(self.ipc)))
+        strategy = None
+        if self.method != "dc":
+            strategy = self.strategy or protocols.for_set(protocols.load(STRATEGY_CARD), dataset, self.ipc)[0].augment.split(":", 1)[1]
+        return matching.Settings(self.method, self.ipc, num_classes, real_batch, outer, inner, strategy)
+
+    @property
+    def iterations(self) -> int:
+        return ITERATIONS[self.method] if self.steps is None else self.steps
+
+    @property
+    def image_lr(self) -> float:
+        return IMAGE_LR[self.method] if self.lr is None else self.lr
+
+
+def networks(width: int | None, num_classes: int, im2col: bool | None = None,
+             norm: str | None = None) -> tuple[models.Network, models.Network, int]:
+    """The methods' network (the `NETWORK_CARD` protocol's ConvNet, at `width`; `norm` None: the
+    card's instance norm), the same without its head (an embedding, first-order only: lax's
+    convolutions), and the width. im2col (None: on CPU) computes the full network's convolutions as
+    patch matmuls, for second-order gradients (DC, DSA, DD)."""
+    p = protocols.load(NETWORK_CARD)
+    width = width or p.width
+    im2col = jax.default_backend() == "cpu" if im2col is None else im2col
+    build = lambda head, im2col: models.build(p.model, num_classes, width, p.parameterization, norm or p.norm,
+                                              weight_init=p.weight_init, pad_to=p.pad_to, head=head, im2col=im2col)
+    return build(True, im2col), build(False, False), width
+
+
+class Method(NamedTuple):
+    """A method made ready for `loop.optimise`: its start state, its step `(state, real) -> (state,
+    metrics)`, the synthetic labels of a state, what to record of its settings, the loss's name."""
+
+    state: Any
+    step: Callable
+    labels: Callable[[Any], jax.Array]
+    record: dict
+    loss_label: str
+
+
+def prepare_method(config: MethodConfig, settings, images: jax.Array, labels: jax.Array, key: jax.Array,
+                   num_classes: int) -> tuple[Method, models.Network, int]:
+    """The state and step of `config.method` from the initial images (n, H, W, ch) and one-hot
+    labels (n, C), and the network it learns through (checked against the images) and its width."""
+    name = config.method.upper() if config.method != "frepo" else "FRePo"
+    record = {"iterations": config.iterations, "image_lr": config.image_lr, **dataclasses.asdict(settings)}
+    if config.method == "frepo":
+        # FRePo's networks: no normalisation (its default), first-order (lax's convolutions)
+        model, embed, width = networks(config.width, num_classes, im2col=False, norm="none")
+        optimizer = frepo.image_optimizer(config.image_lr)
+        state = frepo.init_state(model, settings, images, frepo.initial_labels(num_classes, config.ipc), optimizer, key)
+        step = frepo.make_step(settings, model, embed, optimizer)
+        method = Method(state, step, lambda s: s.params["labels"], record, f"{name} feature-regression loss")
+    elif config.method == "dd":
+        model, _, width = networks(config.width, num_classes)
+        optimizer = unrolled.image_optimizer(config.image_lr)
+        state = unrolled.init_state(images, settings, optimizer, key)
+        method = Method(state, unrolled.make_step(settings, model, optimizer), lambda s: labels, record,
+                        "DD: real cross-entropy after the unroll")
+    else:
+        model, embed, width = networks(config.width, num_classes)
+        optimizer = matching.image_optimizer(config.image_lr)
+        state = matching.init_state(images, optimizer, key)
+        method = Method(state, matching.make_step(settings, model, embed, optimizer), lambda s: labels, record,
+                        f"{name} matching loss")
+    method.record.update(width=width, network=model.__class__.__name__, norm=model.norm, im2col=model.im2col)
+    return method, model, width
+
+
+def method_run(
+    config: MethodConfig,
+    out: str,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Runs DC / DSA / DM / DD / FRePo as configured, writing OUT/{distilled.npz, metrics.json,
+    support.png, curve.png, checkpoint.npz}. Returns the metrics; resuming gives the same result as
+    an uninterrupted run (`kip.transfer.judge_run` then trains a protocol's finite networks on it)."""
+    config.check()
+    ds = data.load(config.dataset, config.data_dir)
+    settings = config.settings(ds.name, ds.num_classes, int(data.class_table(ds.y_train, ds.num_classes)[1].min()))
+    settings.check()
+    networks(config.width, ds.num_classes, im2col=False)[0].check_input_shape(ds.image_shape)
+    run.prepare_out(out, resume, overwrite)
+    problem = run.prepare(ds, config.kernel_options, zca=False, precision=config.precision, max_memory=config.max_memory,
+                          devices=config.devices)
+    init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    real_idx = run.start_indices(config.seed, ds.y_train, ds.num_classes, config.ipc)  # class-sorted
+    x_train = jnp.asarray(problem.x_train, jnp.float32)
+    if config.init == "real":
+        init_idx, init_images = real_idx, x_train[real_idx]
+    else:
+        init_idx = np.full(len(real_idx), -1)
+        init_images = jax.random.normal(init_key, (len(real_idx),) + ds.image_shape, jnp.float32)
+    labels = data.one_hot(np.repeat(np.arange(ds.num_classes), config.ipc), ds.num_classes, dtype=jnp.float32)
+    method, model, width = prepare_method(config, settings, init_images, labels, run_key, ds.num_classes)
+    state = method.state
+    real = distill.train_data(x_train, ds.y_train, ds.num_classes, jnp.float32)
+    evaluate = run.make_evaluator(problem, config.reg, config.block_size)
+    ckpt_path = os.path.join(out, "checkpoint.npz")
+    config_dict = dataclasses.asdict(config)
+    history = loop.History()
+    if resume:
+        state, history = loop.resume(ckpt_path, state, config_dict, out)
+        log(f"resuming {out} from step {int(state.step)}")
+    name = config.method.upper() if config.method != "frepo" else "FRePo"
+    described = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(settings).items() if k not in ("ipc", "num_classes"))
+    log(f"kip distill --method {config.method}: {ds.name}, {config.ipc} images/class ({config.init} start), "
+        f"{config.iterations} iterations, network {model.__class__.__name__} width {width}, image lr {config.image_lr}, "
+        f"{described}; KRR evaluation with {config.kernel}")
+    to_problem = lambda y: jnp.asarray(y, problem.dtype)
+    state, history = loop.optimise(
+        state, lambda n: functools.partial(distill.make_multi_step(method.step, n), train=real), config.iterations,
+        config.eval_every, lambda s: evaluate(s.params["images"], to_problem(method.labels(s))),
+        lambda s, h: loop.save_checkpoint(ckpt_path, s, config_dict, h),
+        history, ckpt_path, progress, log, checkpoint_every=config.checkpoint_every)
+    step, final = int(state.step), history.evals[-1]
+    metrics = run.run_metrics(history, step, ds, config_dict, method=config.method, settings=method.record)
+    images = np.asarray(state.params["images"])
+    extra = {"step_sizes": np.asarray(unrolled.step_sizes(state.params))} if config.method == "dd" else {}
+    title = f"{name} on {ds.name}, {config.ipc}/class, {step} iterations: KRR ({config.kernel}) test acc {100 * final['test_accuracy']:.2f}%"
+    run.write_distilled(out, problem, images, np.asarray(to_problem(method.labels(state))), np.asarray(init_images),
+                        init_idx, metrics, title, kernel=protocols.load(NETWORK_CARD).model, method=np.array(config.method),
+                        **extra)
+    plots.learning_curve(os.path.join(out, "curve.png"), history.losses, history.evals,
+                         f"{name} on {ds.name}, {config.ipc} images/class", loss_label=method.loss_label)
+    log(f"KRR ({config.kernel}) test accuracy {100 * final['test_accuracy']:.2f}% (initial: "
+        f"{100 * metrics['initial_test_accuracy']:.2f}%); {step} iterations in {history.seconds:.1f} s; wrote {out}/")
+    return metrics

@@ -1,0 +1,194 @@
+"""Dataset Distillation (kip.unrolled) and FRePo (kip.frepo): their maths against independent
+references (closed forms, finite differences, kip.krr), their steps, and whole runs."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kip import cli, distill, frepo, io, krr, models, unrolled
+
+# --------------------------------------------------------------------------- DD
+
+
+def test_unrolled_gradient_descent_matches_its_closed_form_on_a_quadratic():
+    """loss(p) = a p^2 / 2: each step multiplies p by (1 - lr_t a), so after T steps
+    p_T = p_0 prod_t (1 - lr_t a), and d p_T / d lr_s = -a p_T / (1 - lr_s a)."""
+    a, p0 = 1.7, 0.9
+    lrs = jnp.array([0.1, 0.25, 0.05])
+    loss = lambda p, batch: 0.5 * a * batch * p["w"] ** 2  # batch: a factor 1 each step
+    run = lambda lrs: unrolled.unroll_sgd(loss, {"w": jnp.asarray(p0)}, jnp.ones(3), lrs)["w"]
+    want = p0 * np.prod(1 - np.asarray(lrs) * a)
+    np.testing.assert_allclose(float(run(lrs)), want, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(jax.grad(run)(lrs)), -a * want / (1 - np.asarray(lrs) * a), rtol=1e-10)
+
+
+def _dd_problem(ipc=2, width=4, unroll=1, epochs=2):
+    model = models.build("convnet3", 3, width, norm="instance", weight_init="torch", param_dtype=jnp.float64, im2col=True)
+    key = jax.random.PRNGKey(0)
+    syn = jax.random.normal(key, (3 * ipc, 8, 8, 1), jnp.float64)
+    real = jax.random.normal(jax.random.fold_in(key, 1), (12, 8, 8, 1), jnp.float64)
+    settings = unrolled.Settings(ipc, 3, 4, unroll, epochs)
+    params = {"images": syn, "raw_step_sizes": jnp.array([0.3, -0.5], jnp.float64)[: settings.steps]}
+    return model, model.init(key, syn[:1]), params, settings, real, jnp.repeat(jnp.arange(3), 4)
+
+
+def test_dd_hypergradient_through_two_unrolled_steps_matches_finite_differences():
+    model, variables, params, settings, real, real_labels = _dd_problem()
+    loss = lambda p: unrolled.dd_loss(model, variables, p, settings, real, real_labels)
+    grads = jax.grad(loss)(params)
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        d = {k: jnp.asarray(rng.normal(size=v.shape)) for k, v in params.items()}
+        eps = 1e-5
+        shift = lambda s: {k: params[k] + s * eps * d[k] for k in params}
+        fd = (loss(shift(1)) - loss(shift(-1))) / (2 * eps)
+        directional = sum(float(jnp.sum(grads[k] * d[k])) for k in params)
+        np.testing.assert_allclose(directional, float(fd), rtol=1e-5, atol=1e-9)
+    assert float(jnp.abs(grads["raw_step_sizes"]).min()) > 0  # both step sizes are learned
+
+
+def test_dd_step_batches_split_every_class_and_repeat_per_epoch():
+    settings = unrolled.Settings(ipc=4, num_classes=3, unroll=2, epochs=3)
+    images = jnp.arange(12.0).reshape(12, 1, 1, 1)  # class c owns rows 4c .. 4c + 3
+    batches, labels = unrolled.step_batches(images, settings)
+    assert batches.shape == (6, 6, 1, 1, 1) and settings.steps == 6
+    np.testing.assert_array_equal(np.asarray(batches[0, :, 0, 0, 0]), [0, 1, 4, 5, 8, 9])
+    np.testing.assert_array_equal(np.asarray(batches[1, :, 0, 0, 0]), [2, 3, 6, 7, 10, 11])
+    np.testing.assert_array_equal(np.asarray(batches[2]), np.asarray(batches[0]))
+    np.testing.assert_array_equal(np.asarray(labels[1]), [0, 0, 1, 1, 2, 2])
+    assert unrolled.default_unroll(1) == 1 and unrolled.default_unroll(10) == 10 and unrolled.default_unroll(50) == 10
+    assert unrolled.default_unroll(12) == 6
+    with pytest.raises(Exception, match="--unroll must divide"):
+        unrolled.Settings(ipc=3, num_classes=2, unroll=2).check()
+
+
+def test_dd_starts_from_the_initial_step_size():
+    settings = unrolled.Settings(ipc=1, num_classes=2, unroll=1, epochs=4)
+    state = unrolled.init_state(jnp.zeros((2, 4, 4, 1)), settings, unrolled.image_optimizer(), jax.random.PRNGKey(0))
+    np.testing.assert_allclose(np.asarray(unrolled.step_sizes(state.params)), [unrolled.STEP_SIZE] * 4, rtol=1e-6)
+
+
+def test_a_dd_step_lowers_its_loss_on_a_small_problem():
+    """The fixed-initialisation variant on a fixed real set (the whole of it each step): the outer
+    loss falls over a few steps."""
+    model, _, params, _, real, real_labels = _dd_problem(ipc=1)
+    settings = unrolled.Settings(1, 3, real_batch=4, unroll=1, epochs=2, init="fixed")
+    data = distill.train_data(real, real_labels, 3, jnp.float64)
+    optimizer = unrolled.image_optimizer(0.05)
+    state = unrolled.init_state(params["images"], settings, optimizer, jax.random.PRNGKey(1))
+    step = jax.jit(unrolled.make_step(settings, model, optimizer))
+    losses = []
+    for _ in range(6):
+        state, metrics = step(state, data)
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < losses[0]
+
+
+# --------------------------------------------------------------------------- FRePo
+
+
+def test_feature_regression_is_kip_krr_under_the_linear_kernel_of_the_features():
+    rng = np.random.default_rng(2)
+    f_s, f_t, y = (jnp.asarray(rng.normal(size=s)) for s in ((6, 9), (5, 9), (6, 3)))
+    linear = lambda a, b: a @ (a if b is None else b).T
+    want = krr.predict(linear, f_s, y, f_t, reg=frepo.RIDGE)
+    np.testing.assert_allclose(np.asarray(frepo.feature_regression(f_s, y, f_t)), np.asarray(want), rtol=1e-10)
+    # ... and by hand: (F_t F_s^T)(F_s F_s^T + 1e-6 tr/n I)^-1 y
+    k = np.asarray(f_s @ f_s.T)
+    by_hand = np.asarray(f_t @ f_s.T) @ np.linalg.solve(k + 1e-6 * np.trace(k) / 6 * np.eye(6), np.asarray(y))
+    np.testing.assert_allclose(np.asarray(want), by_hand, rtol=1e-8)
+
+
+def test_frepo_labels_start_centred_and_their_margin_term_is_capped():
+    y = frepo.initial_labels(10, 2)
+    assert y.shape == (20, 10)
+    np.testing.assert_allclose(np.asarray(y[0]), [0.9] + [-0.1] * 9, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(y.sum(1)), 0, atol=1e-6)
+    # margins 1 (capped at 1/C = 0.1) and 0.05: the term is -(0.1 + 0.05) / 2
+    labels = jnp.array([[1.0, 0.0, 0.0] + [0.0] * 7, [0.3, 0.25, 0.0] + [0.0] * 7])
+    np.testing.assert_allclose(float(frepo.label_margin(labels)), -0.075, rtol=1e-6)
+
+
+def _frepo_problem(pool_size=2, max_age=3):
+    model = models.build("convnet3", 3, 4, weight_init="torch", param_dtype=jnp.float64)
+    key = jax.random.PRNGKey(3)
+    images = jax.random.normal(key, (24, 8, 8, 1), jnp.float64)
+    labels = jnp.repeat(jnp.arange(3), 8)
+    data = distill.train_data(images, labels, 3, jnp.float64)
+    settings = frepo.Settings(ipc=1, num_classes=3, real_batch=8, pool_size=pool_size, max_age=max_age)
+    return model, data, settings, images[::8]
+
+
+def test_frepo_steps_lower_the_loss_and_renew_old_networks():
+    model, data, settings, start = _frepo_problem()
+    optimizer = frepo.image_optimizer(0.05)
+    state = frepo.init_state(model, settings, start, frepo.initial_labels(3, 1), optimizer, jax.random.PRNGKey(4))
+    np.testing.assert_array_equal(np.asarray(state.ages), [0, 1])  # staggered: max_age // pool_size * i
+    step = jax.jit(frepo.make_step(settings, model.clone(), model.clone(head=False), optimizer))
+    losses, ages = [], []
+    for _ in range(12):
+        state, metrics = step(state, data)
+        losses.append(float(metrics["loss"]))
+        ages.append(np.asarray(state.ages))
+    assert np.mean(losses[-4:]) < np.mean(losses[:4])
+    assert max(a.max() for a in ages) <= settings.max_age + 1
+    assert any(a.min() == 0 for a in ages[1:])  # some network was re-initialised
+    assert not np.allclose(np.asarray(state.params["labels"]), np.asarray(frepo.initial_labels(3, 1)))  # learned
+
+
+def test_frepo_features_are_the_pool_network_without_its_head():
+    model, _, _, start = _frepo_problem()
+    variables = model.init(jax.random.PRNGKey(5), start)
+    embed = model.clone(head=False)
+    embed_params = embed.init(jax.random.PRNGKey(5), start)["params"]
+    features = embed.apply(frepo.head_free(variables, embed_params), start)
+    head = variables["params"][(set(variables["params"]) - set(embed_params)).pop()]
+    np.testing.assert_allclose(np.asarray(features @ head["kernel"] + head["bias"]), np.asarray(model.apply(variables, start)),
+                               rtol=1e-10)
+
+
+# --------------------------------------------------------------------------- whole runs
+
+RUN = ["distill", "--dataset", "digits", "--ipc", "1", "--width", "8", "--real-batch", "8", "--no-progress",
+       "--precision", "float32"]
+
+
+def _arrays(out):
+    return io.read_npz(os.path.join(out, "distilled.npz"))
+
+
+@pytest.mark.parametrize("method", ["dd", "frepo"])
+def test_a_dd_or_frepo_run_resumes_to_the_uninterrupted_result(tmp_path, method):
+    whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
+    extra = ["--unroll-epochs", "2"] if method == "dd" else ["--pool-size", "2", "--max-age", "2"]
+    assert cli.main(RUN + extra + ["--method", method, "--steps", "4", "--eval-every", "4", "--out", whole]) == 0
+    assert cli.main(RUN + extra + ["--method", method, "--steps", "2", "--eval-every", "2", "--out", split]) == 0
+    assert cli.main(RUN + extra + ["--method", method, "--steps", "4", "--eval-every", "2", "--out", split, "--resume"]) == 0
+    a, b = _arrays(whole), _arrays(split)
+    np.testing.assert_array_equal(a["images"], b["images"])
+    np.testing.assert_array_equal(a["labels"], b["labels"])
+    metrics = json.load(open(os.path.join(whole, "metrics.json")))
+    assert metrics["method"] == method and metrics["steps"] == 4 and len(metrics["losses"]) == 4
+    if method == "dd":
+        assert a["step_sizes"].shape == (2,)
+    else:  # learned labels are what the set is judged with
+        assert not np.allclose(a["labels"], np.asarray(frepo.initial_labels(10, 1)))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "dd", "--pool-size", "2"], "--pool-size applies to --method frepo"),
+    (["--method", "frepo", "--unroll", "2"], "--unroll applies to --method dd"),
+    (["--method", "dm", "--fixed-labels"], "--learn-labels applies to --method kip / frepo"),
+    (["--method", "dd", "--ipc", "3", "--unroll", "2"], "--unroll must divide"),
+    (["--method", "frepo", "--max-age", "0"], "--max-age must be at least 1"),
+])
+def test_bad_dd_or_frepo_options_exit_2_with_one_line(tmp_path, capsys, argv, message):
+    out = str(tmp_path / "bad")
+    assert cli.main(["distill", "--dataset", "digits", "--no-progress", "--out", out] + argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not os.path.exists(os.path.join(out, "distilled.npz"))
