@@ -22,16 +22,17 @@ from kip.release import LAYOUTS  # noqa: E402
 
 DEFAULT_RUNS_DIR = "runs"
 KERNEL_COMMANDS = ("distill", "label-solve", "sweep")
-DISTILL_METHODS = ("kip", "label-solve", "dc", "dsa", "dm", "dd", "frepo")
-_NETWORKED = ("dc", "dsa", "dm", "dd", "frepo")  # kip.method_run
+DISTILL_METHODS = ("kip", "label-solve", "dc", "dsa", "dm", "dd", "mtt", "frepo")
+_NETWORKED = ("dc", "dsa", "dm", "dd", "mtt", "frepo")  # kip.method_run
 _STEPPED = ("kip",) + _NETWORKED
 # `kip distill` options that belong to some methods only (default None: given or not is known), and their defaults
 DISTILL_OPTIONS = {
     "steps": _STEPPED, "lr": _STEPPED, "eval_every": _STEPPED, "checkpoint_every": _STEPPED, "resume": _STEPPED,
     "target_batch": ("kip",), "learn_labels": ("kip", "frepo"), "loss": ("kip",), "get": ("kip",), "rf_resample": ("kip",),
     "init_from": ("kip",), "zca": ("kip", "label-solve"), "target_size": ("label-solve",),
-    "width": _NETWORKED, "real_batch": _NETWORKED, "init": _NETWORKED, "outer_loop": ("dc", "dsa"), "inner_loop": ("dc", "dsa"),
-    "strategy": ("dsa", "dm"), "unroll": ("dd",), "unroll_epochs": ("dd",), "net_init": ("dd",), "pool_size": ("frepo",), "max_age": ("frepo",),
+    "width": _NETWORKED, "real_batch": ("dc", "dsa", "dm", "dd", "frepo"), "init": _NETWORKED, "outer_loop": ("dc", "dsa"), "inner_loop": ("dc", "dsa"),
+    "strategy": ("dsa", "dm", "mtt"), "expert_dir": ("mtt",), "syn_steps": ("mtt",), "expert_epochs": ("mtt",),
+    "max_start_epoch": ("mtt",), "batch_syn": ("mtt",), "lr_lr": ("mtt",), "unroll": ("dd",), "unroll_epochs": ("dd",), "net_init": ("dd",), "pool_size": ("frepo",), "max_age": ("frepo",),
 }
 KIP_DEFAULTS = {"steps": 1000, "lr": 0.04, "eval_every": 100, "resume": False, "target_batch": 5000, "learn_labels": False,
                 "loss": "mse", "get": "ntk", "rf_resample": True, "zca": False}
@@ -94,15 +95,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=DISTILL_METHODS, default="kip",
                    help="kip: Kernel Inducing Points; label-solve: closed-form labels for real images; dc / dsa: "
                         "gradient matching (without / with siamese augmentation); dm: distribution matching; dd: "
-                        "Dataset Distillation (unrolled gradient steps); frepo: feature regression with a model pool; the "
+                        "Dataset Distillation (unrolled gradient steps); mtt: trajectory matching (experts from kip "
+                        "trajectories); frepo: feature regression with a model pool; the "
                         "kernel (--kernel) judges every method by KRR (default: %(default)s)")
     p.add_argument("--ipc", type=int, default=10, help="images per class in the support set (default: %(default)s)")
     p.add_argument("--steps", type=int, default=None,
                    help="optimisation steps (dc / dsa / dm: outer iterations); 0 evaluates the initial real images "
-                        "(default: kip 1000, dc / dsa 1000, dm 20000, dd 1000, frepo 5000)")
+                        "(default: kip 1000, dc / dsa 1000, dm 20000, dd 1000, mtt 5000, frepo 5000)")
     p.add_argument("--lr", type=float, default=None,
                    help="kip: Adam learning rate (default 0.04); dc / dsa / dm: SGD (momentum 0.5) on the images "
-                        "(default 0.1 / 0.1 / 1); dd: Adam (0.01); frepo: LAMB (3e-4)")
+                        "(default 0.1 / 0.1 / 1); dd: Adam (0.01); mtt: SGD momentum 0.5 (1000); "
+                        "frepo: LAMB (3e-4)")
     p.add_argument("--seed", type=int, default=0, help="support initialisation, target batches and random networks")
     p.add_argument("--eval-every", type=int, default=None, help="steps between test evaluations and checkpoints (default: 100)")
     p.add_argument("--checkpoint-every", type=int, default=None,
@@ -131,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
                         "instead of real images: fine-tuning under another kernel")
     g = p.add_argument_group("--method label-solve")
     g.add_argument("--target-size", type=int, default=None, help="training images to fit (default: all)")
-    g = p.add_argument_group("--method dc / dsa / dm / dd / frepo (the networks: the dc protocol's ConvNet; frepo: without its norm)")
+    g = p.add_argument_group("--method dc / dsa / dm / dd / mtt / frepo (the networks: the dc protocol's ConvNet; frepo: without its norm)")
     g.add_argument("--width", type=int, default=None, help="the network's channels (default: 128, the papers')")
     g.add_argument("--real-batch", type=int, default=None,
                    help="real images per class per step (default: dc / dsa / dm 256, dd 64, frepo 100)")
@@ -139,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
                                                                 "per-size table, 1 / 10 / 50 at 1 / 10 / 50 per class)")
     g.add_argument("--inner-loop", type=int, default=None, help="dc / dsa: epochs the network trains on the synthetic set "
                                                                 "between them (default: DC's table, 1 / 50 / 10)")
-    g.add_argument("--strategy", default=None, help="dsa / dm: DSA augmentation families joined by '_' (default: the dsa "
+    g.add_argument("--strategy", default=None, help="dsa / dm / mtt: DSA augmentation families joined by '_' (default: the dsa "
                                                     "protocol's for the data set, e.g. color_crop_cutout_scale_rotate)")
     g.add_argument("--init", choices=("real", "noise"), default=None, help="start from real images or noise (default: real)")
     g.add_argument("--unroll", type=int, default=None, help="dd: class-balanced batches the synthetic set is split into, "
@@ -149,11 +152,34 @@ def _parser() -> argparse.ArgumentParser:
                                                                    "own learned step size (default: 3)")
     g.add_argument("--net-init", choices=("random", "fixed"), default=None,
                    help="dd: a fresh network every step, or one fixed initialisation (default: random)")
+    g.add_argument("--expert-dir", default=None, metavar="DIR", help="mtt: expert trajectories (kip trajectories); "
+                                                                      "the network is theirs")
+    g.add_argument("--syn-steps", type=int, default=None, help="mtt: SGD steps on the synthetic set per iteration "
+                                                               "(default: 20)")
+    g.add_argument("--expert-epochs", type=int, default=None, help="mtt: expert epochs those steps should cover (default: 3)")
+    g.add_argument("--max-start-epoch", type=int, default=None, help="mtt: start epochs drawn below it (default: 25)")
+    g.add_argument("--batch-syn", type=int, default=None, help="mtt: synthetic images per step (default: all)")
+    g.add_argument("--lr-lr", type=float, default=None, help="mtt: SGD lr of the learned learning rate (default: 1e-5)")
     g.add_argument("--pool-size", type=int, default=None, help="frepo: networks in the model pool (default: 10)")
     g.add_argument("--max-age", type=int, default=None, help="frepo: steps a pool network trains before it is "
                                                              "re-initialised (default: 100)")
     g.add_argument("--fixed-labels", dest="learn_labels", action="store_false", default=None,
                    help="frepo: keep the one-hot labels (default: learned)")
+
+    p = sub.add_parser("trajectories", help="record expert trajectories for --method mtt: ConvNets trained on the "
+                                            "real data, parameters after every epoch (resumable)")
+    _add_dataset_args(p)
+    p.add_argument("--experts", type=int, default=10, help="networks to train (default: %(default)s; MTT: 100)")
+    p.add_argument("--epochs", type=int, default=50, help="epochs each (default: %(default)s, MTT's)")
+    p.add_argument("--width", type=int, default=None, help="the ConvNet's channels (default: 128)")
+    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate, no momentum (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=256, help="(default: %(default)s)")
+    p.add_argument("--strategy", default=None, help="DSA augmentation per image, or 'none' (default: the dsa protocol's "
+                                                    "for the data set)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="output folder (default: runs/trajectories-DATASET-widthW)")
+    p.add_argument("--overwrite", action="store_true", help="replace trajectories of other options in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("label-solve", help="closed-form labels for a class-balanced real support set")
     _add_data_args(p)
@@ -413,6 +439,12 @@ def main(argv: list[str] | None = None) -> int:
                     args.distilled, args.dataset, args.data_dir, args.protocol, overrides, args.matched, args.preprocess,
                     args.zca_strength, args.layout, args.seed, args.networks_per_subset, args.cache_dir,
                     None if args.vectorize is None else args.vectorize == "yes", not args.no_progress)
+        elif args.command == "trajectories":
+            from kip import trajectories
+
+            config = _config(trajectories.TrajectoryConfig, args)
+            out = args.out or os.path.join(DEFAULT_RUNS_DIR, f"trajectories-{args.dataset}-width{args.width or 128}")
+            trajectories.record(config, out, overwrite=args.overwrite, progress=not args.no_progress)
         elif args.command == "protocols":
             from kip import protocols
 

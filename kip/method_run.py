@@ -1,6 +1,6 @@
-"""`kip distill --method dc|dsa|dm|dd|frepo`: a whole run of a distillation method that learns
-through finite networks (the matching family, `kip.matching`; Dataset Distillation,
-`kip.unrolled`; FRePo, `kip.frepo`), resumable, with the outputs every distillation writes
+"""`kip distill --method dc|dsa|dm|dd|mtt|frepo`: a whole run of a distillation method that
+learns through finite networks (the matching family, `kip.matching`; Dataset Distillation and
+MTT, `kip.unrolled`; FRePo, `kip.frepo`), resumable, with the outputs every distillation writes
 (distilled.npz, metrics.json, support.png, curve.png), judged by KRR under the chosen kernel
 during the run and, on request, by a protocol's finite networks at the end."""
 
@@ -15,25 +15,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kip import InputError, data, distill, frepo, krr, loop, matching, models, plots, protocols, run, unrolled
+from kip import InputError, data, distill, frepo, krr, loop, matching, models, plots, protocols, run, trajectories, unrolled
 from kip.kernels import rf
 
-METHODS = matching.METHODS + ("dd", "frepo")
+METHODS = matching.METHODS + ("dd", "mtt", "frepo")
 INITS = ("real", "noise")
 NETWORK_CARD = "dc"  # the methods' network is the DC / DSA / DM evaluation ConvNet of this protocol card
 STRATEGY_CARD = "dsa"  # ... and DSA's augmentation strategy per data set comes from this one
-ITERATIONS = {**matching.ITERATIONS, "dd": unrolled.ITERATIONS, "frepo": frepo.ITERATIONS}
-IMAGE_LR = {**matching.IMAGE_LR, "dd": unrolled.IMAGE_LR, "frepo": frepo.IMAGE_LR}
+ITERATIONS = {**matching.ITERATIONS, "dd": unrolled.ITERATIONS, "mtt": unrolled.MTT_ITERATIONS, "frepo": frepo.ITERATIONS}
+IMAGE_LR = {**matching.IMAGE_LR, "dd": unrolled.IMAGE_LR, "mtt": unrolled.MTT_IMAGE_LR, "frepo": frepo.IMAGE_LR}
 REAL_BATCH = {**{m: matching.REAL_BATCH for m in matching.METHODS}, "dd": unrolled.REAL_BATCH, "frepo": frepo.REAL_BATCH}
 # options that belong to some methods only (None: the method's default)
-METHOD_OPTIONS = {"outer_loop": ("dc", "dsa"), "inner_loop": ("dc", "dsa"), "strategy": ("dsa", "dm"),
+METHOD_OPTIONS = {"real_batch": ("dc", "dsa", "dm", "dd", "frepo"), "outer_loop": ("dc", "dsa"), "inner_loop": ("dc", "dsa"),
+                  "strategy": ("dsa", "dm", "mtt"), "expert_dir": ("mtt",), "syn_steps": ("mtt",), "expert_epochs": ("mtt",),
+                  "max_start_epoch": ("mtt",), "batch_syn": ("mtt",), "lr_lr": ("mtt",),
                   "unroll": ("dd",), "unroll_epochs": ("dd",), "net_init": ("dd",), "pool_size": ("frepo",), "max_age": ("frepo",),
                   "learn_labels": ("frepo",)}
 
 
 @dataclasses.dataclass(frozen=True)
 class MethodConfig:
-    """Options of a DC / DSA / DM / DD / FRePo run (`kip distill --method ...`); None: the method's default."""
+    """Options of a DC / DSA / DM / DD / MTT / FRePo run (`kip distill --method ...`); None: the method's default."""
 
     method: str = "dm"
     dataset: str = data.DEFAULT_DATASET
@@ -45,10 +47,16 @@ class MethodConfig:
     outer_loop: int | None = None  # DC / DSA (default: matching.DC_LOOPS)
     inner_loop: int | None = None
     width: int | None = None  # the network's width (default: the card's, 128)
-    strategy: str | None = None  # DSA strategy for dsa / dm (default: the dsa card's for the data set)
+    strategy: str | None = None  # DSA strategy for dsa / dm / mtt (default: the dsa card's for the data set; mtt: 'none' is off)
     unroll: int | None = None  # DD: step batches per epoch (default: unrolled.default_unroll(ipc))
     unroll_epochs: int | None = None  # DD: passes over them (default: unrolled.EPOCHS)
     net_init: str | None = None  # DD: 'random' (a fresh network per step, default) or 'fixed'
+    expert_dir: str | None = None  # MTT: the experts' folder (`kip trajectories`), required
+    syn_steps: int | None = None  # MTT: synthetic steps per iteration (default: unrolled.SYN_STEPS)
+    expert_epochs: int | None = None  # MTT: the expert epochs they match (default: unrolled.EXPERT_EPOCHS)
+    max_start_epoch: int | None = None  # MTT: starts drawn below it (default: unrolled.MAX_START_EPOCH)
+    batch_syn: int | None = None  # MTT: synthetic images per step (default: all)
+    lr_lr: float | None = None  # MTT: SGD lr of the learned learning rate (default: unrolled.MTT_LR_LR)
     pool_size: int | None = None  # FRePo: networks in the pool (default: frepo.POOL_SIZE)
     max_age: int | None = None  # FRePo: steps before a network is re-initialised (default: frepo.MAX_AGE)
     learn_labels: bool | None = None  # FRePo: learn the labels (default: True)
@@ -80,14 +88,19 @@ class MethodConfig:
                 raise InputError(f"--{name.replace('_', '-')} applies to --method {' / '.join(methods)} only "
                                  f"(this is --method {self.method})")
         for name in ("ipc", "real_batch", "eval_every", "block_size", "outer_loop", "inner_loop", "width", "checkpoint_every",
-                     "unroll", "unroll_epochs", "pool_size", "max_age"):
+                     "unroll", "unroll_epochs", "pool_size", "max_age", "syn_steps", "expert_epochs", "max_start_epoch",
+                     "batch_syn"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         if self.steps is not None and self.steps < 0:
             raise InputError(f"--steps must be >= 0, got {self.steps}")
-        if self.lr is not None and not (self.lr > 0 and np.isfinite(self.lr)):
-            raise InputError(f"--lr must be a positive number, got {self.lr}")
+        for name in ("lr", "lr_lr"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and np.isfinite(value)):
+                raise InputError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+        if self.method == "mtt" and not self.expert_dir:
+            raise InputError("--method mtt needs --expert-dir: a folder of expert trajectories (kip trajectories)")
         if self.net_init is not None and self.net_init not in unrolled.INITS:
             raise InputError(f"--net-init must be one of {', '.join(unrolled.INITS)}, got {self.net_init!r}")
 
@@ -95,6 +108,13 @@ class MethodConfig:
         """The method's settings (`matching.Settings`, `unrolled.Settings` or `frepo.Settings`) with
         every default resolved for this data set; the real batch is capped at the smallest class
         (as DC's get_images: a class's whole training set where it is smaller)."""
+        if self.method == "mtt":
+            strategy = None if self.strategy == "none" else self.strategy or trajectories.strategy_for(
+                trajectories.TrajectoryConfig(), dataset)
+            return unrolled.MttSettings(self.ipc, num_classes, self.syn_steps or unrolled.SYN_STEPS,
+                                        self.expert_epochs or unrolled.EXPERT_EPOCHS,
+                                        self.max_start_epoch or unrolled.MAX_START_EPOCH, self.batch_syn, strategy,
+                                        self.lr_lr or unrolled.MTT_LR_LR)
         real_batch = min(REAL_BATCH[self.method] if self.real_batch is None else self.real_batch, smallest_class)
         if self.method == "dd":
             return unrolled.Settings(self.ipc, num_classes, real_batch, self.unroll or unrolled.default_unroll(self.ipc),
@@ -135,14 +155,16 @@ def networks(width: int | None, num_classes: int, im2col: bool | None = None,
 
 
 class Method(NamedTuple):
-    """A method made ready for `loop.optimise`: its start state, its step `(state, real) -> (state,
-    metrics)`, the synthetic labels of a state, what to record of its settings, the loss's name."""
+    """A method made ready for `loop.optimise`: its start state, its step `(state, data) -> (state,
+    metrics)`, the synthetic labels of a state, what to record of its settings, the loss's name,
+    and the data its step reads (None: the real training set; MTT: the experts' parameters)."""
 
     state: Any
     step: Callable
     labels: Callable[[Any], jax.Array]
     record: dict
     loss_label: str
+    data: Any = None
 
 
 def prepare_method(config: MethodConfig, settings, images: jax.Array, labels: jax.Array, key: jax.Array,
@@ -158,6 +180,24 @@ def prepare_method(config: MethodConfig, settings, images: jax.Array, labels: ja
         state = frepo.init_state(model, settings, images, frepo.initial_labels(num_classes, config.ipc), optimizer, key)
         step = frepo.make_step(settings, model, embed, optimizer)
         method = Method(state, step, lambda s: s.params["labels"], record, f"{name} feature-regression loss")
+    elif config.method == "mtt":
+        # second-order gradients through the unroll: im2col on CPU, as DC's (see networks)
+        experts, model = trajectories.load(config.expert_dir, num_classes, images.shape[1:],
+                                           im2col=jax.default_backend() == "cpu")
+        width = model.width
+        if config.width is not None and config.width != width:
+            raise InputError(f"--width {config.width}: the experts in {config.expert_dir} are ConvNets of width {width}")
+        available = experts.params.shape[1] - 1
+        if available < settings.expert_epochs + 1:
+            raise InputError(f"{config.expert_dir}: experts of {available} epochs cannot cover --expert-epochs "
+                             f"{settings.expert_epochs} from a start epoch")
+        optimizer = unrolled.mtt_optimizer(config.image_lr, settings.lr_lr)
+        state = unrolled.init_mtt_state(images, experts.meta["config"]["lr"], optimizer, key)
+        step = unrolled.make_mtt_step(settings, model, experts.unravel, optimizer)
+        record.update(experts=int(experts.params.shape[0]), expert_epochs_recorded=available,
+                      expert_dir=os.path.abspath(config.expert_dir))
+        method = Method(state, step, lambda s: labels, record, "MTT: normalised distance to the expert",
+                        data=jnp.asarray(experts.params[:, : settings.max_start_epoch + settings.expert_epochs]))
     elif config.method == "dd":
         model, _, width = networks(config.width, num_classes)
         optimizer = unrolled.image_optimizer(config.image_lr)
@@ -204,7 +244,8 @@ def method_run(
     labels = data.one_hot(np.repeat(np.arange(ds.num_classes), config.ipc), ds.num_classes, dtype=jnp.float32)
     method, model, width = prepare_method(config, settings, init_images, labels, run_key, ds.num_classes)
     state = method.state
-    real = distill.train_data(x_train, ds.y_train, ds.num_classes, jnp.float32)
+    step_data = method.data if method.data is not None else distill.train_data(x_train, ds.y_train, ds.num_classes,
+                                                                                jnp.float32)
     evaluate = run.make_evaluator(problem, config.reg, config.block_size)
     ckpt_path = os.path.join(out, "checkpoint.npz")
     config_dict = dataclasses.asdict(config)
@@ -219,14 +260,15 @@ def method_run(
         f"{described}; KRR evaluation with {config.kernel}")
     to_problem = lambda y: jnp.asarray(y, problem.dtype)
     state, history = loop.optimise(
-        state, lambda n: functools.partial(distill.make_multi_step(method.step, n), train=real), config.iterations,
+        state, lambda n: functools.partial(distill.make_multi_step(method.step, n), train=step_data), config.iterations,
         config.eval_every, lambda s: evaluate(s.params["images"], to_problem(method.labels(s))),
         lambda s, h: loop.save_checkpoint(ckpt_path, s, config_dict, h),
         history, ckpt_path, progress, log, checkpoint_every=config.checkpoint_every)
     step, final = int(state.step), history.evals[-1]
     metrics = run.run_metrics(history, step, ds, config_dict, method=config.method, settings=method.record)
     images = np.asarray(state.params["images"])
-    extra = {"step_sizes": np.asarray(unrolled.step_sizes(state.params))} if config.method == "dd" else {}
+    extra = {"step_sizes": np.asarray(unrolled.step_sizes(state.params))} if config.method == "dd" else \
+        {"learned_lr": np.asarray(state.params["lr"])} if config.method == "mtt" else {}
     title = f"{name} on {ds.name}, {config.ipc}/class, {step} iterations: KRR ({config.kernel}) test acc {100 * final['test_accuracy']:.2f}%"
     run.write_distilled(out, problem, images, np.asarray(to_problem(method.labels(state))), np.asarray(init_images),
                         init_idx, metrics, title, kernel=protocols.load(NETWORK_CARD).model, method=np.array(config.method),

@@ -1,5 +1,6 @@
-"""Dataset Distillation by unrolled optimisation (DD: Wang, Zhu, Torralba, Efros, arXiv
-1811.10959), as pure functions.
+"""Distillation through unrolled training, as pure functions: Dataset Distillation (DD: Wang,
+Zhu, Torralba, Efros, arXiv 1811.10959) and Matching Training Trajectories (MTT: Cazenavette et
+al., CVPR 2022), sharing `unroll_sgd`.
 
 A step: a network (freshly initialised from the step's key, or the run's one fixed
 initialisation) takes gradient-descent steps on the synthetic set, split as DD splits it into
@@ -9,6 +10,12 @@ cross-entropy of the resulting network on a class-balanced real batch is
 back-propagated through the whole unroll to the synthetic images and the step sizes. The unroll
 is a `jax.lax.scan` whose steps are rematerialised (`jax.checkpoint`), so memory holds one set of
 network parameters per step, not every step's activations.
+
+An MTT step: an expert (`kip.trajectories`) and a start epoch are drawn; from the expert's
+parameters there, `syn_steps` SGD steps on (DSA-augmented) synthetic batches at a learned
+learning rate should land near the expert's parameters `expert_epochs` later: the loss is the
+squared distance normalised by the expert's own move, back-propagated through the unroll to the
+images and the learning rate.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kip import InputError, data, distill
+from kip import InputError, augment, data, distill
 
 Array = jax.Array
 
@@ -151,6 +158,115 @@ def make_step(settings: Settings, model: nn.Module,
         idx = data.per_class_sample(real_key, real.class_table, real.class_counts, settings.real_batch).reshape(-1)
         loss, grads = jax.value_and_grad(lambda p: dd_loss(model, variables, p, settings, real.images[idx],
                                                            real_labels))(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return UnrollState(params, opt_state, state.key, state.step + 1), {"loss": loss}
+
+    return step
+
+
+# --------------------------------------------------------------------------- MTT
+
+SYN_STEPS = 20  # MTT's defaults: synthetic steps per iteration,
+EXPERT_EPOCHS = 3  # ... expert epochs they should cover,
+MAX_START_EPOCH = 25  # ... and the latest start epoch (exclusive)
+MTT_IMAGE_LR = 1000.0  # SGD (momentum 0.5) on the images (MTT's lr_img)
+MTT_LR_LR = 1e-5  # SGD (momentum 0.5) on the synthetic learning rate (MTT's lr_lr)
+MTT_ITERATIONS = 5000
+
+
+@dataclasses.dataclass(frozen=True)
+class MttSettings:
+    """MTT's fixed choices (static in the jitted step)."""
+
+    ipc: int
+    num_classes: int
+    syn_steps: int = SYN_STEPS
+    expert_epochs: int = EXPERT_EPOCHS
+    max_start_epoch: int = MAX_START_EPOCH  # starts drawn from [0, max_start_epoch)
+    batch_syn: int | None = None  # synthetic images per step (None: all; must divide them)
+    strategy: str | None = None  # DSA augmentation of the synthetic batches (per image), None: off
+    lr_lr: float = MTT_LR_LR
+
+    @property
+    def batch(self) -> int:
+        return self.batch_syn or self.ipc * self.num_classes
+
+    def check(self) -> None:
+        for name in ("ipc", "num_classes", "syn_steps", "expert_epochs", "max_start_epoch", "batch"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if (self.ipc * self.num_classes) % self.batch:
+            raise InputError(f"--batch-syn must divide the {self.ipc * self.num_classes} synthetic images, got {self.batch}")
+        if self.strategy is not None:
+            augment.parse_strategy(self.strategy)
+
+
+def mtt_optimizer(image_lr: float = MTT_IMAGE_LR, lr_lr: float = MTT_LR_LR) -> optax.GradientTransformation:
+    """MTT's two SGD optimisers (momentum 0.5): the images at image_lr, the learning rate at lr_lr."""
+    return optax.multi_transform({"images": optax.sgd(image_lr, momentum=0.5), "lr": optax.sgd(lr_lr, momentum=0.5)},
+                                 {"images": "images", "lr": "lr"})
+
+
+def init_mtt_state(images: Array, lr: float, optimizer: optax.GradientTransformation, key: Array) -> UnrollState:
+    """The start of an MTT run: the images and the synthetic learning rate (MTT: the experts')."""
+    params = {"images": jnp.asarray(images), "lr": jnp.asarray(lr, jnp.float32)}
+    return UnrollState(params, optimizer.init(params), key, jnp.zeros((), jnp.int32))
+
+
+def trajectory_loss(start: Array, end: Array, target: Array) -> Array:
+    """MTT's normalised distance |end - target|^2 / |start - target|^2 (flat parameter vectors)."""
+    return jnp.sum((end - target) ** 2) / jnp.sum((start - target) ** 2)
+
+
+def synthetic_batches(key: Array, n: int, batch: int, steps: int) -> Array:
+    """(steps, batch) indices as MTT visits the synthetic set: consecutive chunks of a random
+    permutation, a fresh permutation whenever one is used up."""
+    chunks = n // batch
+
+    def one(t):
+        order = jax.random.permutation(jax.random.fold_in(key, t // chunks), n)
+        return jax.lax.dynamic_slice_in_dim(order, (t % chunks) * batch, batch)
+
+    return jax.vmap(one)(jnp.arange(steps))
+
+
+def mtt_loss(model: nn.Module, unravel: Callable, params: dict, start: Array, target: Array, settings: MttSettings,
+             key: Array) -> Array:
+    """MTT's loss: from the expert's flat parameters `start`, `syn_steps` SGD steps on the
+    synthetic set (params {'images', 'lr'}; class-sorted, `ipc` per class) at the learned lr,
+    then `trajectory_loss` against the expert's `target` parameters."""
+    labels = jnp.repeat(jnp.arange(settings.num_classes), settings.ipc)
+    order_key, aug_key = jax.random.split(key)
+    idx = synthetic_batches(order_key, labels.shape[0], settings.batch, settings.syn_steps)
+    keys = jax.random.split(aug_key, settings.syn_steps)
+
+    def inner(flat, batch):
+        i, k = batch
+        x = params["images"][i]
+        if settings.strategy:
+            x = augment.dsa(k, x, settings.strategy)
+        return cross_entropy(model, unravel(flat), {}, x, labels[i])
+
+    lrs = jnp.broadcast_to(params["lr"], (settings.syn_steps,))
+    return trajectory_loss(start, unroll_sgd(inner, start, (idx, keys), lrs), target)
+
+
+def make_mtt_step(settings: MttSettings, model: nn.Module, unravel: Callable,
+                  optimizer: optax.GradientTransformation) -> Callable[[UnrollState, Array], tuple[UnrollState, dict]]:
+    """One MTT iteration `(state, experts) -> (state, {'loss'})`, pure and jittable: an expert
+    and a start epoch drawn uniformly (start < max_start_epoch, capped so that the target
+    start + expert_epochs exists); experts (E, epochs + 1, P) from `kip.trajectories.load`."""
+    settings.check()
+
+    def step(state: UnrollState, experts: Array) -> tuple[UnrollState, dict]:
+        key = jax.random.fold_in(state.key, state.step)
+        expert_key, start_key, loss_key = jax.random.split(key, 3)
+        e = jax.random.randint(expert_key, (), 0, experts.shape[0])
+        s = jax.random.randint(start_key, (), 0, min(settings.max_start_epoch, experts.shape[1] - settings.expert_epochs))
+        start, target = experts[e, s], experts[e, s + settings.expert_epochs]
+        loss, grads = jax.value_and_grad(mtt_loss, argnums=2)(model, unravel, state.params, start, target, settings,
+                                                             loss_key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return UnrollState(params, opt_state, state.key, state.step + 1), {"loss": loss}

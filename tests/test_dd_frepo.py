@@ -192,3 +192,123 @@ def test_bad_dd_or_frepo_options_exit_2_with_one_line(tmp_path, capsys, argv, me
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not os.path.exists(os.path.join(out, "distilled.npz"))
+
+
+# --------------------------------------------------------------------------- MTT
+
+
+def test_mtt_distance_is_normalised_by_the_expert_move():
+    rng = np.random.default_rng(6)
+    start, target = (jnp.asarray(rng.normal(size=50)) for _ in range(2))
+    for t in (0.0, 0.3, 1.0, 1.5):
+        end = start + t * (target - start)
+        np.testing.assert_allclose(float(unrolled.trajectory_loss(start, end, target)), (1 - t) ** 2, rtol=1e-12, atol=1e-15)
+    end = start + jnp.asarray(rng.normal(size=50))
+    scaled = unrolled.trajectory_loss(3 * start, 3 * end, 3 * target)  # invariant to the parameters' scale
+    np.testing.assert_allclose(float(scaled), float(unrolled.trajectory_loss(start, end, target)), rtol=1e-12)
+
+
+def test_mtt_synthetic_batches_visit_every_image_once_per_permutation():
+    idx = np.asarray(unrolled.synthetic_batches(jax.random.PRNGKey(0), 12, 4, 7))
+    assert idx.shape == (7, 4)
+    for first in (0, 3):
+        np.testing.assert_array_equal(np.sort(idx[first:first + 3].ravel()), np.arange(12))
+
+
+def _mtt_problem(ipc=1, width=4):
+    from jax.flatten_util import ravel_pytree
+
+    model = models.build("convnet3", 3, width, norm="instance", weight_init="torch", param_dtype=jnp.float64, im2col=True)
+    key = jax.random.PRNGKey(7)
+    images = jax.random.normal(key, (3 * ipc, 8, 8, 1), jnp.float64)
+    flat, unravel = ravel_pytree(model.init(key, images[:1])["params"])
+    return model, images, flat, unravel
+
+
+def test_mtt_loss_is_zero_when_the_synthetic_steps_reproduce_the_expert_segment():
+    """An 'expert' made by hand: 3 full-batch SGD steps at lr 0.05 on the synthetic set itself
+    (plain jax.grad, no augmentation). MTT's unroll of the same steps lands on it: loss 0."""
+    model, images, start, unravel = _mtt_problem()
+    labels = jnp.arange(3)
+
+    def xent(flat):
+        logits = model.apply({"params": unravel(flat)}, images, train=True)
+        return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[jnp.arange(3), labels])
+
+    target = start
+    for _ in range(3):
+        target = target - 0.05 * jax.grad(xent)(target)
+    settings = unrolled.MttSettings(ipc=1, num_classes=3, syn_steps=3)
+    params = {"images": images, "lr": jnp.asarray(0.05, jnp.float64)}
+    loss = unrolled.mtt_loss(model, unravel, params, start, target, settings, jax.random.PRNGKey(8))
+    assert float(loss) < 1e-20
+    params["lr"] = jnp.asarray(0.04, jnp.float64)  # another lr misses the expert
+    assert float(unrolled.mtt_loss(model, unravel, params, start, target, settings, jax.random.PRNGKey(8))) > 1e-4
+
+
+def test_an_mtt_step_lowers_its_loss_on_a_small_problem():
+    """The expert: 2 SGD steps on other images; one MTT step on the synthetic images (full batch,
+    no augmentation: the loss does not depend on the step's draws) brings its unroll closer."""
+    model, images, start, unravel = _mtt_problem()
+    others = jax.random.normal(jax.random.PRNGKey(11), images.shape, jnp.float64)
+    xent = lambda flat: unrolled.cross_entropy(model, unravel(flat), {}, others, jnp.arange(3))
+    target = start
+    for _ in range(2):
+        target = target - 0.05 * jax.grad(xent)(target)
+    experts = jnp.stack([start, target])[None]  # one expert, epochs 0 and 1
+    settings = unrolled.MttSettings(ipc=1, num_classes=3, syn_steps=2, expert_epochs=1, max_start_epoch=1)
+    optimizer = unrolled.mtt_optimizer(1e-2, 1e-5)
+    state = unrolled.init_mtt_state(images, 0.05, optimizer, jax.random.PRNGKey(10))
+    loss = lambda params: float(unrolled.mtt_loss(model, unravel, params, start, target, settings, jax.random.PRNGKey(0)))
+    before = loss(state.params)
+    state, metrics = jax.jit(unrolled.make_mtt_step(settings, model, unravel, optimizer))(state, experts)
+    np.testing.assert_allclose(float(metrics["loss"]), before, rtol=1e-10)
+    assert loss(state.params) < before
+
+
+TRAJ = ["trajectories", "--dataset", "digits", "--width", "4", "--no-progress"]
+
+
+def test_trajectories_resume_to_the_uninterrupted_recording_and_feed_mtt(tmp_path):
+    from kip import trajectories
+
+    whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
+    assert cli.main(TRAJ + ["--experts", "2", "--epochs", "3", "--out", whole]) == 0
+    assert cli.main(TRAJ + ["--experts", "1", "--epochs", "2", "--out", split]) == 0
+    assert cli.main(TRAJ + ["--experts", "2", "--epochs", "3", "--out", split]) == 0
+    for i in range(2):
+        a, b = (io.read_npz(os.path.join(d, f"expert_{i:03d}.npz")) for d in (whole, split))
+        assert a["params"].shape[0] == 4 and a["test_accuracy"].shape == (3,)
+        np.testing.assert_array_equal(a["params"], b["params"])
+    experts, model = trajectories.load(whole, 10, (8, 8, 1))
+    assert experts.params.shape[:2] == (2, 4) and model.width == 4
+    first = experts.unravel(jnp.asarray(experts.params[0, 0]))  # epoch 0 is the initialisation
+    np.testing.assert_array_equal(np.asarray(jax.tree_util.tree_leaves(first)[0]),
+                                  np.asarray(jax.tree_util.tree_leaves(model.init(jax.random.fold_in(
+                                      jax.random.fold_in(jax.random.PRNGKey(0), 0), 0), jnp.zeros((1, 8, 8, 1)))["params"])[0]))
+    # an MTT run on them resumes to its uninterrupted result
+    run = RUN[:-2] + ["--method", "mtt", "--expert-dir", whole, "--syn-steps", "2", "--expert-epochs", "1",
+                      "--max-start-epoch", "2", "--lr", "10"]
+    run = [a for a in run if a not in ("--width", "8", "--real-batch")]
+    a_out, b_out = str(tmp_path / "mtt-whole"), str(tmp_path / "mtt-split")
+    assert cli.main(run + ["--steps", "4", "--eval-every", "4", "--out", a_out]) == 0
+    assert cli.main(run + ["--steps", "2", "--eval-every", "2", "--out", b_out]) == 0
+    assert cli.main(run + ["--steps", "4", "--eval-every", "2", "--out", b_out, "--resume"]) == 0
+    np.testing.assert_array_equal(_arrays(a_out)["images"], _arrays(b_out)["images"])
+    assert float(_arrays(a_out)["learned_lr"]) != 0.01
+    # other options in the same folder are refused
+    assert cli.main(TRAJ + ["--experts", "2", "--epochs", "3", "--lr", "0.02", "--out", whole]) == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "mtt"], "--method mtt needs --expert-dir"),
+    (["--method", "mtt", "--expert-dir", "/nonexistent"], "holds no expert trajectories"),
+    (["--method", "dd", "--syn-steps", "3"], "--syn-steps applies to --method mtt"),
+    (["--method", "mtt", "--real-batch", "3"], "--real-batch applies to --method dc / dsa / dm / dd / frepo"),
+])
+def test_bad_mtt_options_exit_2_with_one_line(tmp_path, capsys, argv, message):
+    out = str(tmp_path / "bad")
+    assert cli.main(["distill", "--dataset", "digits", "--no-progress", "--out", out] + argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not os.path.exists(os.path.join(out, "distilled.npz"))
