@@ -28,6 +28,7 @@ _STEPPED = ("kip",) + _NETWORKED
 # `kip distill` options that belong to some methods only (default None: given or not is known), and their defaults
 DISTILL_OPTIONS = {
     "steps": _STEPPED, "lr": _STEPPED, "eval_every": _STEPPED, "checkpoint_every": _STEPPED, "resume": _STEPPED,
+    "snapshots": _STEPPED,
     "target_batch": ("kip",), "learn_labels": ("kip", "frepo"), "loss": ("kip",), "get": ("kip",), "rf_resample": ("kip",),
     "init_from": ("kip",), "zca": ("kip", "label-solve"), "target_size": ("label-solve",),
     "width": _NETWORKED, "real_batch": ("dc", "dsa", "dm", "dd", "frepo"), "init": _NETWORKED, "outer_loop": ("dc", "dsa"), "inner_loop": ("dc", "dsa"),
@@ -35,7 +36,7 @@ DISTILL_OPTIONS = {
     "max_start_epoch": ("mtt",), "batch_syn": ("mtt",), "lr_lr": ("mtt",), "unroll": ("dd",), "unroll_epochs": ("dd",), "net_init": ("dd",), "pool_size": ("frepo",), "max_age": ("frepo",),
 }
 KIP_DEFAULTS = {"steps": 1000, "lr": 0.04, "eval_every": 100, "resume": False, "target_batch": 5000, "learn_labels": False,
-                "loss": "mse", "get": "ntk", "rf_resample": True, "zca": False}
+                "loss": "mse", "get": "ntk", "rf_resample": True, "zca": False, "snapshots": False}
 
 
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
@@ -110,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=None, help="steps between test evaluations and checkpoints (default: 100)")
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help="steps between checkpoints, when more often than evaluations (default: at each evaluation)")
+    p.add_argument("--snapshots", action="store_true", default=None,
+                   help="also keep the set of every evaluation: OUT/snapshots/step-N.npz (equal-compute tables)")
     p.add_argument("--eval-protocol", default=None, metavar="NAME",
                    help="also train the finite networks of this protocol (kip protocols) on the result, beside random "
                         "real subsets; recorded in metrics.json under 'protocol'")
@@ -397,6 +400,7 @@ def _distill(args, run) -> None:
         from kip import method_run
 
         args.init = args.init or "real"
+        args.snapshots = bool(args.snapshots)
         args.eval_every = 100 if args.eval_every is None else args.eval_every
         method_run.method_run(_config(method_run.MethodConfig, args), out, resume=bool(args.resume),
                               overwrite=args.overwrite, progress=progress)

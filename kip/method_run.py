@@ -67,6 +67,7 @@ class MethodConfig:
     reg: float = krr.DEFAULT_REG
     eval_every: int = 100
     checkpoint_every: int | None = None  # None: at each evaluation
+    snapshots: bool = False  # also keep the set of every evaluation (`run.snapshot_path`)
     block_size: int = krr.DEFAULT_BLOCK
     max_memory: float | None = None
     rf_models: int = rf.DEFAULT_MODELS
@@ -259,9 +260,14 @@ def method_run(
         f"{config.iterations} iterations, network {model.__class__.__name__} width {width}, image lr {config.image_lr}, "
         f"{described}; KRR evaluation with {config.kernel}")
     to_problem = lambda y: jnp.asarray(y, problem.dtype)
+    evaluate_state = lambda s: evaluate(s.params["images"], to_problem(method.labels(s)))
+    kernel_name = protocols.load(NETWORK_CARD).model
+    if config.snapshots:
+        evaluate_state = run.keeping_snapshots(evaluate_state, out, problem, init_idx, kernel_name,
+                                               lambda s: (s.params["images"], to_problem(method.labels(s))))
     state, history = loop.optimise(
         state, lambda n: functools.partial(distill.make_multi_step(method.step, n), train=step_data), config.iterations,
-        config.eval_every, lambda s: evaluate(s.params["images"], to_problem(method.labels(s))),
+        config.eval_every, evaluate_state,
         lambda s, h: loop.save_checkpoint(ckpt_path, s, config_dict, h),
         history, ckpt_path, progress, log, checkpoint_every=config.checkpoint_every)
     step, final = int(state.step), history.evals[-1]
@@ -271,7 +277,7 @@ def method_run(
         {"learned_lr": np.asarray(state.params["lr"])} if config.method == "mtt" else {}
     title = f"{name} on {ds.name}, {config.ipc}/class, {step} iterations: KRR ({config.kernel}) test acc {100 * final['test_accuracy']:.2f}%"
     run.write_distilled(out, problem, images, np.asarray(to_problem(method.labels(state))), np.asarray(init_images),
-                        init_idx, metrics, title, kernel=protocols.load(NETWORK_CARD).model, method=np.array(config.method),
+                        init_idx, metrics, title, kernel=kernel_name, method=np.array(config.method),
                         **extra)
     plots.learning_curve(os.path.join(out, "curve.png"), history.losses, history.evals,
                          f"{name} on {ds.name}, {config.ipc} images/class", loss_label=method.loss_label)

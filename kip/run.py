@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import shutil
 import time
 from typing import Any, Callable
 
@@ -20,6 +21,7 @@ from kip.kernels import rf
 from kip.release import _parse_distilled, load_distilled, load_distilled_for  # noqa: F401 (run.load_distilled*)
 
 OUTPUT_FILES = ("distilled.npz", "metrics.json", "support.png", "curve.png", "checkpoint.npz")
+SNAPSHOTS = "snapshots"  # a folder of the sets evaluated during a run (--snapshots)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +159,8 @@ def prepare_out(out: str, resume: bool, overwrite: bool) -> None:
         raise InputError(f"{out} already holds a run ({', '.join(existing)}): pass --resume to continue it or --overwrite to replace it")
     for f in existing:
         os.remove(os.path.join(out, f))
+    if overwrite and os.path.isdir(os.path.join(out, SNAPSHOTS)):
+        shutil.rmtree(os.path.join(out, SNAPSHOTS))
 
 
 # --------------------------------------------------------------------------- KIP
@@ -189,6 +193,7 @@ class DistillConfig:
     init_from: str | None = None  # a distilled .npz to start from instead of real images (fine-tuning)
     get: str = "ntk"  # an exact kernel's NTK or NNGP (random features estimate the NNGP whatever this says)
     checkpoint_every: int | None = None  # None: at each evaluation
+    snapshots: bool = False  # also keep the set of every evaluation (see `snapshot_path`)
 
     @property
     def kernel_options(self) -> KernelOptions:
@@ -289,9 +294,13 @@ def distill_run(
     log(f"kip distill: {parallel.describe(problem.mesh)}; the target batch is split between them")
     step_fn = distill.make_step(problem.kernel_fn, optimizer, target_batch, config.reg, config.learn_labels,
                                 config.loss, problem.mesh)
+    evaluate_state = lambda s: evaluate(s.params["images"], s.params["labels"])
+    if config.snapshots:
+        evaluate_state = keeping_snapshots(evaluate_state, out, problem, init_idx, config.kernel,
+                                           lambda s: (s.params["images"], s.params["labels"]))
     state, history = loop.optimise(
         state, lambda n: functools.partial(distill.make_multi_step(step_fn, n), train=train), config.steps,
-        config.eval_every, lambda s: evaluate(s.params["images"], s.params["labels"]),
+        config.eval_every, evaluate_state,
         lambda s, h: loop.save_checkpoint(ckpt_path, s, config_dict, h), history, ckpt_path, progress, log,
         hint="try a smaller --lr or a larger --reg", checkpoint_every=config.checkpoint_every)
     metrics = run_metrics(history, int(state.step), ds, config_dict)
@@ -327,20 +336,36 @@ def run_metrics(history: loop.History, step: int, ds: data.Dataset, config: dict
     }
 
 
+def write_set(path: str, problem: Problem, images, labels, init_idx, kernel: str, **extra) -> None:
+    """A distilled set as one .npz (atomic): images, labels, the training indices they started
+    from, the kernel or network they were distilled with, the preprocessing, `extra` arrays."""
+    io.write_npz(path, images=images, labels=labels, initial_indices=init_idx, kernel=np.array(kernel),
+                 **problem.preprocessing.to_arrays(), **extra)
+
+
+def snapshot_path(out: str, step: int) -> str:
+    """Where a run with `snapshots` keeps the set it evaluated at `step` (the format of distilled.npz)."""
+    return os.path.join(out, SNAPSHOTS, f"step-{step:07d}.npz")
+
+
+def keeping_snapshots(evaluate: Callable, out: str, problem: Problem, init_idx, kernel: str,
+                      set_of: Callable) -> Callable:
+    """`evaluate(state)` that first writes the state's set (`set_of(state)` -> (images, labels)) to
+    `snapshot_path(out, state.step)`: equal-compute tables read a run at several points."""
+
+    def evaluate_and_keep(state):
+        images, labels = set_of(state)
+        write_set(snapshot_path(out, int(state.step)), problem, np.asarray(images), np.asarray(labels), init_idx, kernel)
+        return evaluate(state)
+
+    return evaluate_and_keep
+
+
 def write_distilled(out: str, problem: Problem, images, labels, init_images, init_idx, metrics: dict, title: str,
                     kernel: str | None = None, **extra) -> None:
-    """A run's outputs: OUT/distilled.npz (images, labels, the training indices they started from,
-    the kernel or network they were distilled with, the preprocessing, `extra` arrays),
-    metrics.json and support.png."""
-    io.write_npz(
-        os.path.join(out, "distilled.npz"),
-        images=images,
-        labels=labels,
-        initial_indices=init_idx,
-        kernel=np.array(metrics["config"]["kernel"] if kernel is None else kernel),
-        **problem.preprocessing.to_arrays(),
-        **extra,
-    )
+    """A run's outputs: OUT/distilled.npz (`write_set`), metrics.json and support.png."""
+    write_set(os.path.join(out, "distilled.npz"), problem, images, labels, init_idx,
+              metrics["config"]["kernel"] if kernel is None else kernel, **extra)
     io.write_json(os.path.join(out, "metrics.json"), metrics)
     plots.support_grid(os.path.join(out, "support.png"), images, labels, init_images, title)
 

@@ -312,3 +312,17 @@ def test_bad_mtt_options_exit_2_with_one_line(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not os.path.exists(os.path.join(out, "distilled.npz"))
+
+
+def test_snapshots_are_the_sets_shorter_runs_end_with(tmp_path):
+    """--snapshots keeps the set of every evaluation: the one at step 2 of a 4-step run is what a
+    2-step run writes, the last is the run's own distilled.npz (equal-compute tables read these)."""
+    long, short = str(tmp_path / "long"), str(tmp_path / "short")
+    extra = RUN + ["--method", "frepo", "--pool-size", "2", "--max-age", "2"]
+    assert cli.main(extra + ["--steps", "4", "--eval-every", "2", "--snapshots", "--out", long]) == 0
+    assert cli.main(extra + ["--steps", "2", "--eval-every", "2", "--out", short]) == 0
+    assert sorted(os.listdir(os.path.join(long, "snapshots"))) == [f"step-{s:07d}.npz" for s in (0, 2, 4)]
+    for step, other in ((2, _arrays(short)), (4, _arrays(long))):
+        kept = io.read_npz(os.path.join(long, "snapshots", f"step-{step:07d}.npz"))
+        for key in ("images", "labels", "initial_indices", "preprocess_mean", "preprocess_std"):
+            np.testing.assert_array_equal(kept[key], other[key])
