@@ -28,7 +28,7 @@ _STEPPED = ("kip",) + _NETWORKED
 # `kip distill` options that belong to some methods only (default None: given or not is known), and their defaults
 DISTILL_OPTIONS = {
     "steps": _STEPPED, "lr": _STEPPED, "eval_every": _STEPPED, "checkpoint_every": _STEPPED, "resume": _STEPPED,
-    "snapshots": _STEPPED,
+    "snapshots": _STEPPED, "max_seconds": _STEPPED,
     "target_batch": ("kip",), "learn_labels": ("kip", "frepo"), "loss": ("kip",), "get": ("kip",), "rf_resample": ("kip",),
     "init_from": ("kip",), "zca": ("kip", "label-solve"), "target_size": ("label-solve",),
     "width": _NETWORKED, "real_batch": ("dc", "dsa", "dm", "dd", "frepo"), "init": _NETWORKED, "outer_loop": ("dc", "dsa"), "inner_loop": ("dc", "dsa"),
@@ -112,7 +112,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help="steps between checkpoints, when more often than evaluations (default: at each evaluation)")
     p.add_argument("--snapshots", action="store_true", default=None,
-                   help="also keep the set of every evaluation: OUT/snapshots/step-N.npz (equal-compute tables)")
+                   help="also keep the set of every checkpoint: OUT/snapshots/step-N.npz with the seconds spent so far "
+                        "(equal-compute tables)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="stop once the steps took this many seconds (compilation included, evaluations not): an "
+                        "equal-compute budget; --steps stays the upper bound")
     p.add_argument("--eval-protocol", default=None, metavar="NAME",
                    help="also train the finite networks of this protocol (kip protocols) on the result, beside random "
                         "real subsets; recorded in metrics.json under 'protocol'")

@@ -20,13 +20,14 @@ from kip import InputError, TrainingDiverged, io
 
 # Options that may change when a run is resumed (the rest must match the checkpoint). Where the
 # chunks end does not change the result (tests/test_matching.py resumes across other periods).
-RESUMABLE_CHANGES = ("steps", "data_dir", "devices", "checkpoint_every")
+RESUMABLE_CHANGES = ("steps", "data_dir", "devices", "checkpoint_every", "max_seconds")
 
 
 @dataclasses.dataclass
 class History:
     """A run's record: per-step rows [step, loss] (+ [accuracy] where the method reports one),
-    evaluations {'step', 'test_accuracy', ...}, and seconds spent stepping."""
+    evaluations {'step', 'seconds' (spent stepping until then), 'test_accuracy', ...}, and seconds
+    spent stepping (compilation included, evaluations and checkpoints not)."""
 
     losses: list = dataclasses.field(default_factory=list)
     evals: list = dataclasses.field(default_factory=list)
@@ -86,22 +87,26 @@ def optimise(
     log: Callable[[str], None] = print,
     hint: str = "try a smaller --lr",
     checkpoint_every: int | None = None,
+    max_seconds: float | None = None,
 ) -> tuple[Any, History]:
     """Steps `state` (with `.params` and `.step`) to `steps`. `make_chunk(n)` is a jitted
     `state -> (state, metrics)` taking n steps, metrics {'loss': (n,), optionally 'accuracy': (n,)};
     `evaluate(state)` the test metrics (every `eval_every` steps and at the end); `checkpoint(state,
     history)` saves both, every `checkpoint_every` steps (None: at each evaluation) and at each
-    evaluation. Raises `TrainingDiverged` on a NaN loss or parameter, keeping the last good checkpoint."""
+    evaluation. With `max_seconds`, stops (evaluated) at the first chunk end where the steps have
+    taken that long: an equal-compute budget, whose last step depends on the machine. Raises
+    `TrainingDiverged` on a NaN loss or parameter, keeping the last good checkpoint."""
     periods = (eval_every,) if checkpoint_every is None else (eval_every, checkpoint_every)
     runners: dict[int, Callable] = {}
     step = int(state.step)
+    out_of_time = lambda: max_seconds is not None and history.seconds >= max_seconds
     if not history.evals:
-        history.evals.append({"step": step, **evaluate(state)})
+        history.evals.append({"step": step, "seconds": history.seconds, **evaluate(state)})
         checkpoint(state, history)  # the start: a good state to fall back to from step 1 on
     bar = tqdm(total=steps, initial=min(step, steps), disable=not progress, unit="step", file=sys.stderr)
     bar.set_postfix(test_acc=f"{history.evals[-1]['test_accuracy']:.4f}")
     try:
-        while step < steps:
+        while step < steps and not out_of_time():
             # chunks end on multiples of the periods, so a resumed run repeats the same programs
             chunk = min(min((step // p + 1) * p for p in periods), steps) - step
             if chunk not in runners:
@@ -118,8 +123,8 @@ def optimise(
             extra = [np.asarray(metrics["accuracy"])] if "accuracy" in metrics else []
             history.losses.extend([step + 1 + i, float(chunk_loss[i]), *(float(e[i]) for e in extra)] for i in range(chunk))
             state, step = new_state, step + chunk
-            if step % eval_every == 0 or step == steps:
-                history.evals.append({"step": step, **evaluate(state)})
+            if step % eval_every == 0 or step == steps or out_of_time():
+                history.evals.append({"step": step, "seconds": history.seconds, **evaluate(state)})
             checkpoint(state, history)
             bar.update(chunk)
             bar.set_postfix(loss=f"{chunk_loss[-1]:.3g}", test_acc=f"{history.evals[-1]['test_accuracy']:.4f}")
@@ -130,5 +135,5 @@ def optimise(
         raise
     bar.close()
     if history.evals[-1]["step"] != step:
-        history.evals.append({"step": step, **evaluate(state)})
+        history.evals.append({"step": step, "seconds": history.seconds, **evaluate(state)})
     return state, history

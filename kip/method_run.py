@@ -67,7 +67,8 @@ class MethodConfig:
     reg: float = krr.DEFAULT_REG
     eval_every: int = 100
     checkpoint_every: int | None = None  # None: at each evaluation
-    snapshots: bool = False  # also keep the set of every evaluation (`run.snapshot_path`)
+    snapshots: bool = False  # also keep the set of every checkpoint (`run.snapshot_path`)
+    max_seconds: float | None = None  # stop once the steps took this long (an equal-compute budget)
     block_size: int = krr.DEFAULT_BLOCK
     max_memory: float | None = None
     rf_models: int = rf.DEFAULT_MODELS
@@ -100,6 +101,8 @@ class MethodConfig:
             value = getattr(self, name)
             if value is not None and not (value > 0 and np.isfinite(value)):
                 raise InputError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise InputError(f"--max-seconds must be positive, got {self.max_seconds}")
         if self.method == "mtt" and not self.expert_dir:
             raise InputError("--method mtt needs --expert-dir: a folder of expert trajectories (kip trajectories)")
         if self.net_init is not None and self.net_init not in unrolled.INITS:
@@ -260,16 +263,16 @@ def method_run(
         f"{config.iterations} iterations, network {model.__class__.__name__} width {width}, image lr {config.image_lr}, "
         f"{described}; KRR evaluation with {config.kernel}")
     to_problem = lambda y: jnp.asarray(y, problem.dtype)
-    evaluate_state = lambda s: evaluate(s.params["images"], to_problem(method.labels(s)))
     kernel_name = protocols.load(NETWORK_CARD).model
+    checkpoint = lambda s, h: loop.save_checkpoint(ckpt_path, s, config_dict, h)
     if config.snapshots:
-        evaluate_state = run.keeping_snapshots(evaluate_state, out, problem, init_idx, kernel_name,
-                                               lambda s: (s.params["images"], to_problem(method.labels(s))))
+        checkpoint = run.keeping_snapshots(checkpoint, out, problem, init_idx, kernel_name,
+                                           lambda s: (s.params["images"], to_problem(method.labels(s))))
     state, history = loop.optimise(
         state, lambda n: functools.partial(distill.make_multi_step(method.step, n), train=step_data), config.iterations,
-        config.eval_every, evaluate_state,
-        lambda s, h: loop.save_checkpoint(ckpt_path, s, config_dict, h),
-        history, ckpt_path, progress, log, checkpoint_every=config.checkpoint_every)
+        config.eval_every, lambda s: evaluate(s.params["images"], to_problem(method.labels(s))), checkpoint,
+        history, ckpt_path, progress, log, checkpoint_every=config.checkpoint_every,
+        max_seconds=config.max_seconds)
     step, final = int(state.step), history.evals[-1]
     metrics = run.run_metrics(history, step, ds, config_dict, method=config.method, settings=method.record)
     images = np.asarray(state.params["images"])

@@ -193,7 +193,8 @@ class DistillConfig:
     init_from: str | None = None  # a distilled .npz to start from instead of real images (fine-tuning)
     get: str = "ntk"  # an exact kernel's NTK or NNGP (random features estimate the NNGP whatever this says)
     checkpoint_every: int | None = None  # None: at each evaluation
-    snapshots: bool = False  # also keep the set of every evaluation (see `snapshot_path`)
+    snapshots: bool = False  # also keep the set of every checkpoint (see `snapshot_path`)
+    max_seconds: float | None = None  # stop once the steps took this long (an equal-compute budget)
 
     @property
     def kernel_options(self) -> KernelOptions:
@@ -201,6 +202,8 @@ class DistillConfig:
 
     def check(self) -> None:
         check_kernel(self.kernel_options)
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise InputError(f"--max-seconds must be positive, got {self.max_seconds}")
         if self.loss not in distill.LOSSES:
             raise InputError(f"--loss must be one of {', '.join(distill.LOSSES)}, got {self.loss!r}")
         for name in ("ipc", "target_batch", "eval_every", "block_size", "checkpoint_every"):
@@ -294,15 +297,15 @@ def distill_run(
     log(f"kip distill: {parallel.describe(problem.mesh)}; the target batch is split between them")
     step_fn = distill.make_step(problem.kernel_fn, optimizer, target_batch, config.reg, config.learn_labels,
                                 config.loss, problem.mesh)
-    evaluate_state = lambda s: evaluate(s.params["images"], s.params["labels"])
+    checkpoint = lambda s, h: loop.save_checkpoint(ckpt_path, s, config_dict, h)
     if config.snapshots:
-        evaluate_state = keeping_snapshots(evaluate_state, out, problem, init_idx, config.kernel,
-                                           lambda s: (s.params["images"], s.params["labels"]))
+        checkpoint = keeping_snapshots(checkpoint, out, problem, init_idx, config.kernel,
+                                       lambda s: (s.params["images"], s.params["labels"]))
     state, history = loop.optimise(
         state, lambda n: functools.partial(distill.make_multi_step(step_fn, n), train=train), config.steps,
-        config.eval_every, evaluate_state,
-        lambda s, h: loop.save_checkpoint(ckpt_path, s, config_dict, h), history, ckpt_path, progress, log,
-        hint="try a smaller --lr or a larger --reg", checkpoint_every=config.checkpoint_every)
+        config.eval_every, lambda s: evaluate(s.params["images"], s.params["labels"]), checkpoint, history, ckpt_path,
+        progress, log, hint="try a smaller --lr or a larger --reg", checkpoint_every=config.checkpoint_every,
+        max_seconds=config.max_seconds)
     metrics = run_metrics(history, int(state.step), ds, config_dict)
     step, evals, seconds, final = metrics["steps"], history.evals, history.seconds, history.evals[-1]
     write_distilled(out, problem, np.asarray(state.params["images"]), np.asarray(state.params["labels"]),
@@ -348,17 +351,19 @@ def snapshot_path(out: str, step: int) -> str:
     return os.path.join(out, SNAPSHOTS, f"step-{step:07d}.npz")
 
 
-def keeping_snapshots(evaluate: Callable, out: str, problem: Problem, init_idx, kernel: str,
+def keeping_snapshots(checkpoint: Callable, out: str, problem: Problem, init_idx, kernel: str,
                       set_of: Callable) -> Callable:
-    """`evaluate(state)` that first writes the state's set (`set_of(state)` -> (images, labels)) to
-    `snapshot_path(out, state.step)`: equal-compute tables read a run at several points."""
+    """A `loop.optimise` checkpoint callback `(state, history)` that first writes the state's set
+    (`set_of(state)` -> (images, labels)) to `snapshot_path(out, state.step)` with the seconds the
+    steps took so far (`seconds`): equal-compute tables read one run at several budgets."""
 
-    def evaluate_and_keep(state):
+    def keep_and_checkpoint(state, history):
         images, labels = set_of(state)
-        write_set(snapshot_path(out, int(state.step)), problem, np.asarray(images), np.asarray(labels), init_idx, kernel)
-        return evaluate(state)
+        write_set(snapshot_path(out, int(state.step)), problem, np.asarray(images), np.asarray(labels), init_idx, kernel,
+                  seconds=np.asarray(history.seconds))
+        checkpoint(state, history)
 
-    return evaluate_and_keep
+    return keep_and_checkpoint
 
 
 def write_distilled(out: str, problem: Problem, images, labels, init_images, init_idx, metrics: dict, title: str,

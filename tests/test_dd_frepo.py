@@ -315,7 +315,7 @@ def test_bad_mtt_options_exit_2_with_one_line(tmp_path, capsys, argv, message):
 
 
 def test_snapshots_are_the_sets_shorter_runs_end_with(tmp_path):
-    """--snapshots keeps the set of every evaluation: the one at step 2 of a 4-step run is what a
+    """--snapshots keeps the set of every checkpoint: the one at step 2 of a 4-step run is what a
     2-step run writes, the last is the run's own distilled.npz (equal-compute tables read these)."""
     long, short = str(tmp_path / "long"), str(tmp_path / "short")
     extra = RUN + ["--method", "frepo", "--pool-size", "2", "--max-age", "2"]
@@ -326,3 +326,18 @@ def test_snapshots_are_the_sets_shorter_runs_end_with(tmp_path):
         kept = io.read_npz(os.path.join(long, "snapshots", f"step-{step:07d}.npz"))
         for key in ("images", "labels", "initial_indices", "preprocess_mean", "preprocess_std"):
             np.testing.assert_array_equal(kept[key], other[key])
+
+
+def test_a_time_budget_stops_at_the_first_chunk_end_past_it_and_extends_on_resume(tmp_path):
+    out = str(tmp_path / "budget")
+    argv = RUN + ["--method", "dm", "--steps", "100", "--eval-every", "100", "--checkpoint-every", "2", "--snapshots",
+                  "--out", out]
+    assert cli.main(argv + ["--max-seconds", "1e-6"]) == 0
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["steps"] == 2 and [e["step"] for e in metrics["evals"]] == [0, 2]
+    assert metrics["evals"][-1]["seconds"] == pytest.approx(metrics["seconds"]) and metrics["seconds"] > 0
+    kept = io.read_npz(os.path.join(out, "snapshots", "step-0000002.npz"))
+    assert float(kept["seconds"]) == pytest.approx(metrics["seconds"])
+    # a larger budget on resume continues the same run (the budget may change, as --steps may)
+    assert cli.main(argv + ["--max-seconds", "1e9", "--steps", "4", "--resume"]) == 0
+    assert json.load(open(os.path.join(out, "metrics.json")))["steps"] == 4
