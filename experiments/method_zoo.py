@@ -1,0 +1,245 @@
+"""Every distillation method of kip at equal compute: KIP (random features and exact), Label
+Solve, DC, DSA, DM, DD, MTT and FRePo on MNIST, each run once per seed under a wall-clock budget
+on this machine and read after 2, 6 and 20 minutes of distillation (1 image per class, 2 seeds;
+10 per class at 20 minutes, 1 seed), every reading judged the same way: by the `dsa` protocol's
+finite networks beside same-protocol random real subsets, and by KRR under one common kernel.
+
+    python experiments/method_zoo.py --data-dir ../shared/datasets        # CPU: MNIST, the budgets above
+    python experiments/method_zoo.py --data-dir ../shared/datasets --ipc 1 --methods frepo mtt
+    python experiments/method_zoo.py --gpu --data-dir ../shared/datasets  # the same table at the papers' widths
+    python experiments/method_zoo.py --quick                              # digits, seconds-long budgets
+
+Configuration only. Each method's run is a cell (`kip.cells.distill_cell`: reused when done,
+resumed when interrupted) distilling until its steps took the largest budget (`max_seconds`:
+compilation included, evaluations and checkpoints not) and keeping its set at every checkpoint
+with the seconds spent (`snapshots`); a reading at budget B is the last set kept within B
+seconds. MTT's experts (`kip trajectories`) are recorded first, in --runs-dir/experts, and their
+training time is stated apart. Writes results/method_zoo_<dataset>.{md,json,png}.
+"""
+
+from __future__ import annotations
+
+from kip import entry
+
+entry.configure(x64=True)  # an entry point: KIP's and the KRR evaluation's float64 solves
+
+import dataclasses
+import os
+
+import numpy as np
+
+from kip import cells, io, method_run, plots, protocols, release, report, run, trajectories, transfer
+
+ALL = ("kip-rf", "kip-exact", "label-solve", "dc", "dsa", "dm", "dd", "mtt", "frepo")
+NAMES = {"kip-rf": "KIP (random features)", "kip-exact": "KIP (exact kernel)", "label-solve": "Label Solve",
+         "dc": "DC", "dsa": "DSA", "dm": "DM", "dd": "DD", "mtt": "MTT", "frepo": "FRePo"}
+STEP_CAP = 1_000_000  # the budget ends the runs, not --steps
+
+_KIP_RF = dict(kernel="rf-convnet3", rf_models=4, rf_width=128, target_batch=500, learn_labels=True, loss="platt")
+# method -> (run options, steps per checkpoint: each reading point ~10-20 s of this CPU's steps)
+CPU_METHODS = {
+    "kip-rf": (_KIP_RF, 5),
+    "kip-exact": (dict(kernel="convnet3", precision="float32", target_batch=50, learn_labels=True), 5),
+    "label-solve": (dict(kernel="rf-convnet3", rf_models=4, rf_width=128, target_size=10000), None),
+    "dc": (dict(width=64, real_batch=64), 10), "dsa": (dict(width=64, real_batch=64), 10),
+    "dm": (dict(width=64, real_batch=64), 50), "dd": (dict(width=64, real_batch=64), 10),
+    "mtt": (dict(syn_steps=20, expert_epochs=2, max_start_epoch=8, lr=100.0), 10),
+    "frepo": (dict(width=64), 20),
+}
+# at 10 per class DC's loops (10 matching steps, 50 inner epochs) take a minute per iteration here
+CPU_SIZE_METHODS = {10: {"dc": (dict(width=64, real_batch=64, outer_loop=10, inner_loop=10), 1),
+                         "dsa": (dict(width=64, real_batch=64, outer_loop=10, inner_loop=10), 1)}}
+QUICK_METHODS = {
+    "kip-rf": (dict(kernel="rf-fc1", rf_models=2, rf_width=16, target_batch=50, learn_labels=True, loss="platt"), 2),
+    "kip-exact": (dict(kernel="fc1", target_batch=50), 2),
+    "label-solve": (dict(kernel="fc1", target_size=200), None),
+    **{m: (dict(width=8, real_batch=8), 2) for m in ("dc", "dsa", "dm", "dd")},
+    "mtt": (dict(syn_steps=2, expert_epochs=1, max_start_epoch=1, lr=10.0), 2),
+    "frepo": (dict(width=8, real_batch=8, pool_size=2, max_age=4), 2),
+}
+MODES = {
+    "cpu": dict(dataset="mnist", protocol="dsa", evaluation=dict(networks=2), baseline_subsets={1: 5, 10: 3},
+                krr=dict(kernel="rf-convnet3", rf_models=4, rf_width=128), sizes={1: (2, (2, 6, 20)), 10: (1, (20,))},
+                experts=dict(experts=5, epochs=12, width=64), methods=CPU_METHODS, size_methods=CPU_SIZE_METHODS),
+    "gpu": dict(dataset="mnist", protocol="dsa", evaluation=dict(networks=10), baseline_subsets={1: 5, 10: 5},
+                krr=dict(kernel="convnet3"), sizes={1: (3, (2, 6, 20)), 10: (3, (20,))},
+                experts=dict(experts=20, epochs=30), methods={**{m: (dict(o, width=128) if "width" in o else o, c)
+                                                                  for m, (o, c) in CPU_METHODS.items()}},
+                size_methods={}),
+    "quick": dict(dataset="digits", protocol="dsa", evaluation=dict(networks=1, width=8, epochs=20),
+                  baseline_subsets={1: 2}, krr=dict(kernel="fc1"), sizes={1: (1, (0.1, 0.3))},
+                  experts=dict(experts=1, epochs=2, width=8), methods=QUICK_METHODS, size_methods={}),
+}
+
+
+def config_for(method: str, options: dict, chunk: int | None, m: dict, data_dir: str | None, ipc: int, seed: int,
+               budget: float, experts: str):
+    """The cell's config: KIP a `run.DistillConfig`, Label Solve a `run.LabelSolveConfig`, the rest a
+    `method_run.MethodConfig`; every stepped run capped by `budget` seconds, keeping snapshots."""
+    common = dict(dataset=m["dataset"], data_dir=data_dir, ipc=ipc, seed=seed)
+    if method == "label-solve":
+        return run.LabelSolveConfig(**common, **options)
+    stepped = dict(steps=STEP_CAP, eval_every=STEP_CAP, checkpoint_every=chunk, snapshots=True, max_seconds=budget)
+    if method.startswith("kip"):
+        return run.DistillConfig(**common, **stepped, **options)
+    krr = dict(kernel=m["krr"]["kernel"], rf_models=m["krr"].get("rf_models", 4), rf_width=m["krr"].get("rf_width", 128))
+    extra = dict(expert_dir=experts) if method == "mtt" else {}
+    return method_run.MethodConfig(method=method, **common, **stepped, **krr, precision="float32", **extra, **options)
+
+
+def readings(out: str, budgets: tuple[float, ...], label_solve_seconds: float | None = None) -> dict[float, str | None]:
+    """budget (s) -> the last set kept within it (None: the run has not reached it). Label Solve,
+    one closed-form set: its distilled.npz at every budget its solve fits in."""
+    if label_solve_seconds is not None:
+        return {b: os.path.join(out, "distilled.npz") if label_solve_seconds <= b else None for b in budgets}
+    folder = os.path.join(out, run.SNAPSHOTS)
+    kept = []
+    for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        kept.append((float(io.read_npz(os.path.join(folder, f))["seconds"]), os.path.join(folder, f)))
+    done = os.path.exists(os.path.join(out, "metrics.json"))
+    return {b: max((k for k in kept if k[0] <= b), default=(None, None))[1] if done else None for b in budgets}
+
+
+def judge(path: str, m: dict, data_dir: str | None, cache_dir: str, progress: bool) -> dict:
+    """A kept set by the protocol (beside random real subsets) and by KRR under the mode's kernel."""
+    s = release.load_distilled_for(path, m["dataset"], data_dir)
+    ipc = len(s.images) // s.dataset.num_classes
+    p, recorded = protocols.with_overrides(protocols.load(m["protocol"]), baseline_subsets=m["baseline_subsets"].get(ipc, 3),
+                                           **m["evaluation"])
+    r = transfer.evaluate_set(s.images, s.labels, s.dataset, s.preprocessing, p, s.sources, cache_dir=cache_dir,
+                              progress=progress)
+    return {"set": r["set"], "random": r["random"], "krr": judge_krr(path, m, data_dir), "overrides": recorded}
+
+
+def judge_krr(path: str, m: dict, data_dir: str | None) -> float:
+    """The set's KRR test accuracy under the mode's kernel (its own labels)."""
+    k = m["krr"]
+    options = run.KernelOptions(k["kernel"], k.get("rf_models", 4), k.get("rf_width", 128))
+    return run.evaluate_run(path, m["dataset"], data_dir, options, precision="float32", log=lambda _: None)["test_accuracy"]
+
+
+def table(rows: list[dict], m: dict, starts: dict[int, list[float]]) -> str:
+    head = ["method", "images/class", "minutes", "seeds", f"{m['protocol']} protocol", "KRR", "steps", "published"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["ipc"], r["minutes"], r["method"]), []).append(r)
+    order = {name: i for i, name in enumerate(ALL)}
+    for (ipc, minutes, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order[kv[0][2]])):
+        acc, acc_s = report.mean_std([r["set"]["mean"] for r in rs])
+        krr, krr_s = report.mean_std([r["krr"] for r in rs])
+        steps = ", ".join(str(r["step"]) for r in rs)
+        pub = PUBLISHED.get((method, ipc), "-")
+        lines.append(f"| {NAMES[method]} | {ipc} | {minutes:g} | {len(rs)} | **{100 * acc:.1f} ± {100 * acc_s:.1f}** | "
+                     f"{100 * krr:.1f} ± {100 * krr_s:.1f} | {steps} | {pub} |")
+    for ipc, start in sorted(starts.items()):
+        random = next(r["random"] for r in rows if r["ipc"] == ipc)
+        krr, krr_s = report.mean_std(start) if start else (np.nan, np.nan)
+        lines.append(f"| random real | {ipc} | - | {len(start)} | {100 * random['mean']:.1f} ± {100 * random['std']:.1f} | "
+                     f"{100 * krr:.1f} ± {100 * krr_s:.1f} | - | {RANDOM_PUBLISHED.get(ipc, '-')} (DC paper) |")
+    return "\n".join(lines)
+
+
+RANDOM_PUBLISHED = {1: "64.9", 10: "95.1", 50: "97.9"}
+# the papers' own figures (their own protocols, full budgets): MNIST
+PUBLISHED = {("dc", 1): "91.7", ("dsa", 1): "88.7", ("dm", 1): "89.7", ("frepo", 1): "93.0", ("kip-exact", 1): "90.1 (width 1024)",
+             ("dc", 10): "97.4", ("dsa", 10): "97.8", ("dm", 10): "97.5", ("frepo", 10): "98.6",
+             ("kip-exact", 10): "97.5 (width 1024)", ("dd", 10): "79.5 (LeNet, random init)"}
+
+
+def main() -> None:
+    def extra(parser):
+        parser.add_argument("--methods", nargs="+", default=list(ALL), choices=ALL)
+        parser.add_argument("--ipc", type=int, nargs="+", default=None, help="a subset of the mode's sizes")
+        parser.add_argument("--seeds", type=int, default=None, help="seeds per size (default: the mode's)")
+
+    args, mode, runs_dir = report.experiment_args(__doc__, "method_zoo", "the papers' widths, more seeds and networks",
+                                                  "digits, seconds-long budgets", extra=extra)
+    m = MODES[mode]
+    data_dir = None if m["dataset"] == "digits" else args.data_dir
+    cache_dir = os.path.join(os.path.dirname(runs_dir) or ".", "networks")
+    progress = not args.no_progress
+    experts_dir, experts = os.path.join(runs_dir, "experts"), None
+    if "mtt" in args.methods:
+        print(f"== MTT's experts: {m['experts']}")
+        experts = trajectories.record(trajectories.TrajectoryConfig(dataset=m["dataset"], data_dir=data_dir, **m["experts"]),
+                                      experts_dir, progress=progress)
+    rows, start_krr = [], {}
+    for ipc, (seeds, minutes) in m["sizes"].items():
+        if args.ipc and ipc not in args.ipc:
+            continue
+        budgets = tuple(60.0 * x for x in minutes)
+        for method in args.methods:
+            options, chunk = {**m["methods"], **m["size_methods"].get(ipc, {})}[method]
+            for seed in range(args.seeds or seeds):
+                config = config_for(method, options, chunk, m, data_dir, ipc, seed, max(budgets), experts_dir)
+                out = os.path.join(runs_dir, f"{method}-ipc{ipc}-seed{seed}")
+                print(f"== {NAMES[method]}, {ipc}/class, seed {seed}")
+                if method == "label-solve":
+                    metrics = cells.label_solve_cell(config, out)
+                    kept = readings(out, budgets, metrics["seconds"])
+                else:
+                    metrics = cells.distill_cell(config, out, progress=progress)
+                    kept = readings(out, budgets)
+                    start = run.snapshot_path(out, 0)
+                    if isinstance(config, method_run.MethodConfig) and (ipc, seed) not in start_krr and os.path.exists(start):
+                        # every run of this seed starts from the same real images (run.start_indices)
+                        start_krr[ipc, seed] = judge_krr(start, m, data_dir)
+                for budget, path in kept.items():
+                    if path is None:
+                        print(f"   {budget / 60:g} min: not reached")
+                        continue
+                    r = judge(path, m, data_dir, cache_dir, progress)
+                    step = int(os.path.basename(path).split("-")[1].split(".")[0]) if "step-" in path else 0
+                    rows.append({**r, "method": method, "ipc": ipc, "seed": seed, "minutes": budget / 60, "step": step,
+                                 "path": path, "config": dataclasses.asdict(config)})
+                    print(f"   {budget / 60:g} min (step {step}): {m['protocol']} {100 * r['set']['mean']:.2f}%, "
+                          f"KRR {100 * r['krr']:.2f}%")
+    if not rows:
+        raise SystemExit("method_zoo.py: error: nothing to report (no run reached a budget)")
+    ds_name = m["dataset"]
+    starts = {ipc: [v for (i, _), v in start_krr.items() if i == ipc] for ipc in sorted({r["ipc"] for r in rows})}
+    curves = {NAMES[method]: [] for method in ALL if any(r["method"] == method for r in rows)}
+    for method in ALL:
+        for ipc in sorted({r["ipc"] for r in rows}):
+            points = [r for r in rows if r["method"] == method and r["ipc"] == ipc]
+            for minutes in sorted({r["minutes"] for r in points}):
+                accs = [r["set"]["mean"] for r in points if r["minutes"] == minutes]
+                if ipc == min(r["ipc"] for r in rows):
+                    curves[NAMES[method]].append((minutes, *report.mean_std(accs)))
+    name = f"method_zoo_{ds_name}" + ("_quick" if mode == "quick" else "")
+    plots.accuracy_curves(os.path.join(args.results_dir, f"{name}.png"), {k: v for k, v in curves.items() if v},
+                          "minutes of distillation on this machine", f"{ds_name}, {min(r['ipc'] for r in rows)} image(s) "
+                          f"per class, {m['protocol']} protocol", log_x=True)
+    expert_note = "no MTT row" if experts is None else (
+        f"MTT's experts: {m['experts']['experts']} ConvNets x {m['experts']['epochs']} epochs (width "
+        f"{m['experts'].get('width', 128)}), {sum(experts['seconds']) / 60:.1f} minutes of training on this machine, not "
+        f"counted in MTT's budget; their final test accuracy {100 * np.mean(experts['final_test_accuracy']):.2f}%")
+    ev = protocols.with_overrides(protocols.load(m["protocol"]), **m["evaluation"])[1]
+    body = table(rows, m, starts) + f"""
+
+![accuracy against minutes]({name}.png)
+
+{ds_name} test accuracy (%) of each method's set read after the stated minutes of distillation on
+this machine (the steps' wall time, compilation included; evaluations and checkpoints not), mean ±
+std over seeds: "{m['protocol']} protocol": finite networks trained on the set's hard labels as
+`kip protocols {m['protocol']}` states (overrides here: {', '.join(f'{k} = {v}' for k, v in ev.items()) or 'none'}),
+the same for every method (FRePo's own protocol would train on its learned labels; DC's paper
+uses the `dc` protocol); "KRR": kernel regression from the set (its labels, learned where the
+method learns them) under {m['krr']['kernel']}, one kernel for every method. "random real": class-balanced random
+real subsets of the same size under the same protocol (its KRR: the real images the runs start
+from, one set per seed).
+"steps": the step of each seed's reading. Label Solve is one closed-form solve, read at every
+budget it fits in. {expert_note}. Settings per method (CPU: narrower networks and smaller
+real batches than the papers; each row's full options are in the .json): {', '.join(f'{k}: {v[0]}' for k, v in m['methods'].items())}.
+Nothing is chosen on the test set.
+""" + ("\nSmoke run (--quick): tiny networks, seconds-long budgets; it checks the pipeline, not the methods.\n"
+       if mode == "quick" else "")
+    report.write_results(name, f"Every distillation method at equal compute on {ds_name}", body,
+                         {"mode": mode, "rows": rows, "experts": experts}, results_dir=args.results_dir,
+                         code=args.provenance)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
