@@ -320,3 +320,23 @@ def apply(key: Array, images: Array, spec: tuple[str, ...]) -> Array:
     if spec[0].startswith("dc:"):
         return dc_augment(key, images, spec[0][3:])
     return standard(key, images, spec)
+
+
+# --------------------------------------------------------------------------- batch transforms (kip.train applies them)
+
+
+def smooth_labels(targets: Array, epsilon: float) -> Array:
+    """(n, C) -> (n, C): (1 - eps) y + eps * mean_c(y). For a probability vector this is
+    label smoothing, (1 - eps) y + eps / C; for centred one-hot labels (rows summing to 0)
+    it is (1 - eps) y, the same smoothing seen through the centring."""
+    return (1 - epsilon) * targets + epsilon * jnp.mean(targets, axis=-1, keepdims=True)
+
+
+def mixup(key: Array, images: Array, targets: Array, alpha: float) -> tuple[Array, Array]:
+    """Mixup: with one lam ~ Beta(alpha, alpha) per batch and a random pairing `perm`,
+    (lam x + (1 - lam) x[perm], lam y + (1 - lam) y[perm]). Shapes are kept."""
+    lam_key, perm_key = jax.random.split(key)
+    lam = jax.random.beta(lam_key, alpha, alpha, dtype=jnp.float32).astype(images.dtype)
+    perm = jax.random.permutation(perm_key, images.shape[0])
+    mix = lambda a: lam * a + (1 - lam) * a[perm]
+    return mix(images), mix(targets.astype(images.dtype))

@@ -209,3 +209,18 @@ def balanced_subset(key: jax.Array, labels: np.ndarray, num_classes: int, per_cl
     idx = balanced_sample(key, jnp.asarray(table), jnp.asarray(counts), per_class * num_classes)
     idx = np.asarray(idx).reshape(per_class, num_classes).T.reshape(-1)
     return idx
+
+
+DEFAULT_VAL_SIZE = 5000  # the transfer recipe's validation split of train
+
+
+def validation_split(key: jax.Array, n: int, size: int = DEFAULT_VAL_SIZE, exclude: np.ndarray | None = None) -> np.ndarray:
+    """`min(size, n // 5)` random indices of n training examples, held out for validation, none
+    of them in `exclude` (e.g. a distilled set's source images)."""
+    size = min(size, n // 5)
+    if size < 1:
+        raise InputError(f"no room for a validation split in {n} training examples")
+    order = np.asarray(jax.random.permutation(key, n))
+    if exclude is not None and len(exclude):
+        order = order[~np.isin(order, np.asarray(exclude))]
+    return order[:size]

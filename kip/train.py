@@ -31,9 +31,6 @@ Array = jax.Array
 Batch = tuple[Array, Array]  # images (b, H, W, C), targets (b, C)
 LOSSES = ("mse", "xent")
 AUGMENTATIONS = augment.STANDARD  # the plain choices; 'dsa:STRATEGY' and 'dc:STRATEGY' too (kip.augment.check)
-DEFAULT_VAL_SIZE = 5000  # the transfer recipe's validation split of train
-LR_FACTORS = (0.1, 0.3, 1.0, 3.0)  # a default tuning grid: learning rates as multiples of the configured one
-WEIGHT_DECAYS = (0.0, 1e-4, 1e-3)  # ... and weight decays
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,26 +97,6 @@ def epoch_steps(n: int, batch_size: int, drop_last: bool = True) -> int:
     return n // batch if drop_last else -(-n // batch)
 
 
-# --------------------------------------------------------------------------- batch transforms
-
-
-def smooth_labels(targets: Array, epsilon: float) -> Array:
-    """(n, C) -> (n, C): (1 - eps) y + eps * mean_c(y). For a probability vector this is
-    label smoothing, (1 - eps) y + eps / C; for centred one-hot labels (rows summing to 0)
-    it is (1 - eps) y, the same smoothing seen through the centring."""
-    return (1 - epsilon) * targets + epsilon * jnp.mean(targets, axis=-1, keepdims=True)
-
-
-def mixup(key: Array, images: Array, targets: Array, alpha: float) -> Batch:
-    """Mixup: with one lam ~ Beta(alpha, alpha) per batch and a random pairing `perm`,
-    (lam x + (1 - lam) x[perm], lam y + (1 - lam) y[perm]). Shapes are kept."""
-    lam_key, perm_key = jax.random.split(key)
-    lam = jax.random.beta(lam_key, alpha, alpha, dtype=jnp.float32).astype(images.dtype)
-    perm = jax.random.permutation(perm_key, images.shape[0])
-    mix = lambda a: lam * a + (1 - lam) * a[perm]
-    return mix(images), mix(targets.astype(images.dtype))
-
-
 def example_losses(outputs: Array, targets: Array, loss: str, mse_weight: float = 0.5, label_scale: float = 1.0) -> Array:
     """(n, C), (n, C) -> (n,): mse_weight * mean_c (f - s y)^2 / s^2 (KIP's MSE at weight 1/2 and
     s = 1; RFAD's at weight 1 and s its label scale), or softmax cross-entropy."""
@@ -183,9 +160,9 @@ def step(model: nn.Module, config: TrainConfig, state: NetState, batch: Batch, w
     if config.augment:
         images = augment.apply(aug_key, images, tuple(config.augment))
     if config.label_smoothing:
-        targets = smooth_labels(targets, config.label_smoothing)
+        targets = augment.smooth_labels(targets, config.label_smoothing)
     if config.mixup:
-        images, targets = mixup(mix_key, images, targets, config.mixup)
+        images, targets = augment.mixup(mix_key, images, targets, config.mixup)
     rest = {k: v for k, v in state.variables.items() if k != "params"}
 
     def loss_fn(params):
@@ -468,53 +445,6 @@ def fit(
     hook = None if on_step is None else (lambda t, idx, m: on_step(t, idx[0], jax.tree_util.tree_map(lambda a: a[0], m)))
     return fit_many(model, images, targets, config, jnp.asarray(key)[None], val_images=val_images,
                     val_labels=val_labels, progress=progress, desc=desc, on_step=hook, stop_after=stop_after).network(0)
-
-
-def validation_split(key: Array, n: int, size: int = DEFAULT_VAL_SIZE, exclude: np.ndarray | None = None) -> np.ndarray:
-    """`min(size, n // 5)` random indices of n training examples, held out for validation, none
-    of them in `exclude` (e.g. a distilled set's source images)."""
-    size = min(size, n // 5)
-    if size < 1:
-        raise InputError(f"no room for a validation split in {n} training examples")
-    order = np.asarray(jax.random.permutation(key, n))
-    if exclude is not None and len(exclude):
-        order = order[~np.isin(order, np.asarray(exclude))]
-    return order[:size]
-
-
-def tune(
-    model: nn.Module,
-    images: np.ndarray,
-    targets: np.ndarray,
-    config: TrainConfig,
-    key: Array,
-    val_images: np.ndarray,
-    val_labels: np.ndarray,
-    lrs: tuple[float, ...] | None = None,
-    weight_decays: tuple[float, ...] = WEIGHT_DECAYS,
-    progress: bool = False,
-    log: Callable[[str], None] | None = None,
-    vectorize: bool | None = None,
-) -> tuple[TrainConfig, list[dict]]:
-    """Grid search over learning rate (default: `LR_FACTORS` times config.lr) and weight
-    decay: one network per pair, all from `key`, trained together (`fit_many`), scored by
-    accuracy on val_images (m, ...) against int val_labels (m,) (the best validation accuracy
-    with `keep_best`, else the final one); a diverged network scores -1. Returns `config` with the
-    best pair (the first in grid order on ties) and the grid [{'lr', 'weight_decay', 'val_accuracy'}]."""
-    lrs = tuple(config.lr * f for f in LR_FACTORS) if lrs is None else lrs
-    pairs = [(lr, wd) for lr in lrs for wd in weight_decays]
-    result = fit_many(model, images, targets, config, jnp.stack([key] * len(pairs)), np.array([p[0] for p in pairs]),
-                      np.array([p[1] for p in pairs]), val_images, val_labels, vectorize=vectorize, progress=progress,
-                      desc="tune")
-    scores = result.best_accuracy if config.keep_best else result.val[-1]["accuracy"]
-    scores = np.where(result.diverged, -1.0, scores)
-    grid = [{"lr": lr, "weight_decay": wd, "val_accuracy": float(a)} for (lr, wd), a in zip(pairs, scores)]
-    if log:
-        for g in grid:
-            log(f"  tune lr {g['lr']:g}, weight decay {g['weight_decay']:g}: validation accuracy "
-                + ("diverged" if g["val_accuracy"] < 0 else f"{100 * g['val_accuracy']:.2f}%"))
-    best = max(grid, key=lambda g: g["val_accuracy"])  # max keeps the first of equals
-    return dataclasses.replace(config, lr=best["lr"], weight_decay=best["weight_decay"]), grid
 
 
 def predict(model: nn.Module, variables: dict, images: np.ndarray, block_size: int = 1000,

@@ -190,7 +190,7 @@ def validation_indices(key: jax.Array, labels: np.ndarray, num_classes: int, p: 
     keep = np.setdiff1d(np.arange(len(labels)), exclude)
     if p.val_per_class:
         return keep[data.balanced_subset(key, labels[keep], num_classes, p.val_per_class)]
-    return keep[train.validation_split(key, len(keep), p.val_size)]
+    return keep[data.validation_split(key, len(keep), p.val_size)]
 
 
 def targets_for(p: protocols.Protocol, labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -71,7 +71,7 @@ def test_mixup_mixes_images_and_labels_with_one_beta_coefficient():
     # pixel == label[1] only if images and labels share the coefficient and the pairing.
     x = jnp.array([1.0, 0.0]).reshape(2, 1, 1, 1)
     y = jnp.array([[0.0, 1.0], [1.0, 0.0]])
-    mx, my = jax.vmap(lambda k: train.mixup(k, x, y, alpha))(jax.random.split(jax.random.PRNGKey(0), 20000))
+    mx, my = jax.vmap(lambda k: augment.mixup(k, x, y, alpha))(jax.random.split(jax.random.PRNGKey(0), 20000))
     np.testing.assert_allclose(mx[..., 0, 0, 0], my[..., 1], atol=1e-6)
     np.testing.assert_allclose(my.sum(-1), 1, atol=1e-6)
     assert np.all((my >= 0) & (my <= 1))
@@ -87,11 +87,11 @@ def test_mixup_mixes_images_and_labels_with_one_beta_coefficient():
 def test_label_smoothing_targets_sum_to_one_and_equal_the_formula():
     eps, labels = 0.1, np.array([0, 2, 1, 2])
     hot = np.asarray(data.one_hot(labels, C, centred=False))
-    smooth = np.asarray(train.smooth_labels(hot, eps))
+    smooth = np.asarray(augment.smooth_labels(hot, eps))
     np.testing.assert_allclose(smooth.sum(-1), 1, rtol=1e-6)
     np.testing.assert_allclose(smooth, np.where(hot == 1, 1 - eps + eps / C, eps / C), rtol=1e-6)
     # centred labels (KIP's targets): the centred version of the smoothed distribution
-    centred = np.asarray(train.smooth_labels(data.one_hot(labels, C), eps))
+    centred = np.asarray(augment.smooth_labels(data.one_hot(labels, C), eps))
     np.testing.assert_allclose(centred, smooth - 1 / C, atol=1e-6)
 
 
