@@ -76,8 +76,19 @@ def _size(text: str) -> float:
     return value
 
 
+def _version() -> str:
+    """The installed package's version (an uninstalled checkout: 'unknown')."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kip")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kip", description="Dataset distillation with infinite-width kernels.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("distill", help="learn a small support set: KIP (default), Label Solve, the matching "

@@ -183,3 +183,11 @@ def test_label_solve_improves_on_one_hot_labels(tmp_path):
 def test_console_script_help():
     out = subprocess.run([sys.executable, "-m", "kip.cli", "--help"], capture_output=True, text=True, check=True)
     assert "distill" in out.stdout and "label-solve" in out.stdout
+
+
+def test_version_is_the_installed_package_s(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"kip {version('kip')}"
