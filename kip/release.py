@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-import jax.numpy as jnp
 import numpy as np
 
 from kip import InputError, data, io, preprocess
@@ -54,7 +53,8 @@ def _parse_distilled(arrays: dict, path: str, image_shape: tuple[int, ...], num_
     if labels.ndim == 1:
         if not np.all(np.equal(np.mod(labels, 1), 0)) or labels.min() < 0 or labels.max() >= num_classes:
             raise InputError(f"{path}: integer labels must lie in 0..{num_classes - 1}")
-        labels = np.asarray(data.one_hot(labels.astype(np.int32), num_classes, dtype=jnp.float64))
+        # centred one-hot rows, as data.one_hot; in numpy: float64 whether or not JAX's x64 mode is on
+        labels = np.eye(num_classes)[labels.astype(np.int64)] - 1.0 / num_classes
     if labels.shape != (len(images), num_classes):
         raise InputError(f"{path}: labels have shape {labels.shape}, need ({len(images)}, {num_classes})")
     if not (np.all(np.isfinite(images)) and np.all(np.isfinite(labels))):
