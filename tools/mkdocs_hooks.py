@@ -46,7 +46,12 @@ def results_page() -> tuple[str, list[str]]:
              "Every results file of the repository (`results/NAME.json`, with the table its script wrote beside it "
              "as `results/NAME.md`): the command that made it, the machine, the commit, then the table.\n"]
     figures = []
-    for path in sorted(glob.glob(os.path.join(ROOT, "results", "*.json"))):
+    paths = sorted(glob.glob(os.path.join(ROOT, "results", "*.json")))
+    smoke = [p for p in paths if "_quick" in os.path.basename(p)]  # --quick runs: they check a pipeline, not a method
+    for path in [p for p in paths if p not in smoke] + smoke:
+        if path == (smoke or [None])[0]:
+            parts.append("# Smoke runs (--quick)\n\nThe experiment scripts' quick modes on the embedded digits, as CI "
+                         "runs them: they check the pipeline, not the methods.\n")
         name = os.path.basename(path)[: -len(".json")]
         md = path[: -len(".json")] + ".md"
         if not os.path.exists(md):
