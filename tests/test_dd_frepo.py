@@ -161,7 +161,8 @@ def _arrays(out):
     return io.read_npz(os.path.join(out, "distilled.npz"))
 
 
-@pytest.mark.parametrize("method", ["dd", "frepo"])
+# DD's resume is the shared loop's (tests/test_matching.py, FRePo here): slow, for completeness
+@pytest.mark.parametrize("method", [pytest.param("dd", marks=pytest.mark.slow), "frepo"])
 def test_a_dd_or_frepo_run_resumes_to_the_uninterrupted_result(tmp_path, method):
     whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
     extra = ["--unroll-epochs", "2"] if method == "dd" else ["--pool-size", "2", "--max-age", "2"]
@@ -330,8 +331,8 @@ def test_snapshots_are_the_sets_shorter_runs_end_with(tmp_path):
 
 def test_a_time_budget_stops_at_the_first_chunk_end_past_it_and_extends_on_resume(tmp_path):
     out = str(tmp_path / "budget")
-    argv = RUN + ["--method", "dm", "--steps", "100", "--eval-every", "100", "--checkpoint-every", "2", "--snapshots",
-                  "--out", out]
+    argv = RUN + ["--method", "frepo", "--pool-size", "2", "--max-age", "2", "--steps", "100", "--eval-every", "100",
+                  "--checkpoint-every", "2", "--snapshots", "--out", out]
     assert cli.main(argv + ["--max-seconds", "1e-6"]) == 0
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     assert metrics["steps"] == 2 and [e["step"] for e in metrics["evals"]] == [0, 2]
