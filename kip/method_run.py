@@ -258,7 +258,8 @@ def method_run(
         state, history = loop.resume(ckpt_path, state, config_dict, out)
         log(f"resuming {out} from step {int(state.step)}")
     name = config.method.upper() if config.method != "frepo" else "FRePo"
-    described = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(settings).items() if k not in ("ipc", "num_classes"))
+    unused = ("method", "ipc", "num_classes") + (("outer_loop", "inner_loop", "net_lr", "net_batch") if config.method == "dm" else ())
+    described = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(settings).items() if k not in unused and v is not None)
     log(f"kip distill --method {config.method}: {ds.name}, {config.ipc} images/class ({config.init} start), "
         f"{config.iterations} iterations, network {model.__class__.__name__} width {width}, image lr {config.image_lr}, "
         f"{described}; KRR evaluation with {config.kernel}")
