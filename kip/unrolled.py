@@ -140,7 +140,14 @@ def dd_loss(model: nn.Module, variables: dict, params: dict, settings: Settings,
     net, rest = variables["params"], {k: v for k, v in variables.items() if k != "params"}
     inner = lambda p, batch: cross_entropy(model, p, rest, *batch)
     trained = unroll_sgd(inner, net, step_batches(params["images"], settings), step_sizes(params))
-    return cross_entropy(model, trained, rest, real_images, real_labels)
+    return cross_entropy(first_order(model), trained, rest, real_images, real_labels)
+
+
+def first_order(model: nn.Module) -> nn.Module:
+    """The network with lax's convolutions, for a loss differentiated once (the real batch's, after
+    the unroll): im2col's patch matrices, which the unroll's second-order gradients need on CPU,
+    would take 9x the activations' memory over a whole real batch."""
+    return model.clone(im2col=False) if getattr(model, "im2col", False) else model
 
 
 def make_step(settings: Settings, model: nn.Module,
