@@ -39,6 +39,7 @@ STEP_SIZE = 0.02  # DD's initial learned step size
 IMAGE_LR = 0.01  # Adam (betas 0.5, 0.999) on the images and step sizes (DD's --lr)
 ADAM_B1 = 0.5
 REAL_BATCH = 64  # real images per class for the outer loss
+OUTER_BLOCK = 128  # real images per block of the outer loss (its memory: one block's activations)
 ITERATIONS = 1000
 FIXED_INIT = 2**31 - 1  # fold_in index of the fixed initialisation's key (steps use 0, 1, ...)
 
@@ -140,7 +141,18 @@ def dd_loss(model: nn.Module, variables: dict, params: dict, settings: Settings,
     net, rest = variables["params"], {k: v for k, v in variables.items() if k != "params"}
     inner = lambda p, batch: cross_entropy(model, p, rest, *batch)
     trained = unroll_sgd(inner, net, step_batches(params["images"], settings), step_sizes(params))
-    return cross_entropy(first_order(model), trained, rest, real_images, real_labels)
+    return blocked_cross_entropy(first_order(model), trained, rest, real_images, real_labels)
+
+
+def blocked_cross_entropy(model: nn.Module, params: dict, rest: dict, images: Array, labels: Array,
+                          block: int = OUTER_BLOCK) -> Array:
+    """`cross_entropy` over equal blocks of at most `block` images, each rematerialised in the
+    backward pass: the activations of one block in memory, not the whole real batch's."""
+    n = images.shape[0]
+    size = max(d for d in range(1, min(n, block) + 1) if n % d == 0)
+    split = lambda a: a.reshape((n // size, size) + a.shape[1:])
+    one = jax.checkpoint(lambda xy: cross_entropy(model, params, rest, *xy))
+    return jnp.mean(jax.lax.map(one, (split(images), split(labels))))
 
 
 def first_order(model: nn.Module) -> nn.Module:

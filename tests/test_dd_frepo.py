@@ -342,3 +342,13 @@ def test_a_time_budget_stops_at_the_first_chunk_end_past_it_and_extends_on_resum
     # a larger budget on resume continues the same run (the budget may change, as --steps may)
     assert cli.main(argv + ["--max-seconds", "1e9", "--steps", "4", "--resume"]) == 0
     assert json.load(open(os.path.join(out, "metrics.json")))["steps"] == 4
+
+
+def test_dd_outer_loss_in_blocks_equals_the_whole_batch_and_its_gradient():
+    model, variables, _, _, real, real_labels = _dd_problem()
+    params, rest = variables["params"], {}
+    whole = lambda p: unrolled.cross_entropy(model, p, rest, real, real_labels)
+    blocked = lambda p: unrolled.blocked_cross_entropy(model, p, rest, real, real_labels, block=5)  # 12 = 3 blocks of 4
+    np.testing.assert_allclose(float(blocked(params)), float(whole(params)), rtol=1e-12)
+    for a, b in zip(jax.tree_util.tree_leaves(jax.grad(blocked)(params)), jax.tree_util.tree_leaves(jax.grad(whole)(params))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
