@@ -158,6 +158,11 @@ def networks(width: int | None, num_classes: int, im2col: bool | None = None,
     return build(True, im2col), build(False, False), width
 
 
+def display_name(method: str) -> str:
+    """How the papers spell a method: DC, DSA, DM, DD, MTT, FRePo."""
+    return "FRePo" if method == "frepo" else method.upper()
+
+
 class Method(NamedTuple):
     """A method made ready for `loop.optimise`: its start state, its step `(state, data) -> (state,
     metrics)`, the synthetic labels of a state, what to record of its settings, the loss's name,
@@ -175,7 +180,7 @@ def prepare_method(config: MethodConfig, settings, images: jax.Array, labels: ja
                    num_classes: int) -> tuple[Method, models.Network, int]:
     """The state and step of `config.method` from the initial images (n, H, W, ch) and one-hot
     labels (n, C), and the network it learns through (checked against the images) and its width."""
-    name = config.method.upper() if config.method != "frepo" else "FRePo"
+    name = display_name(config.method)
     record = {"iterations": config.iterations, "image_lr": config.image_lr, **dataclasses.asdict(settings)}
     if config.method == "frepo":
         # FRePo's networks: no normalisation (its default), first-order (lax's convolutions)
@@ -257,7 +262,7 @@ def method_run(
     if resume:
         state, history = loop.resume(ckpt_path, state, config_dict, out)
         log(f"resuming {out} from step {int(state.step)}")
-    name = config.method.upper() if config.method != "frepo" else "FRePo"
+    name = display_name(config.method)
     unused = ("method", "ipc", "num_classes") + (("outer_loop", "inner_loop", "net_lr", "net_batch") if config.method == "dm" else ())
     described = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(settings).items() if k not in unused and v is not None)
     log(f"kip distill --method {config.method}: {ds.name}, {config.ipc} images/class ({config.init} start), "
