@@ -17,7 +17,6 @@ from kip import entry
 entry.configure(x64=True)  # an entry point: before numpy, scipy and JAX load; kernel runs solve in float64
 
 import argparse
-import dataclasses
 import os
 
 import jax

@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from kip import cells, io, matching, method_run, protocols, release, report, transfer
+from kip import cells, io, matching, method_run, protocols, report, transfer
 
 PROTOCOL_OF = {"dc": "dc", "dsa": "dsa", "dm": "dsa"}  # as each paper evaluates its sets
 MODES = {
@@ -46,25 +46,23 @@ MODES = {
         size_kernel={10: "rf-convnet3"},
         # one width-128 network trained 1001 steps on 100 images takes ~15 minutes here: at 10 per
         # class one network per set and 2 random subsets (stated in the table)
-        evaluation=dict(networks=2), size_evaluation={10: dict(networks=1)}, baseline_subsets={1: 5, 10: 2}),
+        evaluation=dict(networks=2),
+        size_evaluation={1: dict(baseline_subsets=5), 10: dict(networks=1, baseline_subsets=2)}),
     "gpu": dict(dataset="mnist", sizes={1: 3, 10: 3, 50: 3}, kernel="convnet3", precision="float32",
-                methods={"dc": {}, "dsa": {}, "dm": {}}, evaluation=dict(networks=20), baseline_subsets={1: 5, 10: 5, 50: 5}),
+                methods={"dc": {}, "dsa": {}, "dm": {}}, evaluation=dict(networks=20),
+                size_evaluation={k: dict(baseline_subsets=5) for k in (1, 10, 50)}),
     "quick": dict(dataset="digits", sizes={1: 1}, kernel="fc1", precision="float32", methods={
         "dc": dict(steps=6, width=8, real_batch=16), "dsa": dict(steps=6, width=8, real_batch=16),
         "dm": dict(steps=6, width=8, real_batch=16)},
-        evaluation=dict(networks=1, width=8, epochs=20), baseline_subsets={1: 2}),
+        evaluation=dict(networks=1, width=8, epochs=20), size_evaluation={1: dict(baseline_subsets=2)}),
 }
 
 
 def evaluate(path: str, protocol: str, m: dict, data_dir: str | None, cache_dir: str, progress: bool) -> dict:
     """A distilled set under `protocol` (the mode's overrides) beside random real subsets."""
-    s = release.load_distilled_for(path, m["dataset"], data_dir)
-    ipc = len(s.images) // s.dataset.num_classes
-    p, recorded = protocols.with_overrides(protocols.load(protocol), baseline_subsets=m["baseline_subsets"].get(ipc, 3),
-                                           **{**m["evaluation"], **m.get("size_evaluation", {}).get(ipc, {})})
-    r = transfer.evaluate_set(s.images, s.labels, s.dataset, s.preprocessing, p, s.sources, cache_dir=cache_dir,
-                              progress=progress)
-    return {**r, "overrides": recorded, "path": path}
+    r = transfer.protocol_run(path, m["dataset"], data_dir, protocol, m["evaluation"],
+                              cache_dir=cache_dir, progress=progress, size_overrides=m["size_evaluation"])
+    return {**r, "path": path}
 
 
 def table(rows: list[dict]) -> str:
@@ -100,6 +98,9 @@ def main() -> None:
     args, mode, runs_dir = report.experiment_args(__doc__, "matching", "the papers' settings, 1 / 10 / 50 per class",
                                                   "digits, tiny networks", extra=extra)
     m = MODES[mode]
+    missing = [f for f in args.kip_sets if not os.path.isfile(os.path.join(f, "distilled.npz"))]
+    if missing:  # before hours of distillation, not after
+        raise SystemExit(f"matching.py: error: --kip-sets: no distilled.npz in {missing[0]}")
     data_dir = None if m["dataset"] == "digits" else args.data_dir
     cache_dir = os.path.join(os.path.dirname(runs_dir) or ".", "networks")
     progress = not args.no_progress
@@ -143,8 +144,8 @@ real training images of the same size under the same protocol (mean ± std over 
 DC's evaluation for DC sets, DSA's (also DM's) for DSA and DM sets, as each paper reports; both
 train DC's instance-norm ConvNet of width 128 on the set's hard labels for 1000 (+ 1) epochs, `dc`
 with DC's MNIST augmentation, `dsa` with DSA's. Overrides of the cards here: {', '.join(f'{k} = {v}' for k, v in ev.items()) or 'none'}
-(per size: {m.get('size_evaluation') or 'none'}; the papers average 100 networks (DC, DSA) or 20 (DM)). Random subsets per size:
-{m['baseline_subsets']}. Nothing is chosen on the test set (the cards fix every hyper-parameter).
+(and per images per class: {m['size_evaluation']}; the papers average 100 networks (DC, DSA) or 20 (DM);
+baseline_subsets: the random real subsets). Nothing is chosen on the test set (the cards fix every hyper-parameter).
 "distillation": the matching network is DC's ConvNet at the stated width (the papers: 128), with
 the stated real images per class per matching step (the papers: 256) and outer iterations (the
 papers: DC / DSA 1000, DM 20000) and DC / DSA loops (outer / inner; the papers: 1 / 1 at 1 per class,

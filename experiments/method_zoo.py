@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from kip import cells, io, method_run, plots, protocols, release, report, run, trajectories, transfer
+from kip import cells, io, method_run, plots, protocols, report, run, trajectories, transfer
 
 ALL = ("kip-rf", "kip-exact", "label-solve", "dc", "dsa", "dm", "dd", "mtt", "frepo")
 NAMES = {"kip-rf": "KIP (random features)", "kip-exact": "KIP (exact kernel)", "label-solve": "Label Solve",
@@ -58,16 +58,20 @@ QUICK_METHODS = {
     "frepo": (dict(width=8, real_batch=8, pool_size=2, max_age=4), 2),
 }
 MODES = {
-    "cpu": dict(dataset="mnist", protocol="dsa", evaluation=dict(networks=2), baseline_subsets={1: 5, 10: 3},
+    # at 10 per class one network per set and 2 random subsets, as experiments/matching.py (whose
+    # random subsets' networks these share through the networks cache)
+    "cpu": dict(dataset="mnist", protocol="dsa", evaluation=dict(networks=2),
+                size_evaluation={1: dict(baseline_subsets=5), 10: dict(networks=1, baseline_subsets=2)},
                 krr=dict(kernel="rf-convnet3", rf_models=4, rf_width=128), sizes={1: (2, (2, 6, 20)), 10: (1, (20,))},
                 experts=dict(experts=5, epochs=12, width=64), methods=CPU_METHODS, size_methods=CPU_SIZE_METHODS),
-    "gpu": dict(dataset="mnist", protocol="dsa", evaluation=dict(networks=10), baseline_subsets={1: 5, 10: 5},
+    "gpu": dict(dataset="mnist", protocol="dsa", evaluation=dict(networks=10),
+                size_evaluation={k: dict(baseline_subsets=5) for k in (1, 10)},
                 krr=dict(kernel="convnet3"), sizes={1: (3, (2, 6, 20)), 10: (3, (20,))},
                 experts=dict(experts=20, epochs=30), methods={**{m: (dict(o, width=128) if "width" in o else o, c)
                                                                   for m, (o, c) in CPU_METHODS.items()}},
                 size_methods={}),
     "quick": dict(dataset="digits", protocol="dsa", evaluation=dict(networks=1, width=8, epochs=20),
-                  baseline_subsets={1: 2}, krr=dict(kernel="fc1"), sizes={1: (1, (0.1, 0.3))},
+                  size_evaluation={1: dict(baseline_subsets=2)}, krr=dict(kernel="fc1"), sizes={1: (1, (0.1, 0.3))},
                   experts=dict(experts=1, epochs=2, width=8), methods=QUICK_METHODS, size_methods={}),
 }
 
@@ -102,13 +106,9 @@ def readings(out: str, budgets: tuple[float, ...], label_solve_seconds: float | 
 
 def judge(path: str, m: dict, data_dir: str | None, cache_dir: str, progress: bool) -> dict:
     """A kept set by the protocol (beside random real subsets) and by KRR under the mode's kernel."""
-    s = release.load_distilled_for(path, m["dataset"], data_dir)
-    ipc = len(s.images) // s.dataset.num_classes
-    p, recorded = protocols.with_overrides(protocols.load(m["protocol"]), baseline_subsets=m["baseline_subsets"].get(ipc, 3),
-                                           **m["evaluation"])
-    r = transfer.evaluate_set(s.images, s.labels, s.dataset, s.preprocessing, p, s.sources, cache_dir=cache_dir,
-                              progress=progress)
-    return {"set": r["set"], "random": r["random"], "krr": judge_krr(path, m, data_dir), "overrides": recorded}
+    r = transfer.protocol_run(path, m["dataset"], data_dir, m["protocol"], m["evaluation"],
+                              cache_dir=cache_dir, progress=progress, size_overrides=m["size_evaluation"])
+    return {"set": r["set"], "random": r["random"], "krr": judge_krr(path, m, data_dir), "overrides": r["overrides"]}
 
 
 def judge_krr(path: str, m: dict, data_dir: str | None) -> float:

@@ -132,7 +132,7 @@ class MethodConfig:
             tuple(a or b for a, b in zip((self.outer_loop, self.inner_loop), matching.default_loops(self.ipc)))
         strategy = None
         if self.method != "dc":
-            strategy = self.strategy or protocols.for_set(protocols.load(STRATEGY_CARD), dataset, self.ipc)[0].augment.split(":", 1)[1]
+            strategy = self.strategy or protocols.augment_strategy(protocols.load(STRATEGY_CARD), dataset, self.ipc)
         return matching.Settings(self.method, self.ipc, num_classes, real_batch, outer, inner, strategy)
 
     @property
@@ -151,11 +151,9 @@ def networks(width: int | None, num_classes: int, im2col: bool | None = None,
     convolutions), and the width. im2col (None: on CPU) computes the full network's convolutions as
     patch matmuls, for second-order gradients (DC, DSA, DD)."""
     p = protocols.load(NETWORK_CARD)
-    width = width or p.width
     im2col = jax.default_backend() == "cpu" if im2col is None else im2col
-    build = lambda head, im2col: models.build(p.model, num_classes, width, p.parameterization, norm or p.norm,
-                                              weight_init=p.weight_init, pad_to=p.pad_to, head=head, im2col=im2col)
-    return build(True, im2col), build(False, False), width
+    return (protocols.network(p, num_classes, width, norm, im2col=im2col),
+            protocols.network(p, num_classes, width, norm, head=False), width or p.width)
 
 
 def display_name(method: str) -> str:

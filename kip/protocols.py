@@ -202,10 +202,24 @@ def resolve(p: Protocol, num_classes: int, n: int) -> tuple[models.Network, trai
     """The network (for `num_classes` outputs) and training configuration of protocol p for a
     set of n images (apply `for_set` first for per-size tables)."""
     p.check()
-    net = models.build(p.model, num_classes, p.width, p.parameterization, p.norm, weight_init=p.weight_init,
-                       pad_to=p.pad_to if p.model.startswith("convnet") else None)
     steps, _ = steps_for(p, n)
-    return net, _train_config(p, steps)
+    return network(p, num_classes), _train_config(p, steps)
+
+
+def network(p: Protocol, num_classes: int, width: int | None = None, norm: str | None = None, head: bool = True,
+            im2col: bool = False) -> models.Network:
+    """Protocol p's network for `num_classes` outputs; `width` / `norm` (None: the card's) for the
+    distillation methods that train the card's network at another size, `head` False for its
+    embedding, `im2col` for convolutions as patch matmuls (second-order gradients on CPU)."""
+    return models.build(p.model, num_classes, width or p.width, p.parameterization, norm or p.norm,
+                        weight_init=p.weight_init, pad_to=p.pad_to if p.model.startswith("convnet") else None,
+                        head=head, im2col=im2col)
+
+
+def augment_strategy(p: Protocol, dataset: str, ipc: int) -> str | None:
+    """The DSA strategy protocol p's per-size table applies to `dataset` at `ipc` (None: none)."""
+    spec = for_set(p, dataset, ipc)[0].augment
+    return spec.split(":", 1)[1] if spec and spec.startswith("dsa:") else None
 
 
 # --------------------------------------------------------------------------- cards

@@ -16,9 +16,9 @@ import numpy as np
 import optax
 
 import kip
-from kip import InputError, TrainingDiverged, data, distill, io, kernels, krr, loop, parallel, plots, preprocess, report  # noqa: F401
+from kip import InputError, data, distill, io, kernels, krr, loop, parallel, plots, preprocess, report
 from kip.kernels import rf
-from kip.release import _parse_distilled, load_distilled, load_distilled_for  # noqa: F401 (run.load_distilled*)
+from kip.release import _parse_distilled, load_distilled_for
 
 OUTPUT_FILES = ("distilled.npz", "metrics.json", "support.png", "curve.png", "checkpoint.npz")
 SNAPSHOTS = "snapshots"  # a folder of the sets evaluated during a run (--snapshots)

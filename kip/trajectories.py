@@ -61,15 +61,13 @@ class TrajectoryConfig:
 
 def network(width: int | None, num_classes: int, im2col: bool = False) -> models.Network:
     """The experts' network: the `NETWORK_CARD` protocol's ConvNet at `width`."""
-    p = protocols.load(NETWORK_CARD)
-    return models.build(p.model, num_classes, width or p.width, p.parameterization, p.norm, weight_init=p.weight_init,
-                        pad_to=p.pad_to, im2col=im2col)
+    return protocols.network(protocols.load(NETWORK_CARD), num_classes, width, im2col=im2col)
 
 
 def strategy_for(config: TrajectoryConfig, dataset: str) -> str | None:
     if config.strategy == "none":
         return None
-    return config.strategy or protocols.for_set(protocols.load(STRATEGY_CARD), dataset, 1)[0].augment.split(":", 1)[1]
+    return config.strategy or protocols.augment_strategy(protocols.load(STRATEGY_CARD), dataset, 1)
 
 
 def expert_training(config: TrajectoryConfig, strategy: str | None) -> train.TrainConfig:

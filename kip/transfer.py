@@ -343,16 +343,19 @@ def protocol_run(
     vectorize: bool | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    size_overrides: dict[int, dict] | None = None,
 ) -> dict:
     """`kip evaluate --method train`: a distilled set file (ours, the authors' or another
     codebase's, see `kip.release`) trained on under a protocol (a name or a card file) with
-    `overrides` (recorded in the result), beside random real subsets (see `evaluate_set`).
+    `overrides` (recorded in the result), beside random real subsets (see `evaluate_set`);
+    `size_overrides` {images per class: overrides} add to them for a set of that size.
     matched: train the finite network of the kernel the set was distilled with."""
     from kip.kernels import rf
 
     loaded = release.load_distilled_for(distilled, dataset, data_dir, recipe, zca_strength, layout)
     card = protocols.load(protocol)
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    ipc = len(loaded.images) // loaded.dataset.num_classes
+    overrides = {k: v for k, v in {**(overrides or {}), **(size_overrides or {}).get(ipc, {})}.items() if v is not None}
     if matched:
         if loaded.kernel is None:
             raise InputError(f"--matched: {distilled} does not say which kernel it was distilled with")

@@ -1,6 +1,5 @@
 """Data loading (digits, npz, TFDS under mock data), validation of bad input, preprocessing."""
 
-import os
 
 import jax
 import numpy as np

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from kip import data, distill, kernels, krr
+from kip import data, distill, kernels
 from kip.kernels import engine, stax
 
 
