@@ -26,7 +26,7 @@ import time
 import jax
 import numpy as np
 
-from kip import cells, data, diet, io, models, plots, prune, report, run, train, transfer
+from kip import cells, data, diet, io, label_solve, models, plots, prune, report, run, train, transfer
 
 MODES = {
     # sizes: stored examples (multiples of the number of classes); kip_max: largest KIP support (KIP's
@@ -85,7 +85,7 @@ def main() -> None:
                                                              target_batch=min(m["target_batch"], n_train),
                                                              eval_every=m["kip_steps"]), out, progress=progress)
             else:
-                metrics = cells.label_solve_cell(run.LabelSolveConfig(**common), out)
+                metrics = cells.label_solve_cell(label_solve.LabelSolveConfig(**common), out)
             stored = io.read_npz(os.path.join(out, "distilled.npz"))
             return stored["images"], stored["labels"], metrics["test_accuracy"]
         if method == "full":

@@ -22,7 +22,7 @@ import os
 import jax
 import numpy as np
 
-from kip import cells, data, krr, report, run
+from kip import cells, data, krr, label_solve, report, run
 
 # arXiv 2107.13034 Table 1, KIP-FC kernel (KRR) accuracy (%), by images per class.
 PUBLISHED = {"mnist": {1: 85.5, 10: 97.2, 50: 98.4}, "cifar10": {1: 40.5, 10: 53.1, 50: 58.6}}
@@ -72,7 +72,7 @@ def main() -> None:
             cell = os.path.join(args.runs_dir, f"{args.dataset}-{kernel}{'-zca' if args.zca else ''}-ipc{ipc}")
             kip = cells.distill_cell(config, cell)
             ls = cells.label_solve_cell(
-                run.LabelSolveConfig(dataset=args.dataset, data_dir=args.data_dir, kernel=kernel, ipc=ipc,
+                label_solve.LabelSolveConfig(dataset=args.dataset, data_dir=args.data_dir, kernel=kernel, ipc=ipc,
                                      zca=args.zca, precision=args.precision),
                 cell + "-label-solve")
             # the baseline without class balance: a uniformly random subset of the same size (may miss classes)

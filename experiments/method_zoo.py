@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from kip import cells, io, method_run, plots, protocols, report, run, trajectories, transfer
+from kip import cells, io, label_solve, method_run, plots, protocols, report, run, trajectories, transfer
 
 ALL = ("kip-rf", "kip-exact", "label-solve", "dc", "dsa", "dm", "dd", "mtt", "frepo")
 NAMES = {"kip-rf": "KIP (random features)", "kip-exact": "KIP (exact kernel)", "label-solve": "Label Solve",
@@ -78,11 +78,11 @@ MODES = {
 
 def config_for(method: str, options: dict, chunk: int | None, m: dict, data_dir: str | None, ipc: int, seed: int,
                budget: float, experts: str):
-    """The cell's config: KIP a `run.DistillConfig`, Label Solve a `run.LabelSolveConfig`, the rest a
+    """The cell's config: KIP a `run.DistillConfig`, Label Solve a `label_solve.LabelSolveConfig`, the rest a
     `method_run.MethodConfig`; every stepped run capped by `budget` seconds, keeping snapshots."""
     common = dict(dataset=m["dataset"], data_dir=data_dir, ipc=ipc, seed=seed)
     if method == "label-solve":
-        return run.LabelSolveConfig(**common, **options)
+        return label_solve.LabelSolveConfig(**common, **options)
     stepped = dict(steps=STEP_CAP, eval_every=STEP_CAP, checkpoint_every=chunk, snapshots=True, max_seconds=budget)
     if method.startswith("kip"):
         return run.DistillConfig(**common, **stepped, **options)

@@ -9,7 +9,7 @@ import dataclasses
 import os
 from typing import Callable
 
-from kip import InputError, io, run
+from kip import InputError, io, label_solve, run
 
 
 def _with_defaults(stored: dict, config) -> dict:
@@ -102,10 +102,10 @@ def distill_cell(config, out: str, progress: bool = False, log: Callable[[str], 
     return runner(config, out, resume=resume, overwrite=not resume, progress=progress, log=log)
 
 
-def label_solve_cell(config: run.LabelSolveConfig, out: str, log: Callable[[str], None] = print,
+def label_solve_cell(config: label_solve.LabelSolveConfig, out: str, log: Callable[[str], None] = print,
                      overwrite: bool = False) -> dict:
     """`label_solve_run` unless `out` already holds its result with the same options; a result
     of other options is an InputError unless `overwrite` (see `cell_conflict`)."""
     _check_cell(out, config, overwrite)
     metrics = finished(out, config, log)
-    return metrics if metrics is not None else run.label_solve_run(config, out, overwrite=True, log=log)
+    return metrics if metrics is not None else label_solve.label_solve_run(config, out, overwrite=True, log=log)

@@ -66,8 +66,10 @@ def _distill(args, run) -> None:
                 setattr(args, name, value)
         run.distill_run(_config(run.DistillConfig, args), out, resume=args.resume, overwrite=args.overwrite, progress=progress)
     elif args.method == "label-solve":
+        from kip import label_solve
+
         args.zca = bool(args.zca)
-        run.label_solve_run(_config(run.LabelSolveConfig, args), out, overwrite=args.overwrite)
+        label_solve.label_solve_run(_config(label_solve.LabelSolveConfig, args), out, overwrite=args.overwrite)
     else:
         from kip import method_run
 
@@ -86,14 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     args = cli_args.parser().parse_args(argv)
     if args.command in cli_args.KERNEL_COMMANDS or (args.command == "evaluate" and args.method == "krr"):
         entry.enable_x64()  # kernel runs solve in float64; finite networks train in float32, as always
-    from kip import io, run  # after parsing, so --help stays fast
+    from kip import io, label_solve, run  # after parsing, so --help stays fast
 
     try:
         if args.command == "distill":
             _distill(args, run)
         elif args.command == "label-solve":
             args.zca = bool(args.zca)
-            run.label_solve_run(_config(run.LabelSolveConfig, args), args.out or _default_out("label-solve", args),
+            label_solve.label_solve_run(_config(label_solve.LabelSolveConfig, args), args.out or _default_out("label-solve", args),
                                 overwrite=args.overwrite)
         elif args.command == "evaluate":
             _check_evaluate_options(args)

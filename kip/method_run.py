@@ -7,7 +7,6 @@ during the run and, on request, by a protocol's finite networks at the end."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from typing import Any, Callable, NamedTuple
 
@@ -15,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kip import InputError, data, distill, frepo, krr, loop, matching, models, plots, protocols, run, trajectories, unrolled
+from kip import InputError, data, distill, frepo, krr, matching, models, plots, protocols, run, trajectories, unrolled
 from kip.kernels import rf
 
 METHODS = matching.METHODS + ("dd", "mtt", "frepo")
@@ -253,13 +252,8 @@ def method_run(
     state = method.state
     step_data = method.data if method.data is not None else distill.train_data(x_train, ds.y_train, ds.num_classes,
                                                                                 jnp.float32)
-    evaluate = run.make_evaluator(problem, config.reg, config.block_size)
-    ckpt_path = os.path.join(out, "checkpoint.npz")
     config_dict = dataclasses.asdict(config)
-    history = loop.History()
-    if resume:
-        state, history = loop.resume(ckpt_path, state, config_dict, out)
-        log(f"resuming {out} from step {int(state.step)}")
+    state, history = run.resumed(out, state, config_dict, resume, log)
     name = display_name(config.method)
     unused = ("method", "ipc", "num_classes") + (("outer_loop", "inner_loop", "net_lr", "net_batch") if config.method == "dm" else ())
     described = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(settings).items() if k not in unused and v is not None)
@@ -268,15 +262,9 @@ def method_run(
         f"{described}; KRR evaluation with {config.kernel}")
     to_problem = lambda y: jnp.asarray(y, problem.dtype)
     kernel_name = protocols.load(NETWORK_CARD).model
-    checkpoint = lambda s, h: loop.save_checkpoint(ckpt_path, s, config_dict, h)
-    if config.snapshots:
-        checkpoint = run.keeping_snapshots(checkpoint, out, problem, init_idx, kernel_name,
-                                           lambda s: (s.params["images"], to_problem(method.labels(s))))
-    state, history = loop.optimise(
-        state, lambda n: functools.partial(distill.make_multi_step(method.step, n), train=step_data), config.iterations,
-        config.eval_every, lambda s: evaluate(s.params["images"], to_problem(method.labels(s))), checkpoint,
-        history, ckpt_path, progress, log, checkpoint_every=config.checkpoint_every,
-        max_seconds=config.max_seconds)
+    state, history = run.optimise_set(out, problem, config, state, history, method.step, step_data, config.iterations,
+                                      lambda s: (s.params["images"], to_problem(method.labels(s))), init_idx,
+                                      kernel_name, progress, log)
     step, final = int(state.step), history.evals[-1]
     metrics = run.run_metrics(history, step, ds, config_dict, method=config.method, settings=method.record)
     images = np.asarray(state.params["images"])

@@ -7,7 +7,6 @@ import dataclasses
 import functools
 import os
 import shutil
-import time
 from typing import Any, Callable
 
 import jax
@@ -282,13 +281,8 @@ def distill_run(
     state = distill.init_state(init_images, init_labels, optimizer, run_key, config.loss)
     train = distill.train_data(problem.x_train, ds.y_train, ds.num_classes, problem.dtype,
                                problem.layer.kernel_fn if problem.layer else None)
-    evaluate = make_evaluator(problem, config.reg, config.block_size)
-    ckpt_path = os.path.join(out, "checkpoint.npz")
     config_dict = dataclasses.asdict(config)
-    history = loop.History()
-    if resume:
-        state, history = loop.resume(ckpt_path, state, config_dict, out)
-        log(f"resuming {out} from step {int(state.step)}")
+    state, history = resumed(out, state, config_dict, resume, log)
     state, train = parallel.replicate(problem.mesh, (state, train))
 
     log(f"kip distill: {ds.name} ({len(ds.y_train)} train / {len(ds.y_test)} test, {ds.num_classes} classes), "
@@ -297,15 +291,9 @@ def distill_run(
     log(f"kip distill: {parallel.describe(problem.mesh)}; the target batch is split between them")
     step_fn = distill.make_step(problem.kernel_fn, optimizer, target_batch, config.reg, config.learn_labels,
                                 config.loss, problem.mesh)
-    checkpoint = lambda s, h: loop.save_checkpoint(ckpt_path, s, config_dict, h)
-    if config.snapshots:
-        checkpoint = keeping_snapshots(checkpoint, out, problem, init_idx, config.kernel,
-                                       lambda s: (s.params["images"], s.params["labels"]))
-    state, history = loop.optimise(
-        state, lambda n: functools.partial(distill.make_multi_step(step_fn, n), train=train), config.steps,
-        config.eval_every, lambda s: evaluate(s.params["images"], s.params["labels"]), checkpoint, history, ckpt_path,
-        progress, log, hint="try a smaller --lr or a larger --reg", checkpoint_every=config.checkpoint_every,
-        max_seconds=config.max_seconds)
+    state, history = optimise_set(out, problem, config, state, history, step_fn, train, config.steps,
+                                  lambda s: (s.params["images"], s.params["labels"]), init_idx, config.kernel,
+                                  progress, log, hint="try a smaller --lr or a larger --reg")
     metrics = run_metrics(history, int(state.step), ds, config_dict)
     step, evals, seconds, final = metrics["steps"], history.evals, history.seconds, history.evals[-1]
     write_distilled(out, problem, np.asarray(state.params["images"]), np.asarray(state.params["labels"]),
@@ -317,6 +305,34 @@ def distill_run(
         f"{100 * metrics['initial_test_accuracy']:.2f}%), test mse {metrics['test_mse']:.5f}; "
         f"{step} steps in {seconds:.1f} s; wrote {out}/")
     return metrics
+
+
+def resumed(out: str, state: Any, config: dict, resume: bool, log: Callable[[str], None]) -> tuple[Any, loop.History]:
+    """The start of a run in `out` (any method): `state` and an empty history, or with `resume`
+    the checkpointed state and history (checked to come from the same `config`)."""
+    if not resume:
+        return state, loop.History()
+    state, history = loop.resume(os.path.join(out, "checkpoint.npz"), state, config, out)
+    log(f"resuming {out} from step {int(state.step)}")
+    return state, history
+
+
+def optimise_set(out: str, problem: Problem, config: Any, state: Any, history: loop.History, step_fn: Callable,
+                 step_data: Any, steps: int, set_of: Callable, init_idx, kernel: str, progress: bool,
+                 log: Callable[[str], None], hint: str = "try a smaller --lr") -> tuple[Any, loop.History]:
+    """`loop.optimise` of a distillation run (any method): `steps` of `step_fn(state, train=step_data)`
+    fused as `distill.make_multi_step` does, the set `set_of(state)` -> (images, labels) judged by
+    KRR every `config.eval_every` steps, checkpoints in OUT every `config.checkpoint_every` (with
+    `config.snapshots`, the set at each as well), stopped after `config.max_seconds`."""
+    ckpt_path = os.path.join(out, "checkpoint.npz")
+    config_dict = dataclasses.asdict(config)
+    evaluate = make_evaluator(problem, config.reg, config.block_size)
+    checkpoint = lambda s, h: loop.save_checkpoint(ckpt_path, s, config_dict, h)
+    if config.snapshots:
+        checkpoint = keeping_snapshots(checkpoint, out, problem, init_idx, kernel, set_of)
+    return loop.optimise(state, lambda n: functools.partial(distill.make_multi_step(step_fn, n), train=step_data), steps,
+                         config.eval_every, lambda s: evaluate(*set_of(s)), checkpoint, history, ckpt_path, progress,
+                         log, hint=hint, checkpoint_every=config.checkpoint_every, max_seconds=config.max_seconds)
 
 
 def run_metrics(history: loop.History, step: int, ds: data.Dataset, config: dict, **extra) -> dict:
@@ -376,85 +392,6 @@ def write_distilled(out: str, problem: Problem, images, labels, init_images, ini
 
 
 # --------------------------------------------------------------------------- Label Solve
-
-
-@dataclasses.dataclass(frozen=True)
-class LabelSolveConfig:
-    """Options of `kip label-solve`."""
-
-    dataset: str = data.DEFAULT_DATASET
-    data_dir: str | None = None
-    kernel: str = "fc1"
-    ipc: int = 10
-    target_size: int | None = None  # None: the whole training set
-    zca: bool = False
-    seed: int = 0
-    reg: float = krr.DEFAULT_REG
-    precision: str = "float64"
-    block_size: int = krr.DEFAULT_BLOCK
-    max_memory: float | None = None
-    rf_models: int = rf.DEFAULT_MODELS
-    rf_width: int = rf.DEFAULT_WIDTH
-    devices: int | None = None
-
-    @property
-    def kernel_options(self) -> KernelOptions:
-        return KernelOptions(self.kernel, self.rf_models, self.rf_width, seed=self.seed)
-
-    def check(self) -> None:
-        check_kernel(self.kernel_options)
-        for name in ("ipc", "block_size"):
-            if getattr(self, name) < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.target_size is not None and self.target_size < 1:
-            raise InputError(f"--target-size must be at least 1, got {self.target_size}")
-        if not (self.reg >= 0 and np.isfinite(self.reg)):
-            raise InputError(f"--reg must be >= 0, got {self.reg}")
-
-
-def label_solve_run(config: LabelSolveConfig, out: str, overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Label Solve on a class-balanced real support set; writes the same files as KIP."""
-    config.check()
-    options = config.kernel_options
-    prepare_out(out, resume=False, overwrite=overwrite)
-    start = time.perf_counter()
-    problem = prepare(data.load(config.dataset, config.data_dir), options, config.zca, config.precision,
-                      max_memory=config.max_memory, devices=config.devices)
-    ds = problem.dataset
-    target_key = jax.random.split(jax.random.PRNGKey(config.seed))[1]
-    idx = start_indices(config.seed, ds.y_train, ds.num_classes, config.ipc)
-    n_train = len(ds.y_train)
-    if config.target_size is None or config.target_size >= n_train:
-        target_idx = np.arange(n_train)
-    else:
-        if config.target_size < len(idx):
-            raise InputError(f"--target-size {config.target_size} is smaller than the support set ({len(idx)})")
-        target_idx = np.asarray(jax.random.permutation(target_key, n_train)[: config.target_size])
-    x_s = problem.x_train[idx]
-    y_init = data.one_hot(ds.y_train[idx], ds.num_classes, dtype=problem.dtype)
-    y_t = data.one_hot(ds.y_train[target_idx], ds.num_classes, dtype=problem.dtype)
-    log(f"label solve: {parallel.describe(problem.mesh)}; the targets are split between them")
-    solve = jax.jit(functools.partial(distill.label_solve, problem.kernel_fn, reg=config.reg, block_size=config.block_size,
-                                      mesh=problem.mesh))
-    y_s = solve(*parallel.replicate(problem.mesh, (x_s, problem.x_train[target_idx], y_t)))
-    evaluate = make_evaluator(problem, config.reg, config.block_size)
-    before, after = evaluate(x_s, y_init), evaluate(x_s, y_s)
-    seconds = time.perf_counter() - start
-    metrics = {
-        "test_accuracy": after["test_accuracy"],
-        "test_mse": after["test_mse"],
-        "initial_test_accuracy": before["test_accuracy"],
-        "target_size": int(len(target_idx)),
-        "seconds": seconds,
-        "test_size": int(len(ds.y_test)),
-        "config": dataclasses.asdict(config),
-        "environment": environment(),
-    }
-    write_distilled(out, problem, np.asarray(x_s), np.asarray(y_s), np.asarray(x_s), idx, metrics,
-                     f"Label Solve {config.kernel} on {ds.name}, {config.ipc}/class: test acc {100 * after['test_accuracy']:.2f}%")
-    log(f"label solve: {ds.name}, kernel {config.kernel}, {len(idx)} support images, {len(target_idx)} targets: "
-        f"test accuracy {100 * before['test_accuracy']:.2f}% -> {100 * after['test_accuracy']:.2f}% in {seconds:.1f} s; wrote {out}/")
-    return metrics
 
 
 # --------------------------------------------------------------------------- evaluate

@@ -32,9 +32,9 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from kip import InputError, cells, parallel, plots, report, run
+from kip import InputError, cells, label_solve, parallel, plots, report, run
 
-COMMANDS = {"distill": run.DistillConfig, "label-solve": run.LabelSolveConfig}
+COMMANDS = {"distill": run.DistillConfig, "label-solve": label_solve.LabelSolveConfig}
 DEFAULT_OUT = os.path.join("runs", "sweeps")
 
 
