@@ -21,8 +21,14 @@ AXIS = "data"  # the mesh axis rows are split over
 
 
 def make_mesh(devices: int | None = None) -> Mesh:
-    """A 1-D mesh over the first `devices` visible devices (None: all of them)."""
+    """A 1-D mesh over the first `devices` visible devices (None: all of them; inside
+    `jax.default_device(d)`, d alone, so that `kip sweep` runs each cell on its own device)."""
     available = jax.devices()
+    default = jax.config.jax_default_device
+    if devices is None and default is not None:
+        if isinstance(default, str):  # a platform name: its first device
+            default = jax.devices(default)[0]
+        return Mesh(np.array([default]), (AXIS,))
     n = len(available) if devices is None else devices
     if not 1 <= n <= len(available):
         raise InputError(f"--devices must be between 1 and {len(available)} (the visible devices), got {n}")

@@ -108,15 +108,30 @@ def test_cells_run_in_parallel_over_forced_host_devices(sequential, tmp_path):
     code = textwrap.dedent(f"""
         import json, jax
         jax.config.update("jax_enable_x64", True)
-        from kip import sweep
+        from kip import run, sweep
+        placed, prepare = [], run.prepare
+
+        def recording(*args, **kwargs):  # where each cell's arrays really live
+            problem = prepare(*args, **kwargs)
+            placed.append(dict(device=str(jax.config.jax_default_device),
+                               test=sorted(str(d) for d in problem.x_test.devices()),
+                               train=sorted(str(d) for d in problem.x_train.devices())))
+            return problem
+
+        run.prepare = recording
         grid = sweep.load({os.path.join(os.path.dirname(grid.out), "tiny.toml")!r}, {str(tmp_path)!r})
-        print(json.dumps(sweep.run_sweep(grid, progress=False, log=lambda s: None)))
+        records = sweep.run_sweep(grid, progress=False, log=lambda s: None)
+        print(json.dumps(placed))
+        print(json.dumps(records))
     """)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    parallel = json.loads(proc.stdout.strip().splitlines()[-1])
+    placed, parallel = (json.loads(line) for line in proc.stdout.strip().splitlines()[-2:])
     assert len({r["device"] for r in parallel}) == 2  # both devices took a cell
+    # ... and each cell's data lived on its device alone, not spread over both
+    assert sorted(p["device"] for p in placed) == ["cpu:0", "cpu:1"], placed
+    assert all(p["test"] == [p["device"]] and p["train"] == [p["device"]] for p in placed), placed
     assert [r["test_accuracy"] for r in parallel] == [r["test_accuracy"] for r in records]
 
 
