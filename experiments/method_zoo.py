@@ -71,7 +71,7 @@ MODES = {
                                                                   for m, (o, c) in CPU_METHODS.items()}},
                 size_methods={}),
     "quick": dict(dataset="digits", protocol="dsa", evaluation=dict(networks=1, width=8, epochs=20),
-                  size_evaluation={1: dict(baseline_subsets=2)}, krr=dict(kernel="fc1"), sizes={1: (1, (0.1, 0.3))},
+                  size_evaluation={1: dict(baseline_subsets=2)}, krr=dict(kernel="fc1"), sizes={1: (1, (0.05, 0.15))},
                   experts=dict(experts=1, epochs=2, width=8), methods=QUICK_METHODS, size_methods={}),
 }
 
