@@ -48,7 +48,10 @@ def kip_cell(ds: data.Dataset, options: run.KernelOptions, ipc: int, target_batc
     test_size > 0, the KRR accuracy on the first `test_size` test images under the exact kernel.
     `kernel_fn`: KIP with this kernel instead of `options`' (which still names the preset);
     `in_scan=False`: each chunk as `chunk` calls of one jitted step instead of one `lax.scan`.
-    With `warmup`, the state has taken `steps + chunk` steps at the end (`steps_taken`)."""
+    With `warmup`, the state has taken `steps + chunk` steps at the end (`steps_taken`).
+    A timing harness over the library's step (`distill.make_step` / `make_multi_step`), not a second
+    training loop: `loop.optimise` compiles inside its first chunk and interleaves evaluations and
+    checkpoints, which a per-step timing must leave out."""
     problem = run.prepare(ds, options, precision=precision, devices=devices)
     if kernel_fn is not None:
         problem = dataclasses.replace(problem, kernel_fn=kernel_fn)
