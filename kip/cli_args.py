@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import argparse
 
-from kip import data, distill, kernels, knn, krr, models, optim, preprocess, scores, train
+from kip import data, distill, kernels, knn, krr, method_run, models, optim, preprocess, scores, train, unrolled
 from kip.kernels import rf
 from kip.release import LAYOUTS
 
 DEFAULT_RUNS_DIR = "runs"
 KERNEL_COMMANDS = ("distill", "label-solve", "sweep")
-DISTILL_METHODS = ("kip", "label-solve", "dc", "dsa", "dm", "dd", "mtt", "frepo")
+DISTILL_METHODS = ("kip", "label-solve") + method_run.METHODS
 NETWORKED = ("dc", "dsa", "dm", "dd", "mtt", "frepo")  # kip.method_run
 _STEPPED = ("kip",) + NETWORKED
 # `kip distill` options that belong to some methods only (default None: given or not is known), and their defaults
@@ -152,13 +152,13 @@ def parser() -> argparse.ArgumentParser:
                                                                 "between them (default: DC's table, 1 / 50 / 10)")
     g.add_argument("--strategy", default=None, help="dsa / dm / mtt: DSA augmentation families joined by '_' (default: the dsa "
                                                     "protocol's for the data set, e.g. color_crop_cutout_scale_rotate)")
-    g.add_argument("--init", choices=("real", "noise"), default=None, help="start from real images or noise (default: real)")
+    g.add_argument("--init", choices=method_run.INITS, default=None, help="start from real images or noise (default: real)")
     g.add_argument("--unroll", type=int, default=None, help="dd: class-balanced batches the synthetic set is split into, "
                                                             "one gradient step each (DD's distill_steps; default: the "
                                                             "largest divisor of --ipc up to 10)")
     g.add_argument("--unroll-epochs", type=int, default=None, help="dd: passes over those batches, each step with its "
                                                                    "own learned step size (default: 3)")
-    g.add_argument("--net-init", choices=("random", "fixed"), default=None,
+    g.add_argument("--net-init", choices=unrolled.INITS, default=None,
                    help="dd: a fresh network every step, or one fixed initialisation (default: random)")
     g.add_argument("--expert-dir", default=None, metavar="DIR", help="mtt: expert trajectories (kip trajectories); "
                                                                       "the network is theirs")
