@@ -51,7 +51,7 @@ def cell_conflict(out: str, config) -> str | None:
     interrupted: all but those a resume may change), else one line naming the folder and the
     options that differ. A folder's name rarely spells every option: this is what keeps a
     changed option from silently deleting a finished run."""
-    metrics_path, checkpoint = os.path.join(out, "metrics.json"), os.path.join(out, "checkpoint.npz")
+    metrics_path, checkpoint = os.path.join(out, "metrics.json"), run.checkpoint_path(out)
     if os.path.exists(metrics_path):
         stored = io.read_json(metrics_path).get("config")
         if not isinstance(stored, dict):
@@ -97,7 +97,7 @@ def distill_cell(config, out: str, progress: bool = False, log: Callable[[str], 
     metrics = finished(out, config, log)
     if metrics is not None:
         return metrics
-    resume = conflict is None and os.path.exists(os.path.join(out, "checkpoint.npz"))
+    resume = conflict is None and os.path.exists(run.checkpoint_path(out))
     runner = method_run.method_run if isinstance(config, method_run.MethodConfig) else run.distill_run
     return runner(config, out, resume=resume, overwrite=not resume, progress=progress, log=log)
 

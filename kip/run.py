@@ -23,6 +23,11 @@ OUTPUT_FILES = ("distilled.npz", "metrics.json", "support.png", "curve.png", "ch
 SNAPSHOTS = "snapshots"  # a folder of the sets evaluated during a run (--snapshots)
 
 
+def checkpoint_path(out: str) -> str:
+    """Where a run in `out` keeps its checkpoint (what `--resume` reads)."""
+    return os.path.join(out, "checkpoint.npz")
+
+
 @dataclasses.dataclass(frozen=True)
 class Problem:
     """A data set preprocessed for one kernel: what every run starts from."""
@@ -151,7 +156,7 @@ def prepare_out(out: str, resume: bool, overwrite: bool) -> None:
     `overwrite`, which removes its files."""
     existing = [f for f in OUTPUT_FILES if os.path.exists(os.path.join(out, f))]
     if resume:
-        if not os.path.exists(os.path.join(out, "checkpoint.npz")):
+        if not os.path.exists(checkpoint_path(out)):
             raise InputError(f"--resume: no checkpoint in {out} to resume from")
         return
     if existing and not overwrite:
@@ -312,7 +317,7 @@ def resumed(out: str, state: Any, config: dict, resume: bool, log: Callable[[str
     the checkpointed state and history (checked to come from the same `config`)."""
     if not resume:
         return state, loop.History()
-    state, history = loop.resume(os.path.join(out, "checkpoint.npz"), state, config, out)
+    state, history = loop.resume(checkpoint_path(out), state, config, out)
     log(f"resuming {out} from step {int(state.step)}")
     return state, history
 
@@ -324,7 +329,7 @@ def optimise_set(out: str, problem: Problem, config: Any, state: Any, history: l
     fused as `distill.make_multi_step` does, the set `set_of(state)` -> (images, labels) judged by
     KRR every `config.eval_every` steps, checkpoints in OUT every `config.checkpoint_every` (with
     `config.snapshots`, the set at each as well), stopped after `config.max_seconds`."""
-    ckpt_path = os.path.join(out, "checkpoint.npz")
+    ckpt_path = checkpoint_path(out)
     config_dict = dataclasses.asdict(config)
     evaluate = make_evaluator(problem, config.reg, config.block_size)
     checkpoint = lambda s, h: loop.save_checkpoint(ckpt_path, s, config_dict, h)
