@@ -125,9 +125,10 @@ def test_conv_ntk_approaches_kip_kernel_preset(name):
     (40, 5, (1, 1), (7, 7)),
 ])
 def test_conv_derivatives_equal_lax_convolution(channels, kernel, strides, size):
-    """`models._conv` rewrites the input derivative for speed: its value, gradients (input and
-    weights), forward mode, per-example gradients (vmap of grad), Hessian and gradient of a
-    gradient must equal those of lax's convolution, which JAX differentiates itself."""
+    """`models._conv` rewrites the input and weight derivatives for speed: its value, gradients
+    (input and weights), forward mode, per-example gradients (vmap of grad), per-network weight
+    gradients, weight gradients in a scan, Hessian and gradient of a gradient must equal those
+    of lax's convolution, which JAX differentiates itself."""
     x = jax.random.normal(jax.random.PRNGKey(0), (3, *size, channels), jnp.float64)
     w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, channels, 5), jnp.float64)
     padding = ((kernel // 2, kernel // 2),) * 2
@@ -142,6 +143,10 @@ def test_conv_derivatives_equal_lax_convolution(channels, kernel, strides, size)
         "per-example grad": lambda conv: jax.vmap(jax.grad(loss(conv)), (0, None))(x[:, None], w),
         "hessian": lambda conv: jax.hessian(lambda x: loss(conv)(x, w))(x[:1]),
         "grad of grad": lambda conv: jax.grad(lambda w: jnp.sum(jax.grad(loss(conv))(x, w) ** 2))(w),
+        # as networks train: weight gradients of several networks at once, and inside a loop
+        "per-network weight grad": lambda conv: jax.vmap(jax.grad(loss(conv), 1), (None, 0))(x, jnp.stack([w, jnp.cos(w)])),
+        "weight grad in a scan": lambda conv: jax.lax.scan(lambda c, _: (c, jax.grad(loss(conv), 1)(x, w)), 0, None,
+                                                           length=2)[1],
     }
     for name, derivative in derivatives.items():
         for a, b in zip(jax.tree_util.tree_leaves(derivative(ours)), jax.tree_util.tree_leaves(derivative(ref))):
