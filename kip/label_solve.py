@@ -12,44 +12,22 @@ from typing import Callable
 import jax
 import numpy as np
 
-from kip import InputError, data, distill, krr, parallel
-from kip.kernels import rf
-from kip.run import (KernelOptions, check_kernel, environment, make_evaluator, prepare, prepare_out, start_indices,
+from kip import InputError, data, distill, parallel
+from kip.run import (RunOptions, environment, make_evaluator, prepare, prepare_out, start_indices,
                      write_distilled)
 
 
 @dataclasses.dataclass(frozen=True)
-class LabelSolveConfig:
+class LabelSolveConfig(RunOptions):
     """Options of `kip label-solve`."""
 
-    dataset: str = data.DEFAULT_DATASET
-    data_dir: str | None = None
-    kernel: str = "fc1"
-    ipc: int = 10
     target_size: int | None = None  # None: the whole training set
     zca: bool = False
-    seed: int = 0
-    reg: float = krr.DEFAULT_REG
-    precision: str = "float64"
-    block_size: int = krr.DEFAULT_BLOCK
-    max_memory: float | None = None
-    rf_models: int = rf.DEFAULT_MODELS
-    rf_width: int = rf.DEFAULT_WIDTH
-    devices: int | None = None
-
-    @property
-    def kernel_options(self) -> KernelOptions:
-        return KernelOptions(self.kernel, self.rf_models, self.rf_width, seed=self.seed)
 
     def check(self) -> None:
-        check_kernel(self.kernel_options)
-        for name in ("ipc", "block_size"):
-            if getattr(self, name) < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        super().check()
         if self.target_size is not None and self.target_size < 1:
             raise InputError(f"--target-size must be at least 1, got {self.target_size}")
-        if not (self.reg >= 0 and np.isfinite(self.reg)):
-            raise InputError(f"--reg must be >= 0, got {self.reg}")
 
 
 def label_solve_run(config: LabelSolveConfig, out: str, overwrite: bool = False, log: Callable[[str], None] = print) -> dict:

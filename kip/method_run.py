@@ -14,8 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kip import InputError, data, distill, frepo, krr, matching, models, plots, protocols, run, trajectories, unrolled
-from kip.kernels import rf
+from kip import InputError, data, distill, frepo, matching, models, plots, protocols, run, trajectories, unrolled
 
 METHODS = matching.METHODS + ("dd", "mtt", "frepo")
 INITS = ("real", "noise")
@@ -33,13 +32,11 @@ METHOD_OPTIONS = {"real_batch": ("dc", "dsa", "dm", "dd", "frepo"), "outer_loop"
 
 
 @dataclasses.dataclass(frozen=True)
-class MethodConfig:
-    """Options of a DC / DSA / DM / DD / MTT / FRePo run (`kip distill --method ...`); None: the method's default."""
+class MethodConfig(run.SteppedRunOptions):
+    """Options of a DC / DSA / DM / DD / MTT / FRePo run (`kip distill --method ...`); None: the method's
+    default. The inherited kernel options are the KRR evaluation's (its precision: the images are float32)."""
 
     method: str = "dm"
-    dataset: str = data.DEFAULT_DATASET
-    data_dir: str | None = None
-    ipc: int = 10
     steps: int | None = None  # outer iterations (default: ITERATIONS)
     lr: float | None = None  # of the images (default: IMAGE_LR)
     real_batch: int | None = None  # real images per class per step (default: REAL_BATCH)
@@ -60,26 +57,9 @@ class MethodConfig:
     max_age: int | None = None  # FRePo: steps before a network is re-initialised (default: frepo.MAX_AGE)
     learn_labels: bool | None = None  # FRePo: learn the labels (default: True)
     init: str = "real"
-    seed: int = 0
-    kernel: str = "fc1"  # KRR evaluation during the run
-    precision: str = "float64"  # of the KRR evaluation (the images are float32)
-    reg: float = krr.DEFAULT_REG
-    eval_every: int = 100
-    checkpoint_every: int | None = None  # None: at each evaluation
-    snapshots: bool = False  # also keep the set of every checkpoint (`run.snapshot_path`)
-    max_seconds: float | None = None  # stop once the steps took this long (an equal-compute budget)
-    block_size: int = krr.DEFAULT_BLOCK
-    max_memory: float | None = None
-    rf_models: int = rf.DEFAULT_MODELS
-    rf_width: int = rf.DEFAULT_WIDTH
-    devices: int | None = None
-
-    @property
-    def kernel_options(self) -> run.KernelOptions:
-        return run.KernelOptions(self.kernel, self.rf_models, self.rf_width, seed=self.seed)
 
     def check(self) -> None:
-        run.check_kernel(self.kernel_options)
+        super().check()
         if self.method not in METHODS:
             raise InputError(f"--method must be one of {', '.join(METHODS)} here, got {self.method!r}")
         if self.init not in INITS:
@@ -88,8 +68,7 @@ class MethodConfig:
             if getattr(self, name) is not None and self.method not in methods:
                 raise InputError(f"--{name.replace('_', '-')} applies to --method {' / '.join(methods)} only "
                                  f"(this is --method {self.method})")
-        for name in ("ipc", "real_batch", "eval_every", "block_size", "outer_loop", "inner_loop", "width", "checkpoint_every",
-                     "unroll", "unroll_epochs", "pool_size", "max_age", "syn_steps", "expert_epochs", "max_start_epoch",
+        for name in ("real_batch", "outer_loop", "inner_loop", "width", "unroll", "unroll_epochs", "pool_size", "max_age", "syn_steps", "expert_epochs", "max_start_epoch",
                      "batch_syn"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -100,8 +79,6 @@ class MethodConfig:
             value = getattr(self, name)
             if value is not None and not (value > 0 and np.isfinite(value)):
                 raise InputError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
-        if self.max_seconds is not None and not self.max_seconds > 0:
-            raise InputError(f"--max-seconds must be positive, got {self.max_seconds}")
         if self.method == "mtt" and not self.expert_dir:
             raise InputError("--method mtt needs --expert-dir: a folder of expert trajectories (kip trajectories)")
         if self.net_init is not None and self.net_init not in unrolled.INITS:

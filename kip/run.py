@@ -171,54 +171,83 @@ def prepare_out(out: str, resume: bool, overwrite: bool) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class DistillConfig:
-    """Options of a KIP run (the command line's `kip distill` flags)."""
+class RunOptions:
+    """What every distillation run's options share: the data, the set's size, the seed, and the
+    kernel of its KRR (KIP's and Label Solve's own kernel; the network methods' evaluation)."""
 
     dataset: str = data.DEFAULT_DATASET
     data_dir: str | None = None
     kernel: str = "fc1"
     ipc: int = 10
+    seed: int = 0
+    reg: float = krr.DEFAULT_REG
+    precision: str = "float64"
+    block_size: int = krr.DEFAULT_BLOCK
+    max_memory: float | None = None
+    rf_models: int = rf.DEFAULT_MODELS
+    rf_width: int = rf.DEFAULT_WIDTH
+    devices: int | None = None  # None: all visible devices
+
+    @property
+    def kernel_options(self) -> KernelOptions:
+        return KernelOptions(self.kernel, self.rf_models, self.rf_width, seed=self.seed)
+
+    def check(self) -> None:
+        check_kernel(self.kernel_options)
+        for name in ("ipc", "block_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not (self.reg >= 0 and np.isfinite(self.reg)):
+            raise InputError(f"--reg must be >= 0, got {self.reg}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SteppedRunOptions(RunOptions):
+    """`RunOptions` of a run that optimises its set step by step: when it evaluates, checkpoints
+    and stops."""
+
+    eval_every: int = 100
+    checkpoint_every: int | None = None  # None: at each evaluation
+    snapshots: bool = False  # also keep the set of every checkpoint (see `snapshot_path`)
+    max_seconds: float | None = None  # stop once the steps took this long (an equal-compute budget)
+
+    def check(self) -> None:
+        super().check()
+        for name in ("eval_every", "checkpoint_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise InputError(f"--max-seconds must be positive, got {self.max_seconds}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig(SteppedRunOptions):
+    """Options of a KIP run (the command line's `kip distill` flags)."""
+
     steps: int = 1000
     target_batch: int = 5000
     lr: float = 0.04
     learn_labels: bool = False
     zca: bool = False
-    seed: int = 0
-    reg: float = krr.DEFAULT_REG
-    precision: str = "float64"
-    eval_every: int = 100
-    block_size: int = krr.DEFAULT_BLOCK
-    max_memory: float | None = None
-    rf_models: int = rf.DEFAULT_MODELS
-    rf_width: int = rf.DEFAULT_WIDTH
     rf_resample: bool = True
     loss: str = "mse"
-    devices: int | None = None  # None: all visible devices
     init_from: str | None = None  # a distilled .npz to start from instead of real images (fine-tuning)
     get: str = "ntk"  # an exact kernel's NTK or NNGP (random features estimate the NNGP whatever this says)
-    checkpoint_every: int | None = None  # None: at each evaluation
-    snapshots: bool = False  # also keep the set of every checkpoint (see `snapshot_path`)
-    max_seconds: float | None = None  # stop once the steps took this long (an equal-compute budget)
 
     @property
     def kernel_options(self) -> KernelOptions:
         return KernelOptions(self.kernel, self.rf_models, self.rf_width, self.rf_resample, self.seed, self.get)
 
     def check(self) -> None:
-        check_kernel(self.kernel_options)
-        if self.max_seconds is not None and not self.max_seconds > 0:
-            raise InputError(f"--max-seconds must be positive, got {self.max_seconds}")
+        super().check()
         if self.loss not in distill.LOSSES:
             raise InputError(f"--loss must be one of {', '.join(distill.LOSSES)}, got {self.loss!r}")
-        for name in ("ipc", "target_batch", "eval_every", "block_size", "checkpoint_every"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.target_batch < 1:
+            raise InputError(f"--target-batch must be at least 1, got {self.target_batch}")
         if self.steps < 0:
             raise InputError(f"--steps must be >= 0, got {self.steps}")
         if not (self.lr > 0 and np.isfinite(self.lr)):
             raise InputError(f"--lr must be a positive number, got {self.lr}")
-        if not (self.reg >= 0 and np.isfinite(self.reg)):
-            raise InputError(f"--reg must be >= 0, got {self.reg}")
 
 
 RESUMABLE_CHANGES = loop.RESUMABLE_CHANGES
