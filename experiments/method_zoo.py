@@ -129,17 +129,14 @@ def table(rows: list[dict], m: dict, starts: dict[int, list[float]]) -> str:
         groups.setdefault((r["ipc"], r["minutes"], r["method"]), []).append(r)
     order = {name: i for i, name in enumerate(ALL)}
     for (ipc, minutes, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order[kv[0][2]])):
-        acc, acc_s = report.mean_std([r["set"]["mean"] for r in rs])
-        krr, krr_s = report.mean_std([r["krr"] for r in rs])
         steps = ", ".join(str(r["step"]) for r in rs)
         pub = PUBLISHED.get((method, ipc), "-")
-        lines.append(f"| {NAMES[method]} | {ipc} | {minutes:g} | {len(rs)} | **{100 * acc:.1f} ± {100 * acc_s:.1f}** | "
-                     f"{100 * krr:.1f} ± {100 * krr_s:.1f} | {steps} | {pub} |")
+        lines.append(f"| {NAMES[method]} | {ipc} | {minutes:g} | {len(rs)} | **{report.percent([r['set']['mean'] for r in rs])}** | "
+                     f"{report.percent([r['krr'] for r in rs])} | {steps} | {pub} |")
     for ipc, start in sorted(starts.items()):
         random = next(r["random"] for r in rows if r["ipc"] == ipc)
-        krr, krr_s = report.mean_std(start) if start else (np.nan, np.nan)
         lines.append(f"| random real | {ipc} | - | {len(start)} | {100 * random['mean']:.1f} ± {100 * random['std']:.1f} | "
-                     f"{100 * krr:.1f} ± {100 * krr_s:.1f} | - | {RANDOM_PUBLISHED.get(ipc, '-')} (DC paper) |")
+                     f"{report.percent(start) if start else '-'} | - | {RANDOM_PUBLISHED.get(ipc, '-')} (DC paper) |")
     return "\n".join(lines)
 
 

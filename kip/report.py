@@ -123,6 +123,13 @@ def mean_std(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
+def percent(values, digits: int = 1) -> str:
+    """Fractions as a table cell in %: "mean ± std" over several values (see `mean_std`), the bare
+    value for one (a single seed has no spread to show)."""
+    mean, std = mean_std(values)
+    return f"{100 * mean:.{digits}f}" + (f" ± {100 * std:.{digits}f}" if len(np.atleast_1d(values)) > 1 else "")
+
+
 def experiment_args(doc: str, name: str, gpu_help: str, quick_help: str, argv: list[str] | None = None,
                     extra: Callable[[argparse.ArgumentParser], None] | None = None) -> tuple[argparse.Namespace, str, str]:
     """The flags every experiment script with cpu / gpu / quick modes shares (--gpu, --quick,

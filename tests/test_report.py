@@ -61,3 +61,8 @@ def test_a_script_refuses_a_dirty_tree_in_one_line_before_any_work(tmp_path, mon
     err = capsys.readouterr().err
     assert exited.value.code == 2 and len(err.strip().splitlines()) == 1 and "--allow-dirty" in err
     assert not list(tmp_path.iterdir())
+
+
+def test_percent_shows_a_spread_only_over_several_values():
+    assert report.percent([0.5]) == "50.0"  # one seed: no "± 0.0" that reads as a measured spread
+    assert report.percent([0.5, 0.7]) == "60.0 ± 14.1"  # sample std (ddof 1): 0.1 * sqrt(2)
