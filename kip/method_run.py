@@ -68,8 +68,8 @@ class MethodConfig(run.SteppedRunOptions):
             if getattr(self, name) is not None and self.method not in methods:
                 raise InputError(f"--{name.replace('_', '-')} applies to --method {' / '.join(methods)} only "
                                  f"(this is --method {self.method})")
-        for name in ("real_batch", "outer_loop", "inner_loop", "width", "unroll", "unroll_epochs", "pool_size", "max_age", "syn_steps", "expert_epochs", "max_start_epoch",
-                     "batch_syn"):
+        for name in ("real_batch", "outer_loop", "inner_loop", "width", "unroll", "unroll_epochs", "pool_size", "max_age",
+                     "syn_steps", "expert_epochs", "max_start_epoch", "batch_syn"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")

@@ -112,8 +112,7 @@ def _conv_weight_tangent(x: Array, dw: Array, strides: tuple[int, int],
     falls back to a ~50x slower one inside loops (`lax.scan` over distillation steps, `fori_loop`
     over an expert's epoch) and is ~1.6x slower under vmap (benchmarks/conv_grad_speed.py).
     Other backends keep lax's convolution: the patches hold 9x the input's memory."""
-    patches = lambda x, dw: _patches(x, dw.shape[:2], strides, padding) @ dw.reshape(-1, dw.shape[-1])
-    return jax.lax.platform_dependent(x, dw, cpu=patches,
+    return jax.lax.platform_dependent(x, dw, cpu=lambda x, dw: _conv_im2col(x, dw, strides, padding),
                                       default=lambda x, dw: _conv_lax(x, dw, strides, padding))
 
 
