@@ -1,6 +1,6 @@
 """Every distillation method of kip at equal compute: KIP (random features and exact), Label
-Solve, DC, DSA, DM, DD, MTT and FRePo on MNIST, each run once per seed under a wall-clock budget
-on this machine and read after 2, 6 and 20 minutes of distillation (1 image per class, 2 seeds;
+Solve, DC, DSA, DM, DD, MTT and FRePo on MNIST, each run once per seed under a budget of CPU time
+(on the GPU: wall time) and read after 2, 6 and 20 minutes of distillation (1 image per class, 2 seeds;
 10 per class at 20 minutes, 1 seed), every reading judged the same way: by the `dsa` protocol's
 finite networks beside same-protocol random real subsets, and by KRR under one common kernel.
 
@@ -24,6 +24,7 @@ from kip import entry
 entry.configure(x64=True)  # an entry point: KIP's and the KRR evaluation's float64 solves
 
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -61,19 +62,20 @@ QUICK_METHODS = {
 MODES = {
     # at 10 per class one network per set and 2 random subsets, as experiments/matching.py (whose
     # random subsets' networks these share through the networks cache)
-    "cpu": dict(dataset="mnist", protocol="dsa", evaluation=dict(networks=2),
+    # budgets in this process's CPU seconds (loop.CLOCKS): equal compute while the machine is shared
+    "cpu": dict(dataset="mnist", protocol="dsa", clock="cpu", evaluation=dict(networks=2),
                 size_evaluation={1: dict(baseline_subsets=5), 10: dict(networks=1, baseline_subsets=2)},
                 krr=dict(kernel="rf-convnet3", rf_models=4, rf_width=128), sizes={1: (2, (2, 6, 20)), 10: (1, (20,))},
                 # experts within the issue's 1 CPU-hour: an epoch of MNIST (235 SGD steps with DSA) takes
                 # ~2 minutes at width 64 here, so 5 experts x 6 epochs
                 experts=dict(experts=5, epochs=6, width=64), methods=CPU_METHODS, size_methods=CPU_SIZE_METHODS),
-    "gpu": dict(dataset="mnist", protocol="dsa", evaluation=dict(networks=10),
+    "gpu": dict(dataset="mnist", protocol="dsa", clock="wall", evaluation=dict(networks=10),
                 size_evaluation={k: dict(baseline_subsets=5) for k in (1, 10)},
                 krr=dict(kernel="convnet3"), sizes={1: (3, (2, 6, 20)), 10: (3, (20,))},
                 experts=dict(experts=20, epochs=30), methods={**{m: (dict(o, width=128) if "width" in o else o, c)
                                                                   for m, (o, c) in CPU_METHODS.items()}},
                 size_methods={}),
-    "quick": dict(dataset="digits", protocol="dsa", evaluation=dict(networks=1, width=8, epochs=20),
+    "quick": dict(dataset="digits", protocol="dsa", clock="cpu", evaluation=dict(networks=1, width=8, epochs=20),
                   size_evaluation={1: dict(baseline_subsets=2)}, krr=dict(kernel="fc1"), sizes={1: (1, (0.05, 0.15))},
                   experts=dict(experts=1, epochs=2, width=8), methods=QUICK_METHODS, size_methods={}),
 }
@@ -86,7 +88,8 @@ def config_for(method: str, options: dict, chunk: int | None, m: dict, data_dir:
     common = dict(dataset=m["dataset"], data_dir=data_dir, ipc=ipc, seed=seed)
     if method == "label-solve":
         return label_solve.LabelSolveConfig(**common, **options)
-    stepped = dict(steps=STEP_CAP, eval_every=STEP_CAP, checkpoint_every=chunk, snapshots=True, max_seconds=budget)
+    stepped = dict(steps=STEP_CAP, eval_every=STEP_CAP, checkpoint_every=chunk, snapshots=True, max_seconds=budget,
+                   clock=m["clock"])
     if method.startswith("kip"):
         return run.DistillConfig(**common, **stepped, **options)
     krr = dict(kernel=m["krr"]["kernel"], rf_models=m["krr"].get("rf_models", 4), rf_width=m["krr"].get("rf_width", 128))
@@ -94,17 +97,61 @@ def config_for(method: str, options: dict, chunk: int | None, m: dict, data_dir:
     return method_run.MethodConfig(method=method, **common, **stepped, **krr, precision="float32", **extra, **options)
 
 
-def readings(out: str, budgets: tuple[float, ...], label_solve_seconds: float | None = None) -> dict[float, str | None]:
-    """budget (s) -> the last set kept within it (None: the run has not reached it). Label Solve,
-    one closed-form set: its distilled.npz at every budget its solve fits in."""
-    if label_solve_seconds is not None:
-        return {b: os.path.join(out, "distilled.npz") if label_solve_seconds <= b else None for b in budgets}
+def readings(out: str, budgets: tuple[float, ...], clock: str) -> dict[float, str | None]:
+    """budget (s) -> the last set kept within it in the run folder `out` (None: the run has not
+    reached it). Label Solve, one closed-form set: its distilled.npz at every budget its solve
+    (by `clock`) fits in."""
+    metrics = io.read_json(os.path.join(out, "metrics.json")) if os.path.exists(os.path.join(out, "metrics.json")) else {}
+    if "target_size" in metrics:  # a Label Solve run
+        seconds = metrics["cpu_seconds" if clock == "cpu" else "seconds"]
+        return {b: os.path.join(out, "distilled.npz") if seconds <= b else None for b in budgets}
     folder = os.path.join(out, run.SNAPSHOTS)
     kept = []
     for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         kept.append((float(io.read_npz(os.path.join(folder, f))["seconds"]), os.path.join(folder, f)))
-    done = os.path.exists(os.path.join(out, "metrics.json"))
-    return {b: max((k for k in kept if k[0] <= b), default=(None, None))[1] if done else None for b in budgets}
+    return {b: max((k for k in kept if k[0] <= b), default=(None, None))[1] if metrics else None for b in budgets}
+
+
+EXPERTS = "experts.json"  # in the cells folder: the MTT experts' record (the table states their training time)
+
+
+def record_experts(m: dict, data_dir: str | None, experts_dir: str, cells_dir: str, progress: bool) -> dict:
+    """MTT's experts (`kip trajectories`, resumable) in `experts_dir`; their record kept in the cells folder."""
+    print(f"== MTT's experts: {m['experts']}")
+    experts = trajectories.record(trajectories.TrajectoryConfig(dataset=m["dataset"], data_dir=data_dir, **m["experts"]),
+                                  experts_dir, progress=progress)
+    io.write_json(os.path.join(cells_dir, EXPERTS), experts)
+    return experts
+
+
+def run_cell(config, out: str, kept_dir: str, budgets: tuple[float, ...], m: dict, code: dict, progress: bool) -> None:
+    """Runs (or resumes) the cell in the run folder `out`, then keeps its outcome in `kept_dir`
+    (`cells.archive`): the sets the readings take (and the start), with the code's provenance."""
+    if isinstance(config, label_solve.LabelSolveConfig):
+        cells.label_solve_cell(config, out)
+    else:
+        cells.distill_cell(config, out, progress=progress)
+    files = {os.path.relpath(p, out) for p in readings(out, budgets, m["clock"]).values() if p is not None}
+    if os.path.exists(run.snapshot_path(out, 0)):
+        files.add(os.path.relpath(run.snapshot_path(out, 0), out))
+    cells.archive(out, kept_dir, sorted(files), {"code": code, "clock": m["clock"], "machine": report.machine(code)})
+
+
+class Judged:
+    """A kept cell's judgements (judged.json beside its sets), valid while the mode's evaluation is
+    unchanged: a set judged once (minutes of finite networks) is not judged again."""
+
+    def __init__(self, kept_dir: str, m: dict):
+        self.path = os.path.join(kept_dir, "judged.json")
+        self.evaluation = json.loads(json.dumps({k: m[k] for k in ("protocol", "evaluation", "size_evaluation", "krr")}))
+        stored = io.read_json(self.path) if os.path.exists(self.path) else {}
+        self.values = stored.get("values", {}) if stored.get("evaluation") == self.evaluation else {}
+
+    def get(self, key: str, compute):
+        if key not in self.values:
+            self.values[key] = compute()
+            io.write_json(self.path, {"evaluation": self.evaluation, "values": self.values})
+        return self.values[key]
 
 
 def judge(path: str, m: dict, data_dir: str | None, cache_dir: str, progress: bool) -> dict:
@@ -140,6 +187,8 @@ def table(rows: list[dict], m: dict, starts: dict[int, list[float]]) -> str:
     return "\n".join(lines)
 
 
+CLOCK_WORDS = {"cpu": "the distilling process's CPU time, each cell's process pinned to one core (`taskset`)",
+               "wall": "the steps' wall time"}
 RANDOM_PUBLISHED = {1: "64.9", 10: "95.1", 50: "97.9"}
 # the papers' own figures (their own protocols, full budgets): MNIST
 PUBLISHED = {("dc", 1): "91.7", ("dsa", 1): "88.7", ("dm", 1): "89.7", ("frepo", 1): "93.0", ("kip-exact", 1): "90.1 (width 1024)",
@@ -152,6 +201,10 @@ def main() -> None:
         parser.add_argument("--methods", nargs="+", default=list(ALL), choices=ALL)
         parser.add_argument("--ipc", type=int, nargs="+", default=None, help="a subset of the mode's sizes")
         parser.add_argument("--seeds", type=int, default=None, help="seeds per size (default: the mode's)")
+        parser.add_argument("--cells-dir", default=None,
+                            help="where each finished cell's sets, record and judgements are kept (default: "
+                                 "RESULTS-DIR/method_zoo_<dataset>[_gpu|_quick]_cells, committed so that the table's "
+                                 "cells fill across sessions; the run folders under --runs-dir are working space)")
 
     args, mode, runs_dir = report.experiment_args(__doc__, "method_zoo", "the papers' widths, more seeds and networks",
                                                   "digits, seconds-long budgets", extra=extra)
@@ -160,10 +213,8 @@ def main() -> None:
     cache_dir = os.path.join(os.path.dirname(runs_dir) or ".", "networks")
     progress = not args.no_progress
     experts_dir, experts = os.path.join(runs_dir, "experts"), None
-    if "mtt" in args.methods:
-        print(f"== MTT's experts: {m['experts']}")
-        experts = trajectories.record(trajectories.TrajectoryConfig(dataset=m["dataset"], data_dir=data_dir, **m["experts"]),
-                                      experts_dir, progress=progress)
+    name = f"method_zoo_{m['dataset']}" + {"cpu": "", "gpu": "_gpu", "quick": "_quick"}[mode]
+    cells_dir = args.cells_dir or os.path.join(args.results_dir, f"{name}_cells")
     rows, start_krr = [], {}
     for ipc, (seeds, minutes) in m["sizes"].items():
         if args.ipc and ipc not in args.ipc:
@@ -173,28 +224,32 @@ def main() -> None:
             options, chunk = {**m["methods"], **m["size_methods"].get(ipc, {})}[method]
             for seed in range(args.seeds or seeds):
                 config = config_for(method, options, chunk, m, data_dir, ipc, seed, max(budgets), experts_dir)
-                out = os.path.join(runs_dir, f"{method}-ipc{ipc}-seed{seed}")
                 print(f"== {NAMES[method]}, {ipc}/class, seed {seed}")
-                if method == "label-solve":
-                    metrics = cells.label_solve_cell(config, out)
-                    kept = readings(out, budgets, metrics["seconds"])
-                else:
-                    metrics = cells.distill_cell(config, out, progress=progress)
-                    kept = readings(out, budgets)
-                    start = run.snapshot_path(out, 0)
-                    if isinstance(config, method_run.MethodConfig) and (ipc, seed) not in start_krr and os.path.exists(start):
-                        # every run of this seed starts from the same real images (run.start_indices)
-                        start_krr[ipc, seed] = judge_krr(start, m, data_dir)
+                kept_dir = os.path.join(cells_dir, f"{method}-ipc{ipc}-seed{seed}")
+                if cells.finished(kept_dir, config) is None:
+                    if method == "mtt" and experts is None:
+                        experts = record_experts(m, data_dir, experts_dir, cells_dir, progress)
+                    run_cell(config, os.path.join(runs_dir, os.path.basename(kept_dir)), kept_dir, budgets, m,
+                             args.provenance, progress)
+                kept = readings(kept_dir, budgets, m["clock"])
+                judged = Judged(kept_dir, m)
+                start = run.snapshot_path(kept_dir, 0)
+                if isinstance(config, method_run.MethodConfig) and (ipc, seed) not in start_krr and os.path.exists(start):
+                    # every run of this seed starts from the same real images (run.start_indices)
+                    start_krr[ipc, seed] = judged.get("start_krr", lambda: judge_krr(start, m, data_dir))
                 for budget, path in kept.items():
                     if path is None:
                         print(f"   {budget / 60:g} min: not reached")
                         continue
-                    r = judge(path, m, data_dir, cache_dir, progress)
+                    r = judged.get(os.path.relpath(path, kept_dir), lambda: judge(path, m, data_dir, cache_dir, progress))
                     step = int(os.path.basename(path).split("-")[1].split(".")[0]) if "step-" in path else 0
                     rows.append({**r, "method": method, "ipc": ipc, "seed": seed, "minutes": budget / 60, "step": step,
-                                 "path": path, "config": dataclasses.asdict(config)})
+                                 "path": path, "config": dataclasses.asdict(config),
+                                 "cell": io.read_json(os.path.join(kept_dir, "cell.json"))})
                     print(f"   {budget / 60:g} min (step {step}): {m['protocol']} {100 * r['set']['mean']:.2f}%, "
                           f"KRR {100 * r['krr']:.2f}%")
+    if "mtt" in args.methods and experts is None and os.path.exists(os.path.join(cells_dir, EXPERTS)):
+        experts = io.read_json(os.path.join(cells_dir, EXPERTS))
     if not rows:
         raise SystemExit("method_zoo.py: error: nothing to report (no run reached a budget)")
     ds_name = m["dataset"]
@@ -207,13 +262,13 @@ def main() -> None:
                 accs = [r["set"]["mean"] for r in points if r["minutes"] == minutes]
                 if ipc == min(r["ipc"] for r in rows):
                     curves[NAMES[method]].append((minutes, *report.mean_std(accs)))
-    name = f"method_zoo_{ds_name}" + ("_quick" if mode == "quick" else "")
     plots.accuracy_curves(os.path.join(args.results_dir, f"{name}.png"), {k: v for k, v in curves.items() if v},
-                          "minutes of distillation on this machine", f"{ds_name}, {min(r['ipc'] for r in rows)} image(s) "
+                          ("CPU-" if m["clock"] == "cpu" else "") + "minutes of distillation on this machine", f"{ds_name}, {min(r['ipc'] for r in rows)} image(s) "
                           f"per class, {m['protocol']} protocol", log_x=True)
     expert_note = "no MTT row" if experts is None else (
         f"MTT's experts: {m['experts']['experts']} ConvNets x {m['experts']['epochs']} epochs (width "
-        f"{m['experts'].get('width', 128)}), {sum(experts['seconds']) / 60:.1f} minutes of training on this machine, not "
+        f"{m['experts'].get('width', 128)}), {sum(experts['seconds']) / 60:.1f} minutes of training on this machine ("
+        f"{sum(experts.get('cpu_seconds', [np.nan])) / 60:.1f} CPU-minutes), not "
         f"counted in MTT's budget; their final test accuracy {100 * np.mean(experts['final_test_accuracy']):.2f}%")
     ev = protocols.with_overrides(protocols.load(m["protocol"]), **m["evaluation"])[1]
     body = table(rows, m, starts) + f"""
@@ -221,7 +276,7 @@ def main() -> None:
 ![accuracy against minutes]({name}.png)
 
 {ds_name} test accuracy (%) of each method's set read after the stated minutes of distillation on
-this machine (the steps' wall time, compilation included; evaluations and checkpoints not), mean ±
+this machine ({CLOCK_WORDS[m['clock']]}, compilation included; evaluations and checkpoints not), mean ±
 std over seeds: "{m['protocol']} protocol": finite networks trained on the set's hard labels as
 `kip protocols {m['protocol']}` states (overrides here: {', '.join(f'{k} = {v}' for k, v in ev.items()) or 'none'}),
 the same for every method (FRePo's own protocol would train on its learned labels; DC's paper

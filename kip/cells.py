@@ -109,3 +109,20 @@ def label_solve_cell(config: label_solve.LabelSolveConfig, out: str, log: Callab
     _check_cell(out, config, overwrite)
     metrics = finished(out, config, log)
     return metrics if metrics is not None else label_solve.label_solve_run(config, out, overwrite=True, log=log)
+
+
+def archive(out: str, dest: str, files: list[str], record: dict | None = None) -> None:
+    """Keeps a finished cell's outcome in `dest`, a compact run folder that `finished` and the
+    readers of `out` accept in its place: OUT/metrics.json (with its options), the `files` named
+    relative to `out` (the sets a table reads), and `record` as cell.json (e.g. the code's
+    commit). Run folders are working space that a new machine does not have; a folder kept in the
+    repository lets a table's cells be filled across sessions. Every file is written atomically,
+    metrics.json last, so a `dest` without it is not a finished cell."""
+    if not os.path.exists(os.path.join(out, "metrics.json")):
+        raise InputError(f"{out} holds no finished run to archive")
+    for name in files:
+        os.makedirs(os.path.dirname(os.path.join(dest, name)), exist_ok=True)
+        io.copy_atomic(os.path.join(out, name), os.path.join(dest, name))
+    if record is not None:
+        io.write_json(os.path.join(dest, "cell.json"), record)
+    io.copy_atomic(os.path.join(out, "metrics.json"), os.path.join(dest, "metrics.json"))

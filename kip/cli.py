@@ -75,6 +75,7 @@ def _distill(args, run) -> None:
 
         args.init = args.init or "real"
         args.snapshots = bool(args.snapshots)
+        args.clock = args.clock or "wall"
         args.eval_every = 100 if args.eval_every is None else args.eval_every
         method_run.method_run(_config(method_run.MethodConfig, args), out, resume=bool(args.resume),
                               overwrite=args.overwrite, progress=progress)

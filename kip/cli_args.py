@@ -18,7 +18,7 @@ _STEPPED = ("kip",) + NETWORKED
 # `kip distill` options that belong to some methods only (default None: given or not is known), and their defaults
 DISTILL_OPTIONS = {
     "steps": _STEPPED, "lr": _STEPPED, "eval_every": _STEPPED, "checkpoint_every": _STEPPED, "resume": _STEPPED,
-    "snapshots": _STEPPED, "max_seconds": _STEPPED,
+    "snapshots": _STEPPED, "max_seconds": _STEPPED, "clock": _STEPPED,
     "target_batch": ("kip",), "learn_labels": ("kip", "frepo"), "loss": ("kip",), "get": ("kip",), "rf_resample": ("kip",),
     "init_from": ("kip",), "zca": ("kip", "label-solve"), "target_size": ("label-solve",),
     "width": NETWORKED, "real_batch": ("dc", "dsa", "dm", "dd", "frepo"), "init": NETWORKED, "outer_loop": ("dc", "dsa"), "inner_loop": ("dc", "dsa"),
@@ -26,7 +26,7 @@ DISTILL_OPTIONS = {
     "max_start_epoch": ("mtt",), "batch_syn": ("mtt",), "lr_lr": ("mtt",), "unroll": ("dd",), "unroll_epochs": ("dd",), "net_init": ("dd",), "pool_size": ("frepo",), "max_age": ("frepo",),
 }
 KIP_DEFAULTS = {"steps": 1000, "lr": 0.04, "eval_every": 100, "resume": False, "target_batch": 5000, "learn_labels": False,
-                "loss": "mse", "get": "ntk", "rf_resample": True, "zca": False, "snapshots": False}
+                "loss": "mse", "get": "ntk", "rf_resample": True, "zca": False, "snapshots": False, "clock": "wall"}
 
 
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
@@ -118,6 +118,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, default=None,
                    help="stop once the steps took this many seconds (compilation included, evaluations not): an "
                         "equal-compute budget; --steps stays the upper bound")
+    p.add_argument("--clock", default=None, metavar="{wall,cpu}",
+                   help="how --max-seconds and the snapshots' seconds are counted: elapsed time, or this process's "
+                        "CPU time, which other jobs on the machine barely change (default: wall)")
     p.add_argument("--eval-protocol", default=None, metavar="NAME",
                    help="also train the finite networks of this protocol (kip protocols) on the result, beside random "
                         "real subsets; recorded in metrics.json under 'protocol'")

@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 from typing import Any, Callable, Iterator
@@ -34,6 +35,12 @@ def atomic_path(path: str) -> Iterator[str]:
 def write_bytes(path: str, payload: bytes) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(payload)
+
+
+def copy_atomic(source: str, path: str) -> None:
+    """Copies the file `source` to `path` atomically (never a half-written `path`)."""
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def write_json(path: str, obj: Any) -> None:

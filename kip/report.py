@@ -38,6 +38,8 @@ def machine(code: dict | None = None) -> dict:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        # the cores this process may run on (fewer when pinned, e.g. `taskset -c 0`)
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "device": f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})",
         "jax": jax.__version__,
         "python": platform.python_version(),

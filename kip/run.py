@@ -210,6 +210,7 @@ class SteppedRunOptions(RunOptions):
     checkpoint_every: int | None = None  # None: at each evaluation
     snapshots: bool = False  # also keep the set of every checkpoint (see `snapshot_path`)
     max_seconds: float | None = None  # stop once the steps took this long (an equal-compute budget)
+    clock: str = "wall"  # how those seconds (and the snapshots' seconds) are counted: loop.CLOCKS
 
     def check(self) -> None:
         super().check()
@@ -218,6 +219,8 @@ class SteppedRunOptions(RunOptions):
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise InputError(f"--max-seconds must be positive, got {self.max_seconds}")
+        if self.clock not in loop.CLOCKS:
+            raise InputError(f"--clock must be one of {', '.join(loop.CLOCKS)}, got {self.clock!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,7 +360,7 @@ def optimise_set(out: str, problem: Problem, config: Any, state: Any, history: l
     """`loop.optimise` of a distillation run (any method): `steps` of `step_fn(state, train=step_data)`
     fused as `distill.make_multi_step` does, the set `set_of(state)` -> (images, labels) judged by
     KRR every `config.eval_every` steps, checkpoints in OUT every `config.checkpoint_every` (with
-    `config.snapshots`, the set at each as well), stopped after `config.max_seconds`."""
+    `config.snapshots`, the set at each as well), stopped after `config.max_seconds` of `config.clock`."""
     ckpt_path = checkpoint_path(out)
     config_dict = dataclasses.asdict(config)
     evaluate = make_evaluator(problem, config.reg, config.block_size)
@@ -366,7 +369,8 @@ def optimise_set(out: str, problem: Problem, config: Any, state: Any, history: l
         checkpoint = keeping_snapshots(checkpoint, out, problem, init_idx, kernel, set_of)
     return loop.optimise(state, lambda n: functools.partial(distill.make_multi_step(step_fn, n), train=step_data), steps,
                          config.eval_every, lambda s: evaluate(*set_of(s)), checkpoint, history, ckpt_path, progress,
-                         log, hint=hint, checkpoint_every=config.checkpoint_every, max_seconds=config.max_seconds)
+                         log, hint=hint, checkpoint_every=config.checkpoint_every, max_seconds=config.max_seconds,
+                         clock=config.clock)
 
 
 def run_metrics(history: loop.History, step: int, ds: data.Dataset, config: dict, **extra) -> dict:

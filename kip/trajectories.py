@@ -4,7 +4,8 @@ trained on the real training set, their parameters recorded after every epoch.
 `record` writes a folder: meta.json (the options, the network and the preprocessing) and one
 expert_NNN.npz per expert holding `params` (epochs + 1, P): the flattened float32 parameters at
 the start and after each epoch (one row per epoch: the compact form MTT's distillation reads),
-the test accuracy after each epoch and the seconds its training took so far. Each epoch is written atomically as it ends, and its
+the test accuracy after each epoch and the seconds its training took so far (elapsed, and this
+process's CPU time: `cpu_seconds`). Each epoch is written atomically as it ends, and its
 randomness comes from (seed, expert, epoch), so an interrupted recording resumes to what an
 uninterrupted one writes. MTT's experts train with plain SGD (no momentum: nothing but the
 parameters carries over between epochs).
@@ -137,36 +138,39 @@ def record(config: TrajectoryConfig, out: str, overwrite: bool = False, progress
     epoch = make_epoch(model, tconfig, len(x))
     base = jax.random.PRNGKey(config.seed)
     bar = tqdm(total=config.experts * config.epochs, disable=not progress, unit="epoch", file=sys.stderr)
-    finals, spent = [], []
+    finals, spent, spent_cpu = [], [], []
     for i in range(config.experts):
         key = jax.random.fold_in(base, i)
         net = train.init_state(model, tconfig, jax.random.fold_in(key, 0), x[:1])
         flat, unravel = ravel_pytree(net.variables["params"])
-        rows, accs, seconds = [np.asarray(flat, np.float32)], [], []
+        rows, accs, seconds, cpu = [np.asarray(flat, np.float32)], [], [], []
         path = _expert_path(out, i)
         if os.path.exists(path):  # an expert recorded in part (or whole): continue from its last epoch
             stored = io.read_npz(path)
             rows, accs = list(stored["params"][: config.epochs + 1]), list(stored["test_accuracy"][: config.epochs])
             seconds = list(stored["seconds"][: config.epochs])
+            cpu = list(stored["cpu_seconds"][: config.epochs]) if "cpu_seconds" in stored else [np.nan] * len(seconds)
             net = net._replace(variables={**net.variables, "params": unravel(jnp.asarray(rows[-1]))})
         bar.update(len(rows) - 1)
         for e in range(len(rows) - 1, config.epochs):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             net = epoch(net, x, y, jax.random.fold_in(key, e + 1))
             rows.append(np.asarray(ravel_pytree(net.variables["params"])[0], np.float32))
             seconds.append((seconds[-1] if seconds else 0.0) + time.perf_counter() - start)
+            cpu.append((cpu[-1] if cpu else 0.0) + time.process_time() - cpu_start)
             accs.append(float(train.accuracy(model, net.variables, x_test, ds.y_test)))
             io.write_npz(path, params=np.stack(rows), test_accuracy=np.asarray(accs, np.float32),
-                         seconds=np.asarray(seconds, np.float64))
+                         seconds=np.asarray(seconds, np.float64), cpu_seconds=np.asarray(cpu, np.float64))
             bar.update(1)
             bar.set_postfix(expert=i, test_acc=f"{accs[-1]:.4f}")
         finals.append(accs[-1] if accs else None)
         spent.append(seconds[-1] if seconds else 0.0)
+        spent_cpu.append(cpu[-1] if cpu else 0.0)
     bar.close()
     log(f"kip trajectories: {config.experts} experts x {config.epochs} epochs on {ds.name} (ConvNet width {model.width}, "
         f"SGD lr {config.lr}, batch {config.batch_size}, augmentation {strategy or 'none'}); final test accuracy "
         f"{100 * np.mean(finals):.2f}% (mean over experts); {sum(spent) / 60:.1f} minutes of training; wrote {out}/")
-    return {**meta, "final_test_accuracy": finals, "seconds": spent}
+    return {**meta, "final_test_accuracy": finals, "seconds": spent, "cpu_seconds": spent_cpu}
 
 
 class Trajectories(NamedTuple):

@@ -352,3 +352,36 @@ def test_dd_outer_loss_in_blocks_equals_the_whole_batch_and_its_gradient():
     np.testing.assert_allclose(float(blocked(params)), float(whole(params)), rtol=1e-12)
     for a, b in zip(jax.tree_util.tree_leaves(jax.grad(blocked)(params)), jax.tree_util.tree_leaves(jax.grad(whole)(params))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
+
+
+def test_the_cpu_clock_counts_the_steps_compute_not_the_time_they_wait():
+    """`loop.optimise`'s budget by `clock`: a chunk that waits 0.3 s (as a step does while another
+    job holds the core) spends 0.3 s of wall time and almost no CPU time, so a CPU budget of 0.1 s
+    is not used up by it and a wall budget is."""
+    import time
+    from typing import NamedTuple
+
+    from kip import loop
+
+    class State(NamedTuple):
+        params: jnp.ndarray
+        step: int
+
+    def make_chunk(n):
+        def chunk(state):
+            time.sleep(0.3)
+            return State(state.params, state.step + n), {"loss": np.zeros(n)}
+        return chunk
+
+    spent = {}
+    for clock in ("wall", "cpu"):
+        _, history = loop.optimise(State(jnp.zeros(2), 0), make_chunk, 3, 1, lambda s: {"test_accuracy": 0.0},
+                                   lambda s, h: None, loop.History(), "unused", progress=False, max_seconds=0.1, clock=clock)
+        spent[clock] = (history.evals[-1]["step"], history.seconds)
+    assert spent["wall"][0] == 1 and spent["wall"][1] >= 0.3  # stopped after the first chunk
+    assert spent["cpu"][0] == 3 and spent["cpu"][1] < 0.1  # three chunks, within the budget
+
+
+def test_an_unknown_clock_exits_2_with_one_line(tmp_path, capsys):
+    assert cli.main(RUN + ["--method", "frepo", "--clock", "gpu", "--out", str(tmp_path / "x")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -88,3 +88,27 @@ def test_kip_convnet_fine_tunes_a_distilled_set_under_the_exact_kernel(tmp_path)
     row = next(ln for ln in text.splitlines() if ln.startswith("| 1 |"))
     assert f"({100 * before:.2f})" in row and "fine-tuning" in text and "Adam 0.01" in text, text
     assert os.listdir(tmp_path / "runs") == ["digits-convnet3-float64-tb200-mse-ipc1-from-start-lr0.01"]
+
+
+def test_method_zoo_reuses_its_kept_cells_without_the_run_folders(tmp_path):
+    """A new machine has no run folders: the zoo's kept cells (sets, options, judgements) make the
+    table again without distilling or judging anything, the same rows."""
+    import shutil
+
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "method_zoo.py"), "--quick", "--no-progress",
+           "--methods", "label-solve", "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"),
+           "--cells-dir", str(tmp_path / "cells"), "--allow-dirty"]
+    run = lambda: subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                                 env={**os.environ, "PYTHONPATH": ROOT})
+    first = run()
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = json.loads((tmp_path / "results" / "method_zoo_digits_quick.json").read_text())["rows"]
+    assert sorted(os.listdir(tmp_path / "cells" / "label-solve-ipc1-seed0")) == [
+        "cell.json", "distilled.npz", "judged.json", "metrics.json"]
+    shutil.rmtree(tmp_path / "runs")
+    shutil.rmtree(tmp_path / "results")
+    second = run()
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "already done" in second.stdout and not (tmp_path / "runs").exists()  # nothing distilled or trained
+    again = json.loads((tmp_path / "results" / "method_zoo_digits_quick.json").read_text())["rows"]
+    assert [(r["set"], r["krr"], r["random"]) for r in again] == [(r["set"], r["krr"], r["random"]) for r in rows]

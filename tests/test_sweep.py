@@ -180,3 +180,18 @@ def test_a_cell_refuses_a_folder_holding_a_run_of_other_options(tmp_path):
     assert cells.distill_cell(config, out)["test_accuracy"] == first["test_accuracy"]  # the same options: reused
     replaced = cells.distill_cell(other, out, overwrite=True)
     assert replaced["config"]["lr"] == 0.01
+
+
+def test_an_archived_cell_is_a_finished_cell_of_its_options(tmp_path):
+    """`cells.archive` keeps a finished run's metrics and named files elsewhere (a table's cells in
+    the repository): `finished` reuses it for the same options only; an unfinished run is refused."""
+    config = run.DistillConfig(dataset="digits", steps=2, eval_every=2, target_batch=60, ipc=1)
+    out, kept = str(tmp_path / "cell"), str(tmp_path / "kept" / "cell")
+    metrics = cells.distill_cell(config, out)
+    cells.archive(out, kept, ["distilled.npz"], {"code": "abc"})
+    assert (tmp_path / "kept" / "cell" / "distilled.npz").read_bytes() == (tmp_path / "cell" / "distilled.npz").read_bytes()
+    assert cells.finished(kept, config)["test_accuracy"] == metrics["test_accuracy"]
+    assert cells.finished(kept, dataclasses.replace(config, lr=0.01)) is None
+    assert json.load(open(os.path.join(kept, "cell.json"))) == {"code": "abc"}
+    with pytest.raises(InputError, match="holds no finished run"):
+        cells.archive(str(tmp_path / "nothing"), str(tmp_path / "kept2"), [])
