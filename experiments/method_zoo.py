@@ -68,16 +68,19 @@ MODES = {
                 krr=dict(kernel="rf-convnet3", rf_models=4, rf_width=128), sizes={1: (2, (2, 6, 20)), 10: (1, (20,))},
                 # experts within the issue's 1 CPU-hour: an epoch of MNIST (235 SGD steps with DSA) takes
                 # ~2 minutes at width 64 here, so 5 experts x 6 epochs
-                experts=dict(experts=5, epochs=6, width=64), methods=CPU_METHODS, size_methods=CPU_SIZE_METHODS),
+                experts=dict(experts=5, epochs=6, width=64), methods=CPU_METHODS, size_methods=CPU_SIZE_METHODS,
+                # FRePo's final sets also under its own evaluation (learned labels, MSE, its Conv at its width)
+                own={"frepo": ("frepo", dict(networks=2, baseline_subsets=3))}),
     "gpu": dict(dataset="mnist", protocol="dsa", clock="wall", evaluation=dict(networks=10),
                 size_evaluation={k: dict(baseline_subsets=5) for k in (1, 10)},
                 krr=dict(kernel="convnet3"), sizes={1: (3, (2, 6, 20)), 10: (3, (20,))},
                 experts=dict(experts=20, epochs=30), methods={**{m: (dict(o, width=128) if "width" in o else o, c)
                                                                   for m, (o, c) in CPU_METHODS.items()}},
-                size_methods={}),
+                size_methods={}, own={"frepo": ("frepo", {})}),
     "quick": dict(dataset="digits", protocol="dsa", clock="cpu", evaluation=dict(networks=1, width=8, epochs=20),
                   size_evaluation={1: dict(baseline_subsets=2)}, krr=dict(kernel="fc1"), sizes={1: (1, (0.05, 0.15))},
-                  experts=dict(experts=1, epochs=2, width=8), methods=QUICK_METHODS, size_methods={}),
+                  experts=dict(experts=1, epochs=2, width=8), methods=QUICK_METHODS, size_methods={},
+                  own={"frepo": ("frepo", dict(networks=1, baseline_subsets=1, width=8, steps=20))}),
 }
 
 
@@ -161,6 +164,13 @@ def judge(path: str, m: dict, data_dir: str | None, cache_dir: str, progress: bo
     return {"set": r["set"], "random": r["random"], "krr": judge_krr(path, m, data_dir), "overrides": r["overrides"]}
 
 
+def judge_own(path: str, method: str, m: dict, data_dir: str | None, cache_dir: str, progress: bool) -> dict:
+    """A kept set under its method's own evaluation protocol (`m['own']`), beside random real subsets."""
+    name, overrides = m["own"][method]
+    r = transfer.protocol_run(path, m["dataset"], data_dir, name, overrides, cache_dir=cache_dir, progress=progress)
+    return {"protocol": name, "set": r["set"], "random": r["random"], "overrides": r["overrides"]}
+
+
 def judge_krr(path: str, m: dict, data_dir: str | None) -> float:
     """The set's KRR test accuracy under the mode's kernel (its own labels)."""
     k = m["krr"]
@@ -169,7 +179,8 @@ def judge_krr(path: str, m: dict, data_dir: str | None) -> float:
 
 
 def table(rows: list[dict], m: dict, starts: dict[int, list[float]]) -> str:
-    head = ["method", "images/class", "minutes", "seeds", f"{m['protocol']} protocol", "KRR", "steps", "published"]
+    head = ["method", "images/class", "minutes", "seeds", f"{m['protocol']} protocol", "KRR", "own protocol (random real)",
+            "steps", "published"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -178,13 +189,24 @@ def table(rows: list[dict], m: dict, starts: dict[int, list[float]]) -> str:
     for (ipc, minutes, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order[kv[0][2]])):
         steps = ", ".join(str(r["step"]) for r in rs)
         pub = PUBLISHED.get((method, ipc), "-")
+        owns = [r["own"] for r in rs if "own" in r]
+        own = (f"{owns[0]['protocol']}: {report.percent([o['set']['mean'] for o in owns])} "
+               f"({report.percent([o['random']['mean'] for o in owns])})") if owns else "-"
         lines.append(f"| {NAMES[method]} | {ipc} | {minutes:g} | {len(rs)} | **{report.percent([r['set']['mean'] for r in rs])}** | "
-                     f"{report.percent([r['krr'] for r in rs])} | {steps} | {pub} |")
+                     f"{report.percent([r['krr'] for r in rs])} | {own} | {steps} | {pub} |")
     for ipc, start in sorted(starts.items()):
         random = next(r["random"] for r in rows if r["ipc"] == ipc)
         lines.append(f"| random real | {ipc} | - | {len(start)} | {100 * random['mean']:.1f} ± {100 * random['std']:.1f} | "
-                     f"{report.percent(start) if start else '-'} | - | {RANDOM_PUBLISHED.get(ipc, '-')} (DC paper) |")
+                     f"{report.percent(start) if start else '-'} | - | - | {RANDOM_PUBLISHED.get(ipc, '-')} (DC paper) |")
     return "\n".join(lines)
+
+
+
+
+def own_words(m: dict) -> str:
+    """'frepo: networks = 2, baseline_subsets = 3': each own protocol's overrides."""
+    return "; ".join(f"{k}: {', '.join(f'{a} = {b}' for a, b in v[1].items()) or 'none'}"
+                     for k, v in m.get("own", {}).items()) or "none"
 
 
 CLOCK_WORDS = {"cpu": "the distilling process's CPU time, each cell's process pinned to one core (`taskset`)",
@@ -242,6 +264,10 @@ def main() -> None:
                         print(f"   {budget / 60:g} min: not reached")
                         continue
                     r = judged.get(os.path.relpath(path, kept_dir), lambda: judge(path, m, data_dir, cache_dir, progress))
+                    if method in m.get("own", {}) and budget == max(budgets):  # the final set: its own protocol too
+                        own = m["own"][method]
+                        key = f"own {own[0]} {json.dumps(own[1], sort_keys=True)} {os.path.relpath(path, kept_dir)}"
+                        r = {**r, "own": judged.get(key, lambda: judge_own(path, method, m, data_dir, cache_dir, progress))}
                     step = int(os.path.basename(path).split("-")[1].split(".")[0]) if "step-" in path else 0
                     rows.append({**r, "method": method, "ipc": ipc, "seed": seed, "minutes": budget / 60, "step": step,
                                  "path": path, "config": dataclasses.asdict(config),
@@ -279,8 +305,9 @@ def main() -> None:
 this machine ({CLOCK_WORDS[m['clock']]}, compilation included; evaluations and checkpoints not), mean ±
 std over seeds: "{m['protocol']} protocol": finite networks trained on the set's hard labels as
 `kip protocols {m['protocol']}` states (overrides here: {', '.join(f'{k} = {v}' for k, v in ev.items()) or 'none'}),
-the same for every method (FRePo's own protocol would train on its learned labels; DC's paper
-uses the `dc` protocol); "KRR": kernel regression from the set (its labels, learned where the
+the same for every method (DC's paper uses the `dc` protocol); "own protocol": the final set
+(largest budget) also under its method's own evaluation where kip has its card (`kip protocols frepo`:
+learned labels, MSE, FRePo's Conv; overrides: {own_words(m)}), beside random real subsets under it; "KRR": kernel regression from the set (its labels, learned where the
 method learns them) under {m['krr']['kernel']}, one kernel for every method. "random real": class-balanced random
 real subsets of the same size under the same protocol (its KRR: the real images the runs start
 from, one set per seed).

@@ -24,7 +24,9 @@ from kip.kernels.presets import KIP_B_STD, KIP_W_STD, MYRTLE_BLOCKS
 Array = jax.Array
 PARAMETERIZATIONS = ("standard", "ntk")
 NORMS = ("none", "instance")
-INITS = ("normal", "torch")  # W_std / b_std normals, or PyTorch's default U(+-1/sqrt(fan_in)) (DC/DSA/DM networks)
+# W_std / b_std normals; PyTorch's default U(+-1/sqrt(fan_in)) (DC/DSA/DM networks); flax's default
+# (lecun_normal: a normal truncated at 2 std, variance 1/fan_in; zero biases: FRePo's networks)
+INITS = ("normal", "torch", "lecun")
 
 
 def _check_parameterization(parameterization: str) -> None:
@@ -36,7 +38,8 @@ class _Affine(nn.Module):
     """What Dense and Conv share: weights W (fan_in inputs per output), a bias b unless b_std
     is None, and where W_std / b_std go: output = w_mult * (x . W) + b_mult * b.
     weight_init 'torch' (standard parameterization): W, b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's
-    default for Conv2d and Linear."""
+    default for Conv2d and Linear; 'lecun': flax's default, W from `nn.initializers.lecun_normal`
+    (truncated normal of variance 1/fan_in), b = 0."""
 
     features: int
     W_std: float = KIP_W_STD
@@ -53,6 +56,9 @@ class _Affine(nn.Module):
         if self.weight_init == "torch":
             bound = 1 / math.sqrt(fan_in)
             w_init = b_init = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
+        elif self.weight_init == "lecun":
+            # variance 1 / fan_in: fan_in is every axis but the last (flax's default for Dense and Conv)
+            w_init, b_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"), nn.initializers.zeros
         else:
             w_init, b_init = normal(1.0 if ntk else w_scale), normal(1.0 if ntk else self.b_std)
         w = self.param("kernel", w_init, w_shape, self.param_dtype)
@@ -235,9 +241,9 @@ class _ConvNetwork(Network):
     # differentiated twice fall back to slow kernels; first-order training is faster without it.
     im2col: bool = False
 
-    def conv_relu(self, x: Array, padding: tuple[int, int] | None = None) -> Array:
-        """Conv(width, 3x3, SAME or `padding`) [-> InstanceNorm] -> Relu."""
-        x = self._layer(Conv, self.width, padding=padding, im2col=self.im2col)(x)
+    def conv_relu(self, x: Array, padding: tuple[int, int] | None = None, features: int | None = None) -> Array:
+        """Conv(`features` (default width), 3x3, SAME or `padding`) [-> InstanceNorm] -> Relu."""
+        x = self._layer(Conv, features or self.width, padding=padding, im2col=self.im2col)(x)
         if self.norm == "instance":
             x = nn.InstanceNorm(epsilon=1e-5, param_dtype=self.param_dtype)(x)
         return nn.relu(x)
@@ -248,10 +254,12 @@ class ConvNet(_ConvNetwork):
     Dense(num_classes); "ConvNet3" (`stem=False`) drops the first Conv + Relu, which with
     `norm='instance'`, width 128, `pad_to=32` and weight_init 'torch' is the DC / DSA evaluation ConvNet.
     pad_to: the first conv pads smaller images up to pad_to x pad_to (DC: 28x28 MNIST -> 32x32).
+    growth: the i-th of the 3 pooled blocks has width * growth**i channels (FRePo's Conv: 2).
     (n, H, W, C) -> (n, num_classes); H, W >= 8."""
 
     stem: bool = True
     pad_to: int | None = None
+    growth: int = 1
     min_size = 8
 
     @nn.compact
@@ -261,7 +269,7 @@ class ConvNet(_ConvNetwork):
         if self.stem:
             x = self.conv_relu(x, first)
         for i in range(3):
-            x = avg_pool(self.conv_relu(x, first if i == 0 and not self.stem else None))
+            x = avg_pool(self.conv_relu(x, first if i == 0 and not self.stem else None, self.width * self.growth**i))
         return self.readout(x.reshape(x.shape[0], -1))
 
 
@@ -356,6 +364,7 @@ def build(
     weight_init: str = "normal",
     pad_to: int | None = None,
     im2col: bool = False,
+    growth: int = 1,
 ) -> Network:
     """The finite network registered under `name` (see `PRESETS`): a flax module mapping
     (n, H, W, C) images to (n, num_classes) outputs, called as `apply(variables, x, train=...)`.
@@ -366,6 +375,7 @@ def build(
     head: False drops the output layer: the network maps to the (n, D) features it would read.
     weight_init: 'normal' (W_std, b_std) or 'torch' (PyTorch's default uniform initialisation).
     pad_to: ConvNets only: the first conv pads smaller images up to pad_to x pad_to.
+    growth: ConvNets only: block i has width * growth**i channels.
     im2col: conv nets only: convolutions as patch matmuls (see `_ConvNetwork.im2col`).
     """
     if name not in PRESETS:
@@ -376,8 +386,9 @@ def build(
         raise InputError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
     if width < 1 or num_classes < 1:
         raise InputError(f"width and num_classes must be at least 1, got {width} and {num_classes}")
-    if weight_init not in INITS or (weight_init == "torch" and parameterization != "standard"):
-        raise InputError(f"weight_init must be one of {', '.join(INITS)} ('torch' with the standard parameterization), "
+    if weight_init not in INITS or (weight_init in ("torch", "lecun") and parameterization != "standard"):
+        raise InputError(f"weight_init must be one of {', '.join(INITS)} ('torch' and 'lecun' with the standard "
+                         f"parameterization), "
                          f"got {weight_init!r}")
     kwargs = dict(num_classes=num_classes, width=width, W_std=W_std, b_std=b_std,
                   parameterization=parameterization, param_dtype=param_dtype, head=head, weight_init=weight_init)
@@ -385,6 +396,11 @@ def build(
         if not name.startswith("convnet"):
             raise InputError(f"pad_to applies to the ConvNets only, not {name}")
         kwargs["pad_to"] = pad_to
+    if growth != 1:
+        if not name.startswith("convnet") or growth < 1:
+            raise InputError(f"growth (a positive channel factor per block) applies to the ConvNets only, got {growth} "
+                             f"for {name}")
+        kwargs["growth"] = growth
     if im2col:
         if name.startswith("fc") or name == "resnet18":
             raise InputError(f"im2col applies to the KIP conv nets only, not {name}")

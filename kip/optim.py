@@ -27,11 +27,21 @@ def milestone_steps(config: TrainConfig) -> tuple[int, ...]:
 
 
 def learning_rate(config: TrainConfig, lr: float | Array | None = None) -> optax.Schedule:
-    """Step t -> learning rate: `lr` (default config.lr) decayed by a cosine to 0 over `steps`, or
-    times step_factor ** (milestones passed), or constant."""
+    """Step t -> learning rate: `lr` (default config.lr) decayed by a cosine to final_lr * lr over
+    `steps`, or times step_factor ** (milestones passed), or constant. With `warmup_steps` w
+    (cosine only), it first rises linearly from 0 to lr over w steps and the cosine takes the
+    remaining steps - w (FRePo's evaluation: 500 steps, then a cosine to 0.01 lr)."""
     lr = config.lr if lr is None else lr
     if config.schedule == "cosine":
-        return lambda t: lr * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(t, config.steps) / config.steps))
+        w, floor = config.warmup_steps, config.final_lr
+        length = max(config.steps - w, 1)
+
+        def cosine(t):
+            decay = 0.5 * (1 + jnp.cos(jnp.pi * jnp.clip(t - w, 0, length) / length))
+            after = lr * (floor + (1 - floor) * decay)
+            return jnp.where(t < w, lr * t / max(w, 1), after) if w else after
+
+        return cosine
     if config.schedule == "constant":
         return lambda t: lr * jnp.ones_like(t, dtype=jnp.float32)
     boundaries = jnp.asarray(milestone_steps(config))

@@ -49,9 +49,10 @@ class Hyperparameters:
     weight_decay: float | None = None
     augment: str | None = None
     epochs: int | None = None
+    steps: int | None = None
 
 
-ROW_FIELDS = ("lr", "label_scale", "weight_decay", "augment", "epochs")
+ROW_FIELDS = ("lr", "label_scale", "weight_decay", "augment", "epochs", "steps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +68,9 @@ class Protocol:
     width: int = 128
     norm: str = "none"
     pad_to: int | None = None  # the first conv pads smaller images to pad_to x pad_to (DC: MNIST 28 -> 32)
+    growth: int = 1  # ConvNet block i has width * growth**i channels (FRePo's Conv: 2)
     parameterization: str = "standard"
-    weight_init: str = "normal"  # 'normal' (W_std sqrt 2, b_std 0.1) or 'torch' (PyTorch's default)
+    weight_init: str = "normal"  # 'normal' (W_std sqrt 2, b_std 0.1), 'torch' (PyTorch's default) or 'lecun' (flax's)
     # [data]
     preprocess: str = "standardize"  # for sets without their own preprocessing, and random subsets alone
     zca_strength: float = 0.1
@@ -85,6 +87,8 @@ class Protocol:
     lr: float = 0.01
     schedule: str = "cosine"  # 'cosine', 'constant', or 'dc': epochs + 1 passes, lr x 0.1 and momentum
     #                            reset once epoch epochs // 2 + 1 is done (DC's evaluate_synset)
+    warmup_steps: int = 0  # cosine: a linear rise from 0 over these steps first (FRePo: 500)
+    final_lr: float = 0.0  # cosine: where it ends, as a fraction of lr (FRePo: 0.01)
     weight_decay: float = 0.0
     weight_decay_form: str = "coupled"  # 'coupled': gradient += wd (w - ref); 'penalty': loss += wd |w - ref|^2
     decay_to: str = "zero"  # ref: 'zero' or 'init'
@@ -139,11 +143,15 @@ class Protocol:
         stop = f", early stopping (every {self.eval_every} steps, patience {self.patience}, best kept)" if self.patience else ""
         tune = f", lr {list(self.tune_lr)} x weight decay {list(self.tune_weight_decay)} tuned on validation" \
             if self.tune_lr or self.tune_weight_decay else ""
-        return (f"{self.model} width {self.width} ({self.norm} norm, {self.weight_init} init"
+        warm = f", {self.warmup_steps} warm-up steps" if self.warmup_steps else ""
+        floor = f" to {self.final_lr:g} lr" if self.final_lr else ""
+        grow = f" x {self.growth}^block" if self.growth != 1 else ""
+        momentum = f", momentum {self.momentum:g}" if self.optimizer == "sgd" else ""
+        return (f"{self.model} width {self.width}{grow} ({self.norm} norm, {self.weight_init} init"
                 f"{', first conv padded to ' + str(self.pad_to) if self.pad_to else ''}); {self.preprocess}; "
                 f"labels {self.labels}{' x ' + format(self.label_scale, 'g') if self.label_scale != 1 else ''}"
                 f"{', outputs centred on the initial network' if self.centre else ''}; {self.loss}; {self.optimizer} "
-                f"lr {self.lr:g} ({self.schedule}), momentum {self.momentum:g}, weight decay {self.weight_decay:g} "
+                f"lr {self.lr:g} ({self.schedule}{floor}{warm}){momentum}, weight decay {self.weight_decay:g} "
                 f"({self.weight_decay_form}, towards {self.decay_to}); batch {self.batch_size}, {length}; "
                 f"augmentation {self.augment}{stop}{tune}; {self.networks} networks per set")
 
@@ -169,7 +177,8 @@ def _train_config(p: Protocol, steps: int) -> train.TrainConfig:
         schedule, milestones, factor, reset = "step", (at,), 0.1, True
     return train.TrainConfig(
         steps=steps, batch_size=p.batch_size, lr=p.lr, optimizer=p.optimizer, momentum=p.momentum, nesterov=p.nesterov,
-        schedule=schedule, milestones=milestones, step_factor=factor, reset_momentum=reset,
+        schedule=schedule, warmup_steps=p.warmup_steps, final_lr=p.final_lr, milestones=milestones, step_factor=factor,
+        reset_momentum=reset,
         weight_decay=coupled_weight_decay(p, p.weight_decay), decay_to=p.decay_to, loss=p.loss, mse_weight=p.mse_weight,
         label_scale=p.label_scale, centre=p.centre, augment=_augment_spec(p.augment), drop_last=p.drop_last,
         eval_every=p.eval_every, keep_best=p.keep_best, patience=p.patience)
@@ -184,18 +193,23 @@ def steps_for(p: Protocol, n: int) -> tuple[int, int]:
 
 
 def for_set(p: Protocol, dataset: str, ipc: int) -> tuple[Protocol, Hyperparameters | None]:
-    """The card with its hyper-parameter row for this data set (matched by name or name prefix,
-    e.g. 'cifar10' for 'cifar10_jpeg_lossy') and images per class applied, and that row. Fields
-    the user overrode (`with_overrides`) keep the user's value."""
+    """The card with its hyper-parameter rows for this data set (matched by name or name prefix,
+    e.g. 'cifar10' for 'cifar10_jpeg_lossy') and images per class applied, and the most specific
+    of them: the data set's rows for every size first, then its rows for this size, each field a
+    row gives replacing the card's. Fields the user overrode (`with_overrides`) keep the user's value."""
     rows = [h for h in p.hyperparameters
             if (dataset == h.dataset or dataset.startswith(h.dataset + "_")) and h.ipc in (None, ipc)]
     if not rows:
         return p, None
-    row = rows[0]
-    changes = {k: getattr(row, k) for k in ROW_FIELDS if getattr(row, k) is not None and k not in p.overridden}
-    if changes.get("epochs"):
-        changes["steps"] = 0
-    return dataclasses.replace(p, **changes), row
+    rows.sort(key=lambda h: h.ipc is not None)  # stable: the card's order within each kind
+    changes: dict = {}
+    for row in rows:
+        for k in ROW_FIELDS:
+            if getattr(row, k) is not None and k not in p.overridden:
+                changes[k] = getattr(row, k)
+                if k in ("epochs", "steps"):  # a length replaces the other kind of length
+                    changes[{"epochs": "steps", "steps": "epochs"}[k]] = 0
+    return dataclasses.replace(p, **changes), rows[-1]
 
 
 def resolve(p: Protocol, num_classes: int, n: int) -> tuple[models.Network, train.TrainConfig]:
@@ -213,7 +227,7 @@ def network(p: Protocol, num_classes: int, width: int | None = None, norm: str |
     embedding, `im2col` for convolutions as patch matmuls (second-order gradients on CPU)."""
     return models.build(p.model, num_classes, width or p.width, p.parameterization, norm or p.norm,
                         weight_init=p.weight_init, pad_to=p.pad_to if p.model.startswith("convnet") else None,
-                        head=head, im2col=im2col)
+                        head=head, im2col=im2col, growth=p.growth)
 
 
 def augment_strategy(p: Protocol, dataset: str, ipc: int) -> str | None:

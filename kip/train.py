@@ -45,7 +45,9 @@ class TrainConfig:
     optimizer: str = "sgd"  # 'sgd' (with `momentum`) or 'adam'
     momentum: float = 0.9
     nesterov: bool = False  # Nesterov momentum (sgd)
-    schedule: str = "cosine"  # 'cosine': decay to 0; 'step': x step_factor at each milestone; 'constant'
+    schedule: str = "cosine"  # 'cosine': decay to final_lr x lr; 'step': x step_factor at each milestone; 'constant'
+    warmup_steps: int = 0  # 'cosine': first a linear rise from 0 over this many steps (see optim.learning_rate)
+    final_lr: float = 0.0  # 'cosine': where the decay ends, as a fraction of lr
     milestones: tuple[float, ...] = STEP_MILESTONES  # 'step': fractions of the steps (rounded to a step)
     step_factor: float = STEP_FACTOR
     reset_momentum: bool = False  # 'step': a fresh optimizer state at each milestone (DC's evaluation)
@@ -82,6 +84,10 @@ class TrainConfig:
             raise InputError(f"label smoothing must lie in [0, 1), got {self.label_smoothing}")
         if not all(0 < m < 1 for m in self.milestones):
             raise InputError(f"milestones are fractions of the steps in (0, 1), got {self.milestones}")
+        if self.warmup_steps < 0 or not 0 <= self.final_lr <= 1:
+            raise InputError(f"warmup_steps must be >= 0 and final_lr in [0, 1], got {self.warmup_steps}, {self.final_lr}")
+        if self.warmup_steps and self.schedule != "cosine":
+            raise InputError(f"warmup_steps applies to the cosine schedule only, not {self.schedule!r}")
 
 
 DATA_DIET_EPOCHS = 200

@@ -25,7 +25,8 @@ QUICK = [
     # one method: DC's and DM's paths are the library's (tests/test_matching.py); this checks the script
     ("matching.py", ["--no-progress", "--methods", "dsa"], "matching_digits_quick.md", r"\| DSA \| 1 \| 1 \| 6 it\., width 8"),
     # two methods: experts recorded, budgets read from snapshots, each reading judged twice
-    ("method_zoo.py", ["--no-progress", "--methods", "mtt", "frepo"], "method_zoo_digits_quick.md", r"\| FRePo \| 1 \| 0\.15 \| 1 \| "),
+    ("method_zoo.py", ["--no-progress", "--methods", "mtt", "frepo"], "method_zoo_digits_quick.md",
+     r"\| FRePo \| 1 \| 0\.15 \| 1 \| .* \| frepo: \d+\.\d \(\d+\.\d\) \|"),
     # slow (~30 s and ~95 s): exact KIP in kip_convnet is also run by the fine-tuning test below
     pytest.param("kip_convnet.py", ["--kernel", "convnet3", "--ipc", "1", "--eval", "exact", "rf"], "kip_convnet_digits_quick.md",
                  r"\| 1 \| - \| \*\*\d+\.\d+\*\* \(\d+\.\d+\) \| \*\*\d+\.\d+\*\* .* \| 100 \| 200 \| ",  # exact KIP: both evaluations

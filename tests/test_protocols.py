@@ -281,3 +281,59 @@ def test_an_option_of_another_method_is_refused(tmp_path, capsys):
         assert cli.main(["evaluate", "--distilled", str(tmp_path / "set.npz"), *args]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+
+
+class _FRePoConv(nn.Module):
+    """FRePo's evaluation Conv as its lib/models/networks.py describes it (flax's own layers):
+    depth 3, channels width * 2^i, 3x3 convs with bias, the first padded by 3 on 1-channel
+    images, ReLU, 2x2 average pooling, no normalisation, a Dense head on the flattened features."""
+
+    width: int = 128
+
+    @nn.compact
+    def __call__(self, x):
+        for i in range(3):
+            pad = 3 if i == 0 and x.shape[-1] == 1 else 1
+            x = nn.Conv(self.width * 2**i, (3, 3), padding=((pad, pad), (pad, pad)))(x)
+            x = nn.avg_pool(nn.relu(x), (2, 2), strides=(2, 2))
+        return nn.Dense(10)(x.reshape(len(x), -1))
+
+
+def test_frepo_network_is_frepos_conv_on_the_same_weights():
+    """The `frepo` card's network computes what FRePo's Conv (rebuilt above from flax's layers)
+    computes with the same weights, and has its parameter count (MNIST: 128 / 256 / 512 channels)."""
+    p = protocols.load("frepo")
+    net, _ = protocols.resolve(protocols.for_set(p, "mnist", 1)[0], 10, 10)
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 28, 28, 1))
+    ours = net.init(jax.random.PRNGKey(0), x)
+    count = (9 * 1 + 1) * 128 + (9 * 128 + 1) * 256 + (9 * 256 + 1) * 512 + (4 * 4 * 512 + 1) * 10
+    assert sum(a.size for a in jax.tree_util.tree_leaves(ours)) == count
+    reference = {"params": {f"Conv_{i}": ours["params"][f"Conv_{i}"] for i in range(3)} | {"Dense_0": ours["params"]["Dense_0"]}}
+    np.testing.assert_allclose(net.apply(ours, x), _FRePoConv().apply(reference, x), rtol=1e-4, atol=1e-4)
+
+
+def test_lecun_initialisation_is_flaxs_default():
+    """weight_init 'lecun': the weights of flax's default nn.Conv (truncated normal, variance
+    1/fan_in, at most 2 std / 0.88 in size), zero biases."""
+    v = models.Conv(64, weight_init="lecun").init(jax.random.PRNGKey(0), jnp.zeros((1, 5, 5, 32)))["params"]
+    theirs = nn.Conv(64, (3, 3)).init(jax.random.PRNGKey(1), jnp.zeros((1, 5, 5, 32)))["params"]
+    std = 1 / np.sqrt(9 * 32)
+    for w in (np.asarray(v["kernel"]), np.asarray(theirs["kernel"])):
+        np.testing.assert_allclose(w.std(), std, rtol=0.03)
+        assert np.abs(w).max() <= 2 * std / 0.8796 + 1e-6
+    assert not np.any(np.asarray(v["bias"])) and not np.any(np.asarray(theirs["bias"]))
+
+
+def test_warmup_cosine_is_frepos_schedule():
+    """FRePo's evaluation schedule, as optax builds it in its script/eval.py: linear warm-up over
+    500 steps, then a cosine over the remaining steps to 0.01 lr."""
+    import optax
+
+    p = protocols.load("frepo")
+    _, config = protocols.resolve(protocols.for_set(p, "mnist", 1)[0], 10, 10)
+    assert config.steps == 1000 and config.optimizer == "adam" and config.batch_size == 500
+    theirs = optax.join_schedules([optax.linear_schedule(0.0, 3e-4, 500),
+                                   optax.cosine_decay_schedule(3e-4, decay_steps=500, alpha=0.01)], [500])
+    t = jnp.arange(0, 1001)
+    np.testing.assert_allclose(optim.learning_rate(config)(t), jax.vmap(theirs)(t), rtol=1e-5, atol=1e-10)
+    assert protocols.resolve(protocols.for_set(p, "mnist", 10)[0], 10, 100)[1].steps == 2000
