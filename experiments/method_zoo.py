@@ -67,8 +67,8 @@ MODES = {
                 size_evaluation={1: dict(baseline_subsets=5), 10: dict(networks=1, baseline_subsets=2)},
                 krr=dict(kernel="rf-convnet3", rf_models=4, rf_width=128), sizes={1: (2, (2, 6, 20)), 10: (1, (20,))},
                 # experts within the 1 CPU-hour: an epoch of MNIST (235 SGD steps with DSA) takes
-                # ~2 minutes at width 64 here, so 5 experts x 6 epochs
-                experts=dict(experts=5, epochs=6, width=64), methods=CPU_METHODS, size_methods=CPU_SIZE_METHODS,
+                # ~3 CPU-minutes at width 64 on one core here, so 3 experts x 6 epochs
+                experts=dict(experts=3, epochs=6, width=64), methods=CPU_METHODS, size_methods=CPU_SIZE_METHODS,
                 # FRePo's final sets also under its own evaluation (learned labels, MSE, its Conv at its width)
                 own={"frepo": ("frepo", dict(networks=2, baseline_subsets=3))}),
     "gpu": dict(dataset="mnist", protocol="dsa", clock="wall", evaluation=dict(networks=10),
