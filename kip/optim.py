@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from kip import InputError
+
 if TYPE_CHECKING:
     from kip.train import TrainConfig
 
@@ -19,6 +21,16 @@ DECAY_TARGETS = ("zero", "init")
 STEP_MILESTONES = (0.3, 0.6, 0.8)  # fractions of the steps: epochs 60 / 120 / 160 of 200 (Data Diet)
 STEP_FACTOR = 0.2  # the learning rate's factor at each milestone
 Array = jax.Array
+
+
+def check_schedule(config: TrainConfig) -> None:
+    """Raises `InputError` for a schedule option out of range (milestones, warm-up, final lr)."""
+    if not all(0 < m < 1 for m in config.milestones):
+        raise InputError(f"milestones are fractions of the steps in (0, 1), got {config.milestones}")
+    if config.warmup_steps < 0 or not 0 <= config.final_lr <= 1:
+        raise InputError(f"warmup_steps must be >= 0 and final_lr in [0, 1], got {config.warmup_steps}, {config.final_lr}")
+    if config.warmup_steps and config.schedule != "cosine":
+        raise InputError(f"warmup_steps applies to the cosine schedule only, not {config.schedule!r}")
 
 
 def milestone_steps(config: TrainConfig) -> tuple[int, ...]:

@@ -25,7 +25,7 @@ import optax
 from tqdm.auto import tqdm
 
 from kip import InputError, augment, krr
-from kip.optim import DECAY_TARGETS, OPTIMIZERS, SCHEDULES, STEP_FACTOR, STEP_MILESTONES, make_optimizer
+from kip.optim import DECAY_TARGETS, OPTIMIZERS, SCHEDULES, STEP_FACTOR, STEP_MILESTONES, check_schedule, make_optimizer
 
 Array = jax.Array
 Batch = tuple[Array, Array]  # images (b, H, W, C), targets (b, C)
@@ -82,12 +82,7 @@ class TrainConfig:
                 raise InputError(f"{name} must be a {'positive' if positive else 'non-negative'} number, got {value}")
         if not 0 <= self.label_smoothing < 1:
             raise InputError(f"label smoothing must lie in [0, 1), got {self.label_smoothing}")
-        if not all(0 < m < 1 for m in self.milestones):
-            raise InputError(f"milestones are fractions of the steps in (0, 1), got {self.milestones}")
-        if self.warmup_steps < 0 or not 0 <= self.final_lr <= 1:
-            raise InputError(f"warmup_steps must be >= 0 and final_lr in [0, 1], got {self.warmup_steps}, {self.final_lr}")
-        if self.warmup_steps and self.schedule != "cosine":
-            raise InputError(f"warmup_steps applies to the cosine schedule only, not {self.schedule!r}")
+        check_schedule(self)
 
 
 DATA_DIET_EPOCHS = 200

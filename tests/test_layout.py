@@ -31,3 +31,13 @@ def test_kernel_modules_import_only_earlier_levels():
     for module, level in LEVEL.items():
         for imported in kernel_imports(module):
             assert LEVEL[imported] < level, f"kip/kernels/{module}.py imports {imported} (level {LEVEL[imported]} >= {level})"
+
+
+def test_no_module_of_kip_is_over_500_lines():
+    """A module a newcomer reads in one sitting: split by concern before it grows past 500 lines."""
+    package = os.path.dirname(KERNELS)
+    for folder, _, files in os.walk(package):
+        for f in files:
+            if f.endswith(".py"):
+                with open(os.path.join(folder, f)) as text:
+                    assert sum(1 for _ in text) <= 500, os.path.relpath(os.path.join(folder, f), package)
