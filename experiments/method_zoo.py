@@ -290,7 +290,10 @@ def main() -> None:
                     curves[NAMES[method]].append((minutes, *report.mean_std(accs)))
     plots.accuracy_curves(os.path.join(args.results_dir, f"{name}.png"), {k: v for k, v in curves.items() if v},
                           ("CPU-" if m["clock"] == "cpu" else "") + "minutes of distillation on this machine", f"{ds_name}, {min(r['ipc'] for r in rows)} image(s) "
-                          f"per class, {m['protocol']} protocol", log_x=True)
+                          f"per class, {m['protocol']} protocol", log_x=True,
+                          full=next(((r["random"]["mean"], r["random"]["std"]) for r in rows
+                                     if r["ipc"] == min(x["ipc"] for x in rows)), None),
+                          reference="random real subsets")
     expert_note = "no MTT row" if experts is None else (
         f"MTT's experts: {m['experts']['experts']} ConvNets x {m['experts']['epochs']} epochs (width "
         f"{m['experts'].get('width', 128)}), {sum(experts['seconds']) / 60:.1f} minutes of training on this machine ("

@@ -77,20 +77,25 @@ def score_histogram(path: str, scores: np.ndarray, title: str, xlabel: str) -> N
 
 
 def accuracy_curves(path: str, curves: dict[str, list], xlabel: str, title: str,
-                    full: tuple[float, float] | None = None, x_scale: float = 1.0, log_x: bool = False) -> None:
+                    full: tuple[float, float] | None = None, x_scale: float = 1.0, log_x: bool = False,
+                    reference: str = "full data") -> None:
     """Test accuracy (%) against x: curves {label: [(x, accuracy mean, std), ...]} (accuracies
     as fractions; x multiplied by `x_scale` for display); full (mean, std) draws a reference
-    accuracy (the full data set's) as a band."""
+    accuracy (`reference`: the full data set's, or random real subsets') as a band. A log x
+    axis is labelled at the curves' x values, in plain numbers."""
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     if full is not None:
-        ax.axhline(100 * full[0], color="k", lw=0.8, label=f"full data {100 * full[0]:.2f}%")
+        ax.axhline(100 * full[0], color="k", lw=0.8, label=f"{reference} {100 * full[0]:.2f}%")
         ax.axhspan(100 * (full[0] - full[1]), 100 * (full[0] + full[1]), color="k", alpha=0.1)
     for label, points in curves.items():
         x, m, s = (np.asarray(v, np.float64) for v in zip(*sorted(points)))
         ax.errorbar(x_scale * x, 100 * m, yerr=100 * s, marker="o", ms=4, capsize=3, label=label)
     if log_x:
         ax.set_xscale("log")
+        ticks = sorted({x_scale * float(p[0]) for points in curves.values() for p in points})
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
     _save_axes(path, fig, ax, xlabel, "test accuracy (%)", title)
 
 
