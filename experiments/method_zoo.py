@@ -59,6 +59,8 @@ QUICK_METHODS = {
     "mtt": (dict(syn_steps=2, expert_epochs=1, max_start_epoch=1, lr=10.0), 2),
     "frepo": (dict(width=8, real_batch=8, pool_size=2, max_age=4), 2),
 }
+_KIP_OWN_CPU = dict(model="convnet3", width=128, steps=1000, networks=2, baseline_subsets=3, tune_lr=[0.01, 0.03, 0.1],
+                   tune_weight_decay=[1e-3])
 MODES = {
     # at 10 per class one network per set and 2 random subsets, as experiments/matching.py (whose
     # random subsets' networks these share through the networks cache)
@@ -69,14 +71,18 @@ MODES = {
                 # experts within the issue's 1 CPU-hour: an epoch of MNIST (235 SGD steps with DSA) takes
                 # ~3 CPU-minutes at width 64 on one core here, so 3 experts x 6 epochs
                 experts=dict(experts=3, epochs=6, width=64), methods=CPU_METHODS, size_methods=CPU_SIZE_METHODS,
-                # FRePo's final sets also under its own evaluation (learned labels, MSE, its Conv at its width)
-                own={"frepo": ("frepo", dict(networks=2, baseline_subsets=3))}),
+                # the final sets of the methods that learn labels also under their own evaluation (their
+                # labels, MSE): FRePo's Conv at its width; KIP's and Label Solve's finite ConvNet3 (the
+                # kernel's network) at width 128 for 1000 steps, lr chosen on validation (CPU)
+                own={"frepo": ("frepo", dict(networks=2, baseline_subsets=3)),
+                     **{k: ("kip", _KIP_OWN_CPU) for k in ("kip-rf", "kip-exact", "label-solve")}}),
     "gpu": dict(dataset="mnist", protocol="dsa", clock="wall", evaluation=dict(networks=10),
                 size_evaluation={k: dict(baseline_subsets=5) for k in (1, 10)},
                 krr=dict(kernel="convnet3"), sizes={1: (3, (2, 6, 20)), 10: (3, (20,))},
                 experts=dict(experts=20, epochs=30), methods={**{m: (dict(o, width=128) if "width" in o else o, c)
                                                                   for m, (o, c) in CPU_METHODS.items()}},
-                size_methods={}, own={"frepo": ("frepo", {})}),
+                size_methods={}, own={"frepo": ("frepo", {}), **{k: ("kip", dict(model="convnet3"))
+                                                                  for k in ("kip-rf", "kip-exact", "label-solve")}}),
     "quick": dict(dataset="digits", protocol="dsa", clock="cpu", evaluation=dict(networks=1, width=8, epochs=20),
                   size_evaluation={1: dict(baseline_subsets=2)}, krr=dict(kernel="fc1"), sizes={1: (1, (0.05, 0.15))},
                   experts=dict(experts=1, epochs=2, width=8), methods=QUICK_METHODS, size_methods={},
@@ -309,8 +315,9 @@ this machine ({CLOCK_WORDS[m['clock']]}, compilation included; evaluations and c
 std over seeds: "{m['protocol']} protocol": finite networks trained on the set's hard labels as
 `kip protocols {m['protocol']}` states (overrides here: {', '.join(f'{k} = {v}' for k, v in ev.items()) or 'none'}),
 the same for every method (DC's paper uses the `dc` protocol); "own protocol": the final set
-(largest budget) also under its method's own evaluation where kip has its card (`kip protocols frepo`:
-learned labels, MSE, FRePo's Conv; overrides: {own_words(m)}), beside random real subsets under it; "KRR": kernel regression from the set (its labels, learned where the
+(largest budget) also under its method's own evaluation where kip has its card, on the set's learned
+labels by MSE (`kip protocols frepo`: FRePo's Conv; `kip protocols kip`: the kernel's finite ConvNet3,
+lr from the card's grid on a validation split; overrides: {own_words(m)}), beside random real subsets under it; "KRR": kernel regression from the set (its labels, learned where the
 method learns them) under {m['krr']['kernel']}, one kernel for every method. "random real": class-balanced random
 real subsets of the same size under the same protocol (its KRR: the real images the runs start
 from, one set per seed).
