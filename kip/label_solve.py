@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from typing import Callable
 
 import jax
 import numpy as np
 
-from kip import InputError, data, distill, parallel
+from kip import InputError, data, distill, loop, parallel
 from kip.run import (RunOptions, environment, make_evaluator, prepare, prepare_out, start_indices,
                      write_distilled)
 
@@ -35,7 +34,7 @@ def label_solve_run(config: LabelSolveConfig, out: str, overwrite: bool = False,
     config.check()
     options = config.kernel_options
     prepare_out(out, resume=False, overwrite=overwrite)
-    start, cpu_start = time.perf_counter(), time.process_time()
+    elapsed = loop.stopwatch()
     problem = prepare(data.load(config.dataset, config.data_dir), options, config.zca, config.precision,
                       max_memory=config.max_memory, devices=config.devices)
     ds = problem.dataset
@@ -57,14 +56,14 @@ def label_solve_run(config: LabelSolveConfig, out: str, overwrite: bool = False,
     y_s = solve(*parallel.replicate(problem.mesh, (x_s, problem.x_train[target_idx], y_t)))
     evaluate = make_evaluator(problem, config.reg, config.block_size)
     before, after = evaluate(x_s, y_init), evaluate(x_s, y_s)
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    spent = elapsed()
     metrics = {
         "test_accuracy": after["test_accuracy"],
         "test_mse": after["test_mse"],
         "initial_test_accuracy": before["test_accuracy"],
         "target_size": int(len(target_idx)),
-        "seconds": seconds,
-        "cpu_seconds": cpu_seconds,  # this process's CPU time: see loop.CLOCKS
+        "seconds": spent["wall"],
+        "cpu_seconds": spent["cpu"],  # this process's CPU time: see loop.CLOCKS
         "test_size": int(len(ds.y_test)),
         "config": dataclasses.asdict(config),
         "environment": environment(),
@@ -72,5 +71,5 @@ def label_solve_run(config: LabelSolveConfig, out: str, overwrite: bool = False,
     write_distilled(out, problem, np.asarray(x_s), np.asarray(y_s), np.asarray(x_s), idx, metrics,
                      f"Label Solve {config.kernel} on {ds.name}, {config.ipc}/class: test acc {100 * after['test_accuracy']:.2f}%")
     log(f"label solve: {ds.name}, kernel {config.kernel}, {len(idx)} support images, {len(target_idx)} targets: "
-        f"test accuracy {100 * before['test_accuracy']:.2f}% -> {100 * after['test_accuracy']:.2f}% in {seconds:.1f} s; wrote {out}/")
+        f"test accuracy {100 * before['test_accuracy']:.2f}% -> {100 * after['test_accuracy']:.2f}% in {spent['wall']:.1f} s; wrote {out}/")
     return metrics

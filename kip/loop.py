@@ -28,6 +28,12 @@ RESUMABLE_CHANGES = ("steps", "data_dir", "devices", "checkpoint_every", "max_se
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
+def stopwatch() -> Callable[[], dict[str, float]]:
+    """Started now; calling it gives the seconds since by every clock: {'wall': s, 'cpu': s}."""
+    start = {k: clock() for k, clock in CLOCKS.items()}
+    return lambda: {k: clock() - start[k] for k, clock in CLOCKS.items()}
+
+
 @dataclasses.dataclass
 class History:
     """A run's record: per-step rows [step, loss] (+ [accuracy] where the method reports one),

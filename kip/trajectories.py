@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import time
 from typing import Callable, NamedTuple
 
 import jax
@@ -25,7 +24,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
-from kip import InputError, data, io, models, preprocess, protocols, train
+from kip import InputError, data, io, loop, models, preprocess, protocols, train
 
 EXPERTS = 10  # MTT's commands: 100
 EPOCHS = 50  # MTT's train_epochs
@@ -153,11 +152,12 @@ def record(config: TrajectoryConfig, out: str, overwrite: bool = False, progress
             net = net._replace(variables={**net.variables, "params": unravel(jnp.asarray(rows[-1]))})
         bar.update(len(rows) - 1)
         for e in range(len(rows) - 1, config.epochs):
-            start, cpu_start = time.perf_counter(), time.process_time()
+            elapsed = loop.stopwatch()
             net = epoch(net, x, y, jax.random.fold_in(key, e + 1))
             rows.append(np.asarray(ravel_pytree(net.variables["params"])[0], np.float32))
-            seconds.append((seconds[-1] if seconds else 0.0) + time.perf_counter() - start)
-            cpu.append((cpu[-1] if cpu else 0.0) + time.process_time() - cpu_start)
+            spent = elapsed()
+            seconds.append((seconds[-1] if seconds else 0.0) + spent["wall"])
+            cpu.append((cpu[-1] if cpu else 0.0) + spent["cpu"])
             accs.append(float(train.accuracy(model, net.variables, x_test, ds.y_test)))
             io.write_npz(path, params=np.stack(rows), test_accuracy=np.asarray(accs, np.float32),
                          seconds=np.asarray(seconds, np.float64), cpu_seconds=np.asarray(cpu, np.float64))

@@ -380,6 +380,10 @@ def test_the_cpu_clock_counts_the_steps_compute_not_the_time_they_wait():
         spent[clock] = (history.evals[-1]["step"], history.seconds)
     assert spent["wall"][0] == 1 and spent["wall"][1] >= 0.3  # stopped after the first chunk
     assert spent["cpu"][0] == 3 and spent["cpu"][1] < 0.1  # three chunks, within the budget
+    elapsed = loop.stopwatch()  # what Label Solve and the experts' epochs record: both clocks at once
+    time.sleep(0.2)
+    waited = elapsed()
+    assert set(waited) == set(loop.CLOCKS) and waited["wall"] >= 0.2 and waited["cpu"] < 0.1
 
 
 def test_an_unknown_clock_exits_2_with_one_line(tmp_path, capsys):
