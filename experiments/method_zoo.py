@@ -243,7 +243,7 @@ def main() -> None:
     experts_dir, experts = os.path.join(runs_dir, "experts"), None
     name = f"method_zoo_{m['dataset']}" + {"cpu": "", "gpu": "_gpu", "quick": "_quick"}[mode]
     cells_dir = args.cells_dir or os.path.join(args.results_dir, f"{name}_cells")
-    rows, start_krr = [], {}
+    rows, start_krr, start_paths = [], {}, {}
     for ipc, (seeds, minutes) in m["sizes"].items():
         if args.ipc and ipc not in args.ipc:
             continue
@@ -265,6 +265,8 @@ def main() -> None:
                 if isinstance(config, method_run.MethodConfig) and (ipc, seed) not in start_krr and os.path.exists(start):
                     # every run of this seed starts from the same real images (run.start_indices)
                     start_krr[ipc, seed] = judged.get("start_krr", lambda: judge_krr(start, m, data_dir))
+                    if seed == 0:
+                        start_paths.setdefault(ipc, []).append(start)
                 for budget, path in kept.items():
                     if path is None:
                         print(f"   {budget / 60:g} min: not reached")
@@ -300,6 +302,14 @@ def main() -> None:
                           full=next(((r["random"]["mean"], r["random"]["std"]) for r in rows
                                      if r["ipc"] == min(x["ipc"] for x in rows)), None),
                           reference="random real subsets")
+    # what each method's final set looks like (the smallest size, seed 0), below the real images it started from
+    ipc0, final = min(r["ipc"] for r in rows), max(r["minutes"] for r in rows)
+    shown = [r for r in rows if r["ipc"] == ipc0 and r["seed"] == 0 and r["minutes"] == final]
+    sets = {"real start": next(((f["images"], f["labels"]) for f in (io.read_npz(p) for p in start_paths.get(ipc0, []))), None)}
+    sets.update({NAMES[r["method"]]: (lambda f: (f["images"], f["labels"]))(io.read_npz(r["path"])) for r in shown})
+    plots.set_rows(os.path.join(args.results_dir, f"{name}_sets.png"), {k: v for k, v in sets.items() if v is not None},
+                   f"{ds_name}, {ipc0} image(s) per class after {final:g} {'CPU-' if m['clock'] == 'cpu' else ''}"
+                   "minutes of distillation (seed 0)")
     expert_note = "no MTT row" if experts is None else (
         f"MTT's experts: {m['experts']['experts']} ConvNets x {m['experts']['epochs']} epochs (width "
         f"{m['experts'].get('width', 128)}), {sum(experts['seconds']) / 60:.1f} minutes of training on this machine ("
@@ -309,6 +319,8 @@ def main() -> None:
     body = table(rows, m, starts) + f"""
 
 ![accuracy against minutes]({name}.png)
+
+![each method's set]({name}_sets.png)
 
 {ds_name} test accuracy (%) of each method's set read after the stated minutes of distillation on
 this machine ({CLOCK_WORDS[m['clock']]}, compilation included; evaluations and checkpoints not), mean ±

@@ -1,5 +1,6 @@
-"""Figures a run writes: the support set as a labelled grid, learning curves, and for the Data
-Diet a histogram of scores and the pruning curve (test accuracy against the fraction kept)."""
+"""Figures a run writes: the support set as a labelled grid, several sets side by side (one row
+each), learning curves, and for the Data Diet a histogram of scores and the pruning curve (test
+accuracy against the fraction kept)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,25 @@ def support_grid(path: str, distilled: np.ndarray, labels: np.ndarray, initial: 
             axes[c, 2 * j + 1].set_title(f"{labels[i, c]:+.2f}", fontsize=6, pad=1)
         axes[c, 0].text(-0.3, 0.5, str(c), transform=axes[c, 0].transAxes, ha="right", va="center")
     fig.suptitle(f"{title}\n(pairs: initial real image | distilled; number: learned label weight of its class)", fontsize=8)
+    io.save_figure(path, fig)
+
+
+def set_rows(path: str, sets: dict[str, tuple[np.ndarray, np.ndarray]], title: str, max_shown: int = 20) -> None:
+    """One row per named set: its images (n, H, W, C) ordered by the class of their labels (n, C)
+    (argmax), at most `max_shown` of them; each image scaled on its own range."""
+    cols = min(max_shown, max(len(images) for images, _ in sets.values()))
+    fig = Figure(figsize=(0.75 * cols + 1.6, 0.8 * len(sets) + 0.5))
+    axes = fig.subplots(len(sets), cols, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for r, (name, (images, labels)) in enumerate(sets.items()):
+        order = np.argsort(np.argmax(labels, axis=1), kind="stable")[:cols]
+        shown = _displayable(np.asarray(images)[order])
+        for j, image in enumerate(shown):
+            axes[r, j].imshow(image, cmap="gray" if image.ndim == 2 else None)
+        axes[r, 0].text(-0.15, 0.5, name, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(left=1.5 / (0.75 * cols + 1.6), wspace=0.05, hspace=0.1)
     io.save_figure(path, fig)
 
 

@@ -108,6 +108,7 @@ def test_method_zoo_quick_then_again_from_its_kept_cells_alone(tmp_path):
     assert row is not None, text
     assert max(float(v) for v in re.findall(r"\b(\d{1,3}\.\d)\b", row.split("|", 5)[-1])) > 20.0, row  # chance: 10%
     rows = json.loads((tmp_path / "results" / "method_zoo_digits_quick.json").read_text())["rows"]
+    assert "method_zoo_digits_quick_sets.png" in text and (tmp_path / "results" / "method_zoo_digits_quick_sets.png").exists()
     assert {"cell.json", "judged.json", "metrics.json", "snapshots"} <= set(os.listdir(tmp_path / "cells" / "frepo-ipc1-seed0"))
     shutil.rmtree(tmp_path / "runs")
     shutil.rmtree(tmp_path / "results")
