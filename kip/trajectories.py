@@ -155,9 +155,9 @@ def record(config: TrajectoryConfig, out: str, overwrite: bool = False, progress
             elapsed = loop.stopwatch()
             net = epoch(net, x, y, jax.random.fold_in(key, e + 1))
             rows.append(np.asarray(ravel_pytree(net.variables["params"])[0], np.float32))
-            spent = elapsed()
-            seconds.append((seconds[-1] if seconds else 0.0) + spent["wall"])
-            cpu.append((cpu[-1] if cpu else 0.0) + spent["cpu"])
+            took = elapsed()
+            seconds.append((seconds[-1] if seconds else 0.0) + took["wall"])
+            cpu.append((cpu[-1] if cpu else 0.0) + took["cpu"])
             accs.append(float(train.accuracy(model, net.variables, x_test, ds.y_test)))
             io.write_npz(path, params=np.stack(rows), test_accuracy=np.asarray(accs, np.float32),
                          seconds=np.asarray(seconds, np.float64), cpu_seconds=np.asarray(cpu, np.float64))
