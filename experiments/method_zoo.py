@@ -108,21 +108,6 @@ def config_for(method: str, options: dict, chunk: int | None, m: dict, data_dir:
     return method_run.MethodConfig(method=method, **common, **stepped, **krr, precision="float32", **extra, **options)
 
 
-def readings(out: str, budgets: tuple[float, ...], clock: str) -> dict[float, str | None]:
-    """budget (s) -> the last set kept within it in the run folder `out` (None: the run has not
-    reached it). Label Solve, one closed-form set: its distilled.npz at every budget its solve
-    (by `clock`) fits in."""
-    metrics = io.read_json(os.path.join(out, "metrics.json")) if os.path.exists(os.path.join(out, "metrics.json")) else {}
-    if "target_size" in metrics:  # a Label Solve run
-        seconds = metrics["cpu_seconds" if clock == "cpu" else "seconds"]
-        return {b: os.path.join(out, "distilled.npz") if seconds <= b else None for b in budgets}
-    folder = os.path.join(out, run.SNAPSHOTS)
-    kept = []
-    for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        kept.append((float(io.read_npz(os.path.join(folder, f))["seconds"]), os.path.join(folder, f)))
-    return {b: max((k for k in kept if k[0] <= b), default=(None, None))[1] if metrics else None for b in budgets}
-
-
 EXPERTS = "experts.json"  # in the cells folder: the MTT experts' record (the table states their training time)
 
 
@@ -133,36 +118,6 @@ def record_experts(m: dict, data_dir: str | None, experts_dir: str, cells_dir: s
                                   experts_dir, progress=progress)
     io.write_json(os.path.join(cells_dir, EXPERTS), experts)
     return experts
-
-
-def run_cell(config, out: str, kept_dir: str, budgets: tuple[float, ...], m: dict, code: dict, progress: bool) -> None:
-    """Runs (or resumes) the cell in the run folder `out`, then keeps its outcome in `kept_dir`
-    (`cells.archive`): the sets the readings take (and the start), with the code's provenance."""
-    if isinstance(config, label_solve.LabelSolveConfig):
-        cells.label_solve_cell(config, out)
-    else:
-        cells.distill_cell(config, out, progress=progress)
-    files = {os.path.relpath(p, out) for p in readings(out, budgets, m["clock"]).values() if p is not None}
-    if os.path.exists(run.snapshot_path(out, 0)):
-        files.add(os.path.relpath(run.snapshot_path(out, 0), out))
-    cells.archive(out, kept_dir, sorted(files), {"code": code, "clock": m["clock"], "machine": report.machine(code)})
-
-
-class Judged:
-    """A kept cell's judgements (judged.json beside its sets), valid while the mode's evaluation is
-    unchanged: a set judged once (minutes of finite networks) is not judged again."""
-
-    def __init__(self, kept_dir: str, m: dict):
-        self.path = os.path.join(kept_dir, "judged.json")
-        self.evaluation = json.loads(json.dumps({k: m[k] for k in ("protocol", "evaluation", "size_evaluation", "krr")}))
-        stored = io.read_json(self.path) if os.path.exists(self.path) else {}
-        self.values = stored.get("values", {}) if stored.get("evaluation") == self.evaluation else {}
-
-    def get(self, key: str, compute):
-        if key not in self.values:
-            self.values[key] = compute()
-            io.write_json(self.path, {"evaluation": self.evaluation, "values": self.values})
-        return self.values[key]
 
 
 def judge(path: str, m: dict, data_dir: str | None, cache_dir: str, progress: bool) -> dict:
@@ -256,13 +211,15 @@ def main() -> None:
                 config = config_for(method, options, chunk, m, data_dir, ipc, seed, max(budgets), experts_dir)
                 print(f"== {NAMES[method]}, {ipc}/class, seed {seed}")
                 kept_dir = os.path.join(cells_dir, f"{method}-ipc{ipc}-seed{seed}")
+                closed_form = isinstance(config, label_solve.LabelSolveConfig)
                 if cells.finished(kept_dir, config) is None:
                     if method == "mtt" and experts is None:
                         experts = record_experts(m, data_dir, experts_dir, cells_dir, progress)
-                    run_cell(config, os.path.join(runs_dir, os.path.basename(kept_dir)), kept_dir, budgets, m,
-                             args.provenance, progress)
-                kept = readings(kept_dir, budgets, m["clock"])
-                judged = Judged(kept_dir, m)
+                    cells.budget_cell(config, os.path.join(runs_dir, os.path.basename(kept_dir)), kept_dir, budgets,
+                                      m["clock"], {"code": args.provenance, "clock": m["clock"],
+                                                   "machine": report.machine(args.provenance)}, progress)
+                kept = cells.budget_readings(kept_dir, budgets, closed_form, m["clock"])
+                judged = cells.Judgements(kept_dir, {k: m[k] for k in ("protocol", "evaluation", "size_evaluation", "krr")})
                 start = run.snapshot_path(kept_dir, 0)
                 if isinstance(config, method_run.MethodConfig) and (ipc, seed) not in start_krr and os.path.exists(start):
                     # every run of this seed starts from the same real images (run.start_indices)

@@ -6,8 +6,9 @@ rarely spells every option, so this is what keeps a changed option from deleting
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-from typing import Callable
+from typing import Any, Callable
 
 from kip import InputError, io, label_solve, run
 
@@ -126,3 +127,55 @@ def archive(out: str, dest: str, files: list[str], record: dict | None = None) -
     if record is not None:
         io.write_json(os.path.join(dest, "cell.json"), record)
     io.copy_atomic(os.path.join(out, "metrics.json"), os.path.join(dest, "metrics.json"))
+
+
+def budget_readings(out: str, budgets: tuple[float, ...], closed_form: bool = False,
+                    clock: str = "wall") -> dict[float, str | None]:
+    """budget (s) -> the last set kept within it in the run folder `out` (its snapshots, by the
+    seconds they record; None: the run has not reached it or is unfinished). `closed_form` (Label
+    Solve): the one set, distilled.npz, at every budget its solve fits in by `clock`."""
+    metrics_path = os.path.join(out, "metrics.json")
+    if not os.path.exists(metrics_path):
+        return {b: None for b in budgets}
+    if closed_form:
+        seconds = io.read_json(metrics_path)["cpu_seconds" if clock == "cpu" else "seconds"]
+        return {b: os.path.join(out, "distilled.npz") if seconds <= b else None for b in budgets}
+    folder = os.path.join(out, run.SNAPSHOTS)
+    kept = [(float(io.read_npz(os.path.join(folder, f))["seconds"]), os.path.join(folder, f))
+            for f in (sorted(os.listdir(folder)) if os.path.isdir(folder) else [])]
+    return {b: max((k for k in kept if k[0] <= b), default=(None, None))[1] for b in budgets}
+
+
+def budget_cell(config, out: str, kept_dir: str, budgets: tuple[float, ...], clock: str, record: dict,
+                progress: bool = False) -> None:
+    """An equal-compute cell: runs (or resumes) `config` in the run folder `out` (a stepped
+    method with snapshots, or Label Solve), then keeps in `kept_dir` (`archive`) the sets its
+    `budget_readings` take and its start, with `record` (e.g. the commit, the clock, the machine)."""
+    closed_form = isinstance(config, label_solve.LabelSolveConfig)
+    if closed_form:
+        label_solve_cell(config, out)
+    else:
+        distill_cell(config, out, progress=progress)
+    files = {os.path.relpath(p, out) for p in budget_readings(out, budgets, closed_form, clock).values() if p is not None}
+    if os.path.exists(run.snapshot_path(out, 0)):
+        files.add(os.path.relpath(run.snapshot_path(out, 0), out))
+    archive(out, kept_dir, sorted(files), record)
+
+
+class Judgements:
+    """A kept cell's judgements (judged.json beside its sets), valid while `evaluation` (the
+    settings that judge them, JSON-able) is unchanged: a set judged once (minutes of finite
+    networks) is not judged again, in this session or a later one."""
+
+    def __init__(self, kept_dir: str, evaluation: dict):
+        self.path = os.path.join(kept_dir, "judged.json")
+        self.evaluation = json.loads(json.dumps(evaluation))
+        stored = io.read_json(self.path) if os.path.exists(self.path) else {}
+        self.values = stored.get("values", {}) if stored.get("evaluation") == self.evaluation else {}
+
+    def get(self, key: str, compute: Callable[[], Any]) -> Any:
+        """The judgement stored under `key`, or `compute()`'s, stored at once (atomically)."""
+        if key not in self.values:
+            self.values[key] = compute()
+            io.write_json(self.path, {"evaluation": self.evaluation, "values": self.values})
+        return self.values[key]

@@ -195,3 +195,30 @@ def test_an_archived_cell_is_a_finished_cell_of_its_options(tmp_path):
     assert json.load(open(os.path.join(kept, "cell.json"))) == {"code": "abc"}
     with pytest.raises(InputError, match="holds no finished run"):
         cells.archive(str(tmp_path / "nothing"), str(tmp_path / "kept2"), [])
+
+
+def test_budget_readings_take_the_last_set_within_each_budget(tmp_path):
+    """Snapshots kept at the start and after 10, 50 and 130 s: budgets of 5 / 60 / 120 / 200 s read
+    the start / 50 / 50 / 130; a closed-form run (Label Solve) reads its one set at every budget its solve fits in, by the
+    clock asked; an unfinished run reads nothing."""
+    out = str(tmp_path / "run")
+    for step, seconds in ((0, 0.0), (10, 10.0), (40, 50.0), (90, 130.0)):
+        io.write_npz(run.snapshot_path(out, step), images=np.zeros((1, 2, 2, 1)), seconds=np.float64(seconds))
+    budgets = (5.0, 60.0, 120.0, 200.0)
+    assert cells.budget_readings(out, budgets) == {b: None for b in budgets}  # no metrics.json: unfinished
+    io.write_json(os.path.join(out, "metrics.json"), {"seconds": 70.0, "cpu_seconds": 30.0})
+    assert cells.budget_readings(out, budgets) == {5.0: run.snapshot_path(out, 0), 60.0: run.snapshot_path(out, 40),
+                                                   120.0: run.snapshot_path(out, 40), 200.0: run.snapshot_path(out, 90)}
+    solved = os.path.join(out, "distilled.npz")
+    assert cells.budget_readings(out, (60.0, 120.0), closed_form=True) == {60.0: None, 120.0: solved}
+    assert cells.budget_readings(out, (60.0, 120.0), closed_form=True, clock="cpu") == {60.0: solved, 120.0: solved}
+
+
+def test_judgements_are_computed_once_and_forgotten_when_the_evaluation_changes(tmp_path):
+    calls = []
+    judge = lambda: calls.append(1) or {"accuracy": 0.5}
+    assert cells.Judgements(str(tmp_path), {"protocol": "dsa"}).get("a", judge) == {"accuracy": 0.5}
+    assert cells.Judgements(str(tmp_path), {"protocol": "dsa"}).get("a", judge) == {"accuracy": 0.5}  # read back
+    assert len(calls) == 1
+    cells.Judgements(str(tmp_path), {"protocol": "dc"}).get("a", judge)  # other settings: judged again
+    assert len(calls) == 2
