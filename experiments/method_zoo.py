@@ -61,6 +61,7 @@ QUICK_METHODS = {
 }
 # the card's lr grid shifted down: at width 128 for 1000 steps lr 0.1 diverged and 0.01, the card's
 # lowest, was best on validation for KIP's set (a best choice at the grid's edge)
+KERNEL_LABEL_METHODS = ("kip-rf", "kip-exact", "label-solve")  # judged under the kip card too
 _KIP_OWN_CPU = dict(model="convnet3", width=128, steps=1000, networks=2, baseline_subsets=3, tune_lr=[0.001, 0.003, 0.01, 0.03],
                    tune_weight_decay=[1e-3])
 MODES = {
@@ -77,14 +78,14 @@ MODES = {
                 # labels, MSE): FRePo's Conv at its width; KIP's and Label Solve's finite ConvNet3 (the
                 # kernel's network) at width 128 for 1000 steps, lr chosen on validation (CPU)
                 own={"frepo": ("frepo", dict(networks=2, baseline_subsets=3)),
-                     **{k: ("kip", _KIP_OWN_CPU) for k in ("kip-rf", "kip-exact", "label-solve")}}),
+                     **{k: ("kip", _KIP_OWN_CPU) for k in KERNEL_LABEL_METHODS}}),
     "gpu": dict(dataset="mnist", protocol="dsa", clock="wall", evaluation=dict(networks=10),
                 size_evaluation={k: dict(baseline_subsets=5) for k in (1, 10)},
                 krr=dict(kernel="convnet3"), sizes={1: (3, (2, 6, 20)), 10: (3, (20,))},
                 experts=dict(experts=20, epochs=30), methods={**{m: (dict(o, width=128) if "width" in o else o, c)
                                                                   for m, (o, c) in CPU_METHODS.items()}},
                 size_methods={}, own={"frepo": ("frepo", {}), **{k: ("kip", dict(model="convnet3"))
-                                                                  for k in ("kip-rf", "kip-exact", "label-solve")}}),
+                                                                  for k in KERNEL_LABEL_METHODS}}),
     "quick": dict(dataset="digits", protocol="dsa", clock="cpu", evaluation=dict(networks=1, width=8, epochs=20),
                   size_evaluation={1: dict(baseline_subsets=2)}, krr=dict(kernel="fc1"), sizes={1: (1, (0.05, 0.15))},
                   experts=dict(experts=1, epochs=2, width=8), methods=QUICK_METHODS, size_methods={},
@@ -200,7 +201,7 @@ def main() -> None:
     experts_dir, experts = os.path.join(runs_dir, "experts"), None
     name = f"method_zoo_{m['dataset']}" + {"cpu": "", "gpu": "_gpu", "quick": "_quick"}[mode]
     cells_dir = args.cells_dir or os.path.join(args.results_dir, f"{name}_cells")
-    rows, start_krr, start_paths = [], {}, {}
+    rows, start_krr = [], {}
     for ipc, (seeds, minutes) in m["sizes"].items():
         if args.ipc and ipc not in args.ipc:
             continue
@@ -224,8 +225,6 @@ def main() -> None:
                 if isinstance(config, method_run.MethodConfig) and (ipc, seed) not in start_krr and os.path.exists(start):
                     # every run of this seed starts from the same real images (run.start_indices)
                     start_krr[ipc, seed] = judged.get("start_krr", lambda: judge_krr(start, m, data_dir))
-                    if seed == 0:
-                        start_paths.setdefault(ipc, []).append(start)
                 for budget, path in kept.items():
                     if path is None:
                         print(f"   {budget / 60:g} min: not reached")
@@ -264,7 +263,10 @@ def main() -> None:
     # what each method's final set looks like (the smallest size, seed 0), below the real images it started from
     ipc0, final = min(r["ipc"] for r in rows), max(r["minutes"] for r in rows)
     shown = [r for r in rows if r["ipc"] == ipc0 and r["seed"] == 0 and r["minutes"] == final]
-    sets = {"real start": next(((f["images"], f["labels"]) for f in (io.read_npz(p) for p in start_paths.get(ipc0, []))), None)}
+    # every run of a seed starts from the same real images: the first kept start of seed 0 shows them
+    start_sets = [p for p in (run.snapshot_path(os.path.join(cells_dir, f"{r['method']}-ipc{ipc0}-seed0"), 0) for r in shown)
+              if os.path.exists(p)]
+    sets = {"real start": (lambda f: (f["images"], f["labels"]))(io.read_npz(start_sets[0])) if start_sets else None}
     sets.update({NAMES[r["method"]]: (lambda f: (f["images"], f["labels"]))(io.read_npz(r["path"])) for r in shown})
     plots.set_rows(os.path.join(args.results_dir, f"{name}_sets.png"), {k: v for k, v in sets.items() if v is not None},
                    f"{ds_name}, {ipc0} image(s) per class after {final:g} {'CPU-' if m['clock'] == 'cpu' else ''}"
