@@ -8,6 +8,7 @@ finite networks beside same-protocol random real subsets, and by KRR under one c
     python experiments/method_zoo.py --data-dir ../shared/datasets --ipc 1 --methods frepo mtt
     python experiments/method_zoo.py --gpu --data-dir ../shared/datasets  # the same table at the papers' widths
     python experiments/method_zoo.py --quick                              # digits, seconds-long budgets
+    python experiments/method_zoo.py --data-dir ../shared/datasets --kept-only   # the table of the kept cells, running none
 
 Configuration only. Each method's run is a cell (`kip.cells.distill_cell`: reused when done,
 resumed when interrupted) distilling until its steps took the largest budget (`max_seconds`:
@@ -187,6 +188,9 @@ def main() -> None:
         parser.add_argument("--methods", nargs="+", default=list(ALL), choices=ALL)
         parser.add_argument("--ipc", type=int, nargs="+", default=None, help="a subset of the mode's sizes")
         parser.add_argument("--seeds", type=int, default=None, help="seeds per size (default: the mode's)")
+        parser.add_argument("--kept-only", action="store_true",
+                            help="run nothing: the table from the cells already kept (a method's row counts the seeds "
+                                 "it has; a missing cell is named and left out)")
         parser.add_argument("--cells-dir", default=None,
                             help="where each finished cell's sets, record and judgements are kept (default: "
                                  "RESULTS-DIR/method_zoo_<dataset>[_gpu|_quick]_cells, committed so that the table's "
@@ -214,6 +218,9 @@ def main() -> None:
                 kept_dir = os.path.join(cells_dir, f"{method}-ipc{ipc}-seed{seed}")
                 closed_form = isinstance(config, label_solve.LabelSolveConfig)
                 if cells.finished(kept_dir, config) is None:
+                    if args.kept_only:
+                        print("   not kept: left out (--kept-only)")
+                        continue
                     if method == "mtt" and experts is None:
                         experts = record_experts(m, data_dir, experts_dir, cells_dir, progress)
                     cells.budget_cell(config, os.path.join(runs_dir, os.path.basename(kept_dir)), kept_dir, budgets,

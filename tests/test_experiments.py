@@ -118,3 +118,10 @@ def test_method_zoo_quick_then_again_from_its_kept_cells_alone(tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing distilled, recorded or trained
     again = json.loads((tmp_path / "results" / "method_zoo_digits_quick.json").read_text())["rows"]
     assert [(r["set"], r["krr"], r.get("own")) for r in again] == [(r["set"], r["krr"], r.get("own")) for r in rows]
+    # --kept-only: a method (2 seeds) and a seed of two others never kept: named and left out, nothing runs
+    cmd += ["--kept-only", "--seeds", "2", "--methods", "dd", "mtt", "frepo"]
+    third = run()
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert third.stdout.count("not kept: left out") == 4 and not (tmp_path / "runs").exists()
+    kept = json.loads((tmp_path / "results" / "method_zoo_digits_quick.json").read_text())["rows"]
+    assert [(r["method"], r["seed"], r["set"]) for r in kept] == [(r["method"], r["seed"], r["set"]) for r in rows]
