@@ -80,11 +80,11 @@ def test_dsa_gradients_in_the_images_equal_finite_differences(family):
     rng = np.random.RandomState(4)
     x = jnp.asarray(rng.randn(3, 8, 8, 3))
     w = jnp.asarray(rng.randn(3, 8, 8, 3))
-    f = lambda z: jnp.sum(w * augment.dsa(jax.random.PRNGKey(5), z, family))
+    f = jax.jit(lambda z: jnp.sum(w * augment.dsa(jax.random.PRNGKey(5), z, family)))
     direction = jnp.asarray(rng.randn(*x.shape))
     eps = 1e-6
     numeric = (f(x + eps * direction) - f(x - eps * direction)) / (2 * eps)
-    np.testing.assert_allclose(jnp.vdot(jax.grad(f)(x), direction), numeric, rtol=1e-6)
+    np.testing.assert_allclose(jnp.vdot(jax.jit(jax.grad(f))(x), direction), numeric, rtol=1e-6)
 
 
 @pytest.mark.parametrize("strategy", [pytest.param(augment.DSA_STRATEGY, marks=pytest.mark.slow),  # ~27 s: the families below

@@ -28,8 +28,8 @@ def test_kip_gradient_matches_finite_differences(kernel, learn_labels):
     x, labels = toy()
     y = data.one_hot(labels, 3, dtype=jnp.float64)
     params = {"images": jnp.asarray(x[:6] + 0.3), "labels": y[:6] * 1.1}
-    loss = lambda p: distill.kip_loss(kfn, p, jnp.asarray(x[6:60]), y[6:60], 1e-4, learn_labels)[0]  # noqa: E731
-    grads = jax.grad(loss)(params)
+    loss = jax.jit(lambda p: distill.kip_loss(kfn, p, jnp.asarray(x[6:60]), y[6:60], 1e-4, learn_labels)[0])
+    grads = jax.jit(jax.grad(loss))(params)
     rng = np.random.RandomState(1)
     for name in ("images", "labels"):
         direction = jnp.asarray(rng.randn(*params[name].shape))
@@ -170,7 +170,7 @@ def test_kip_gradient_through_convnet_kernel_matches_finite_differences(prepend_
     x_t = jnp.asarray(rng.randn(7, 8, 8, 1))
     y_t = data.one_hot(np.arange(7) % 3, 3, dtype=jnp.float64)
     params = {"images": jnp.asarray(rng.randn(3, 8, 8, 1)), "labels": y_t[:3] * 1.2}
-    loss = lambda p: distill.kip_loss(kfn, p, x_t, y_t, 1e-4, learn_labels=True)[0]  # noqa: E731
+    loss = jax.jit(lambda p: distill.kip_loss(kfn, p, x_t, y_t, 1e-4, learn_labels=True)[0])
     grads = jax.jit(jax.grad(loss))(params)
     for name in ("images", "labels"):
         direction = jnp.asarray(rng.randn(*params[name].shape))
@@ -206,8 +206,8 @@ def test_convnet_kernel_gradient_in_the_second_argument():
     rng = np.random.RandomState(1)
     a, b = jnp.asarray(rng.randn(2, 6, 6, 2)), jnp.asarray(rng.randn(3, 6, 6, 2))
     w = jnp.asarray(rng.randn(2, 3))
-    f = lambda b: jnp.sum(w * kfn(a, b, "ntk"))  # noqa: E731
-    g = jax.grad(f)(b)
+    f = jax.jit(lambda b: jnp.sum(w * kfn(a, b, "ntk")))
+    g = jax.jit(jax.grad(f))(b)
     direction = jnp.asarray(rng.randn(*b.shape))
     numeric = (f(b + 1e-5 * direction) - f(b - 1e-5 * direction)) / 2e-5
     np.testing.assert_allclose(jnp.vdot(g, direction), numeric, rtol=1e-6)
@@ -219,7 +219,7 @@ def test_gradient_of_pooling_that_drops_a_remainder():
                            kernels.AvgPool((2, 2), (2, 2)), kernels.Flatten(), kernels.Dense(1))
     rng = np.random.RandomState(2)
     a, b = jnp.asarray(rng.randn(2, 7, 5, 1)), jnp.asarray(rng.randn(2, 7, 5, 1))
-    f = lambda a: jnp.sum(layer.kernel_fn(a, b, "ntk") ** 2)  # noqa: E731
+    f = jax.jit(lambda a: jnp.sum(layer.kernel_fn(a, b, "ntk") ** 2))
     direction = jnp.asarray(rng.randn(*a.shape))
     numeric = (f(a + 1e-5 * direction) - f(a - 1e-5 * direction)) / 2e-5
-    np.testing.assert_allclose(jnp.vdot(jax.grad(f)(a), direction), numeric, rtol=1e-6)
+    np.testing.assert_allclose(jnp.vdot(jax.jit(jax.grad(f))(a), direction), numeric, rtol=1e-6)

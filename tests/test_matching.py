@@ -79,8 +79,9 @@ def _conv_problem(ipc=2, batch=6, width=4):
 def test_dc_gradient_in_the_synthetic_images_matches_finite_differences(im2col):
     model, variables, real, syn = _conv_problem()
     model = model.clone(im2col=im2col)
-    loss = lambda s: matching.dc_loss(model, variables, real, s, jax.random.PRNGKey(3))
-    grad = jax.grad(loss)(syn)
+    # jitted: run eagerly, every primitive of the double derivative compiles on its own (2x slower here)
+    loss = jax.jit(lambda s: matching.dc_loss(model, variables, real, s, jax.random.PRNGKey(3)))
+    grad = jax.jit(jax.grad(loss))(syn)
     rng = np.random.default_rng(3)
     for _ in range(3):
         d = jnp.asarray(rng.normal(size=syn.shape))
