@@ -38,7 +38,7 @@ MODES = {
     "gpu": dict(dataset="mnist", sizes=(10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000), kip_max=10000,
                 kip_steps=5000, target_batch=10000, seeds=5, net_steps=5000, score_runs=10, score_epoch=1,
                 score_epochs=4, kernel_full=False),
-    "quick": dict(dataset="digits", sizes=(10, 50, 200), kip_max=50, kip_steps=30, target_batch=300,
+    "quick": dict(dataset="digits", sizes=(10, 200), kip_max=10, kip_steps=30, target_batch=300,
                   seeds=1, net_steps=100, score_runs=1, score_epoch=1, score_epochs=2, kernel_full=True),
 }
 KERNEL = "fc1"
