@@ -5,6 +5,7 @@ the number of points, instead of the exact kernel's pairs of covariances)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -66,18 +67,10 @@ class RandomFeatures:
 
         Model m's features φ_m (n, D) enter as W_std φ_m / sqrt(n_models D) (the output layer's
         weights' variance, averaged over models), and a constant column b_std carries its bias.
+        Compiled once per architecture, size and input shape; the key is an argument, so fresh
+        networks (`resampled`) reuse the compiled program.
         """
-        net = self.network
-        x = jnp.asarray(x).astype(self.dtype)
-
-        def one_model(key):
-            variables = net.init(key, x[:1])
-            phi = krr.map_blocks(lambda xb: net.apply(variables, xb), x, self.block_size)
-            return phi * (self.W_std / math.sqrt(self.n_models * phi.shape[1]))
-
-        phi = jax.lax.map(one_model, jax.random.split(self.key, self.n_models))  # (M, n, D)
-        phi = jnp.moveaxis(phi, 0, 1).reshape(x.shape[0], -1)
-        return jnp.concatenate([phi, jnp.full((x.shape[0], 1), self.b_std, phi.dtype)], axis=1)
+        return _features(_spec(self), self.key, jnp.asarray(x))
 
     def __call__(self, x1: Array, x2: Array | None = None, get: str = "nngp") -> Array:
         """Φ(x1) Φ(x2)ᵀ: (n1, ...), (n2, ...) or None (x2 = x1) -> (n1, n2), in float64 when x64 is on."""
@@ -120,3 +113,25 @@ def for_step(kernel_fn, key: Array):
 def parse(name: str) -> str | None:
     """'rf-convnet3' -> 'convnet3'; None for an exact kernel's name."""
     return name[len(PREFIX):] if name.startswith(PREFIX) else None
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _features(spec: tuple, key: Array, x: Array) -> Array:
+    """`RandomFeatures.features` of the networks `spec` (`_spec`) draws from `key`."""
+    arch, n_models, width, dtype, block_size, W_std, b_std = spec
+    net = RandomFeatures(arch, n_models, width, key, True, dtype, block_size, W_std, b_std).network
+    x = x.astype(dtype)
+
+    def one_model(k):
+        variables = net.init(k, x[:1])
+        phi = krr.map_blocks(lambda xb: net.apply(variables, xb), x, block_size)
+        return phi * (W_std / math.sqrt(n_models * phi.shape[1]))
+
+    phi = jax.lax.map(one_model, jax.random.split(key, n_models))  # (M, n, D)
+    phi = jnp.moveaxis(phi, 0, 1).reshape(x.shape[0], -1)
+    return jnp.concatenate([phi, jnp.full((x.shape[0], 1), b_std, phi.dtype)], axis=1)
+
+
+def _spec(rf: RandomFeatures) -> tuple:
+    """What the compiled features depend on besides the key and the images (hashable: a static argument)."""
+    return (rf.arch, rf.n_models, rf.width, jnp.dtype(rf.dtype), rf.block_size, float(rf.W_std), float(rf.b_std))
