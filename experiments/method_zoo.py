@@ -218,8 +218,9 @@ def main() -> None:
                 kept_dir = os.path.join(cells_dir, f"{method}-ipc{ipc}-seed{seed}")
                 closed_form = isinstance(config, label_solve.LabelSolveConfig)
                 if cells.finished(kept_dir, config) is None:
-                    if args.kept_only:
-                        print("   not kept: left out (--kept-only)")
+                    if args.kept_only:  # a kept cell of other options (e.g. another --runs-dir's experts): say which
+                        why = cells.cell_conflict(kept_dir, config)
+                        print("   not kept: left out (--kept-only)" + (f"; {why}" if why else ""))
                         continue
                     if method == "mtt" and experts is None:
                         experts = record_experts(m, data_dir, experts_dir, cells_dir, progress)
