@@ -117,21 +117,21 @@ def parse(name: str) -> str | None:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _features(spec: tuple, key: Array, x: Array) -> Array:
-    """`RandomFeatures.features` of the networks `spec` (`_spec`) draws from `key`."""
-    arch, n_models, width, dtype, block_size, W_std, b_std = spec
-    net = RandomFeatures(arch, n_models, width, key, True, dtype, block_size, W_std, b_std).network
-    x = x.astype(dtype)
+    """`RandomFeatures.features` of the kernel `spec` (`_spec`) with its networks drawn from `key`."""
+    rf = RandomFeatures(key=key, **dict(spec))
+    net = rf.network
+    x = x.astype(rf.dtype)
 
     def one_model(k):
         variables = net.init(k, x[:1])
-        phi = krr.map_blocks(lambda xb: net.apply(variables, xb), x, block_size)
-        return phi * (W_std / math.sqrt(n_models * phi.shape[1]))
+        phi = krr.map_blocks(lambda xb: net.apply(variables, xb), x, rf.block_size)
+        return phi * (rf.W_std / math.sqrt(rf.n_models * phi.shape[1]))
 
-    phi = jax.lax.map(one_model, jax.random.split(key, n_models))  # (M, n, D)
+    phi = jax.lax.map(one_model, jax.random.split(key, rf.n_models))  # (M, n, D)
     phi = jnp.moveaxis(phi, 0, 1).reshape(x.shape[0], -1)
-    return jnp.concatenate([phi, jnp.full((x.shape[0], 1), b_std, phi.dtype)], axis=1)
+    return jnp.concatenate([phi, jnp.full((x.shape[0], 1), rf.b_std, phi.dtype)], axis=1)
 
 
 def _spec(rf: RandomFeatures) -> tuple:
-    """What the compiled features depend on besides the key and the images (hashable: a static argument)."""
-    return (rf.arch, rf.n_models, rf.width, jnp.dtype(rf.dtype), rf.block_size, float(rf.W_std), float(rf.b_std))
+    """Every field but the key, as (name, value) pairs: hashable, a static argument of `_features`."""
+    return tuple((f.name, getattr(rf, f.name)) for f in dataclasses.fields(rf) if f.name != "key")
