@@ -27,10 +27,11 @@ entry.configure(x64=True)  # an entry point: before numpy, scipy and JAX load; k
 import argparse
 import dataclasses
 import os
+from typing import Callable
 
 import numpy as np
 
-from kip import cells, io, report, run
+from kip import InputError, io, report, run, table
 
 # arXiv 2107.13034 Table 1, KIP-ConvNet kernel (KRR) accuracy (%), by images per class.
 PUBLISHED = {"mnist": {1: 96.5, 10: 99.1, 50: 99.5}, "fashion_mnist": {1: 76.7, 10: 88.8, 50: 91.0},
@@ -44,7 +45,7 @@ def evaluated(cell: str, options: run.KernelOptions, args: argparse.Namespace) -
     meta = {"kernel": dataclasses.asdict(options), "steps": done["steps"], "config": done["config"], "zca": args.zca}
     result = io.cached(os.path.join(cell, f"eval-{options.name}.npz"), meta, lambda: {
         k: np.asarray(v) for k, v in run.evaluate_run(os.path.join(cell, "distilled.npz"), args.dataset, args.data_dir,
-                                                      options).items()}, overwrite=True)  # the file's own preprocessing
+                                                      options).items()}, overwrite=args.overwrite)  # the file's own preprocessing
     return {k: v.item() for k, v in result.items()}
 
 
@@ -78,6 +79,9 @@ def main() -> None:
     parser.add_argument("--name", default=None, help="results file name (default: kip_convnet_<dataset>)")
     parser.add_argument("--results-dir", default=report.RESULTS)
     parser.add_argument("--quick", action="store_true", help="digits, 10 per class (unless --ipc), 30 steps: a smoke run")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace cells of --runs-dir (runs, evaluations) that hold results of other options")
     args = report.parse_args(parser)
     if args.quick:  # small enough for CI's suite: it checks the script, not KIP
         args.dataset, args.data_dir, args.steps, args.target_batch, args.eval_every = "digits", None, [30], [200], 15
@@ -93,49 +97,66 @@ def main() -> None:
         parser.error("--init-from: give one --ipc value (that of the run it starts from)")
     init_from = os.path.join(args.init_from, "distilled.npz") if args.init_from else None
 
-    rows = []
-    for ipc in args.ipc:
+    def folder(ipc: int) -> str:
+        setting = f"{args.precision}-tb{target_batch[ipc]}" if exact else f"{args.rf_models}x{args.rf_width}"
+        start = f"-from-{os.path.basename(os.path.normpath(args.init_from))}" if args.init_from else ""
+        lr = "" if args.lr == 0.04 else f"-lr{args.lr:g}"
+        return f"{args.dataset}-{kernel}-{setting}{'-zca' if args.zca else ''}-{args.loss}-ipc{ipc}{start}{lr}"
+
+    def evals_wanted(ipc: int) -> list[str]:
+        return [e for e in args.eval if not (e == "exact" and ipc > args.exact_max_ipc)]
+
+    def cells_of(point: dict) -> dict:
+        ipc = point["ipc"]
         config = run.DistillConfig(
             dataset=args.dataset, data_dir=args.data_dir, kernel=kernel, ipc=ipc, steps=steps[ipc],
             target_batch=target_batch[ipc], learn_labels=True, zca=args.zca, eval_every=args.eval_every,
             rf_models=args.rf_models, rf_width=args.rf_width, loss=args.loss, precision=args.precision, init_from=init_from,
             lr=args.lr)
-        setting = f"{args.precision}-tb{target_batch[ipc]}" if exact else f"{args.rf_models}x{args.rf_width}"
-        start = f"-from-{os.path.basename(os.path.normpath(args.init_from))}" if args.init_from else ""
-        lr = "" if args.lr == 0.04 else f"-lr{args.lr:g}"
-        cell = os.path.join(args.runs_dir, f"{args.dataset}-{kernel}-{setting}{'-zca' if args.zca else ''}-{args.loss}-ipc{ipc}{start}{lr}")
-        kip = cells.distill_cell(config, cell)
+        named = {"kip": (folder(ipc), config)}
+        if any(not (e == "exact" and exact) for e in evals_wanted(ipc)):
+            # the same run at 0 steps: the images it started from (real, or --init-from's), evaluated like the distilled ones
+            named["init"] = (folder(ipc) + "-init", dataclasses.replace(config, steps=0))
+        return named
+
+    def evaluations(row: dict) -> dict:
+        ipc, kip = row["ipc"], row["kip"]
+        cell = os.path.join(args.runs_dir, folder(ipc))
         evals, baseline = {}, {}
-        for which in args.eval:
-            if which == "exact" and ipc > args.exact_max_ipc:
-                continue
+        for which in evals_wanted(ipc):
             if which == "exact" and exact:  # the run's own evaluations already are these (step 0: the set it started from)
                 evals[which] = {k: kip[k] for k in ("test_accuracy", "test_mse")}
                 baseline[which] = {"test_accuracy": kip["initial_test_accuracy"]}
                 continue
-            # The same run at 0 steps: the images it started from (real, or --init-from's), evaluated like the distilled ones.
-            cells.distill_cell(dataclasses.replace(config, steps=0), cell + "-init")
             options = (run.KernelOptions("rf-convnet3", args.eval_models, args.eval_width, seed=12345) if which == "rf"
                        else run.KernelOptions("convnet3"))
             evals[which], baseline[which] = (evaluated(c, options, args) for c in (cell, cell + "-init"))
-        rows.append({"ipc": ipc, "target_batch": target_batch[ipc], "published": PUBLISHED.get(args.dataset, {}).get(ipc),
-                     "kip": kip, "evals": evals, "real_images": baseline})
+        return {"target_batch": target_batch[ipc], "published": PUBLISHED.get(args.dataset, {}).get(ipc),
+                "evals": evals, "real_images": baseline}
+
+    try:
+        rows = table.run_rows(table.grid(ipc=args.ipc), cells_of, args.runs_dir, evaluations,
+                              progress=not args.no_progress, overwrite=args.overwrite)
+    except InputError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
 
     start_note = f"the set it started from: {init_from}" if init_from else "real images it started from"
     names = {"rf": f"rf-convnet3 estimate ({args.eval_models} x width {args.eval_width}, other networks)",
              "exact": "exact ConvNet3 NTK"}
-    lines = ["| images/class | published KIP-ConvNet (kernel) | "
-             + " | ".join(f"ours, {names[e]}: KIP ({start_note})" for e in args.eval)
-             + f" | during the run (its own {'exact' if exact else 'rf'} kernel) | steps | target batch | time (min) |",
-             "|---|---|" + "---|" * len(args.eval) + "---|---|---|---|"]
-    for r in rows:
-        k = r["kip"]
-        pub = f"{r['published']:.1f}" if r["published"] else "-"
-        accs = " | ".join(f"**{100 * r['evals'][e]['test_accuracy']:.2f}** ({100 * r['real_images'][e]['test_accuracy']:.2f})"
-                          if e in r["evals"] else "-" for e in args.eval)
-        lines.append(f"| {r['ipc']} | {pub} | {accs} | {100 * k['test_accuracy']:.2f} | {k['steps']} | "
-                     f"{r['target_batch']} | {k['seconds'] / 60:.1f} |")
-    body = "\n".join(lines) + f"""
+
+    def accuracy(which: str) -> Callable[[dict], str]:
+        return lambda r: (f"**{100 * r['evals'][which]['test_accuracy']:.2f}** ({100 * r['real_images'][which]['test_accuracy']:.2f})"
+                          if which in r["evals"] else "-")
+
+    columns = [table.Column("images/class", lambda r: str(r["ipc"])),
+               table.Column("published KIP-ConvNet (kernel)", lambda r: f"{r['published']:.1f}" if r["published"] else "-"),
+               *(table.Column(f"ours, {names[e]}: KIP ({start_note})", accuracy(e)) for e in args.eval),
+               table.Column(f"during the run (its own {'exact' if exact else 'rf'} kernel)",
+                            lambda r: f"{100 * r['kip']['test_accuracy']:.2f}"),
+               table.Column("steps", lambda r: str(r["kip"]["steps"])),
+               table.Column("target batch", lambda r: str(r["target_batch"])),
+               table.Column("time (min)", lambda r: f"{r['kip']['seconds'] / 60:.1f}")]
+    body = table.markdown(columns, rows) + f"""
 
 {args.dataset}, KIP with {kernel}: {f'the exact ConvNet3 NTK in {args.precision}' if exact else
 f'{args.rf_models} random ConvNet3s of width {args.rf_width} drawn afresh every step (float32 features, float64 Gram matrix and solve)'},
@@ -147,8 +168,7 @@ Runs (distilled sets, curves) in {args.runs_dir}/.
 """
     report.write_results(args.name or f"kip_convnet_{args.dataset}" + ("_quick" if args.quick else ""),
                          f"KIP-ConvNet ({'exact kernel' if exact else 'random features'}) on {args.dataset}: KRR test accuracy against the published figures",
-                         body, {"rows": [{**r, "kip": {k: v for k, v in r["kip"].items() if k != "losses"}} for r in rows],
-                                "args": vars(args)}, results_dir=args.results_dir, code=args.provenance)
+                         body, {"rows": table.without_curves(rows), "args": vars(args)}, results_dir=args.results_dir, code=args.provenance)
     print(body)
 
 

@@ -17,12 +17,11 @@ from kip import entry
 entry.configure(x64=True)  # an entry point: before numpy, scipy and JAX load; kernel runs solve in float64
 
 import argparse
-import os
 
 import jax
 import numpy as np
 
-from kip import cells, data, krr, label_solve, report, run
+from kip import InputError, data, krr, label_solve, report, run, table
 
 # arXiv 2107.13034 Table 1, KIP-FC kernel (KRR) accuracy (%), by images per class.
 PUBLISHED = {"mnist": {1: 85.5, 10: 97.2, 50: 98.4}, "cifar10": {1: 40.5, 10: 53.1, 50: 58.6}}
@@ -48,10 +47,14 @@ def main() -> None:
     parser.add_argument("--runs-dir", default="runs/kip_fc")
     parser.add_argument("--results-dir", default=report.RESULTS)
     parser.add_argument("--name", default=None, help="results file name (default: kip_fc_<dataset>)")
-    parser.add_argument("--quick", action="store_true", help="digits, 1 and 10 per class, 200 steps: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="digits, 1 and 10 per class (unless --ipc), 200 steps: a smoke run")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--overwrite", action="store_true", help="replace cells of --runs-dir that hold runs of other options")
     args = report.parse_args(parser)
     if args.quick:
-        args.dataset, args.data_dir, args.ipc, args.steps, args.eval_every = "digits", None, [1, 10], [200], 100
+        args.dataset, args.data_dir, args.steps, args.eval_every = "digits", None, [200], 100
+        if args.ipc == parser.get_default("ipc"):
+            args.ipc = [1, 10]
     pairs = [(k, i) for k in args.kernel for i in args.ipc]
     if len(args.steps) not in (1, len(args.ipc), len(pairs)):
         parser.error(f"--steps takes 1, {len(args.ipc)} (one per --ipc) or {len(pairs)} (one per kernel and ipc) values")
@@ -59,42 +62,51 @@ def main() -> None:
                      args.steps * len(args.kernel) if len(args.steps) == len(args.ipc) else args.steps))
 
     ds = data.load(args.dataset, args.data_dir)
-    rows = []
-    for kernel in args.kernel:
-        problem = run.prepare(ds, kernel, args.zca, args.precision)
-        evaluate = run.make_evaluator(problem, krr.DEFAULT_REG, krr.DEFAULT_BLOCK)
-        for ipc in args.ipc:
-            config = run.DistillConfig(
-                dataset=args.dataset, data_dir=args.data_dir, kernel=kernel, ipc=ipc, steps=steps[kernel, ipc],
-                target_batch=args.target_batch, learn_labels=True, zca=args.zca, precision=args.precision,
-                eval_every=args.eval_every,
-            )
-            cell = os.path.join(args.runs_dir, f"{args.dataset}-{kernel}{'-zca' if args.zca else ''}-ipc{ipc}")
-            kip = cells.distill_cell(config, cell)
-            ls = cells.label_solve_cell(
-                label_solve.LabelSolveConfig(dataset=args.dataset, data_dir=args.data_dir, kernel=kernel, ipc=ipc,
-                                     zca=args.zca, precision=args.precision),
-                cell + "-label-solve")
-            # the baseline without class balance: a uniformly random subset of the same size (may miss classes)
-            idx = np.asarray(jax.random.choice(jax.random.PRNGKey(0), len(ds.y_train), (ipc * ds.num_classes,), replace=False))
-            uniform = evaluate(problem.x_train[idx], data.one_hot(ds.y_train[idx], ds.num_classes, dtype=problem.dtype))
-            rows.append({"kernel": kernel, "ipc": ipc, "published": published(args.dataset).get(ipc), "kip": kip,
-                         "label_solve": ls, "uniform_random": uniform["test_accuracy"],
-                         "uniform_random_classes": int(len(np.unique(ds.y_train[idx])))})
+    problems = {}
+
+    def cells_of(point: dict) -> dict:
+        kernel, ipc = point["kernel"], point["ipc"]
+        folder = f"{args.dataset}-{kernel}{'-zca' if args.zca else ''}-ipc{ipc}"
+        return {"kip": (folder, run.DistillConfig(
+                    dataset=args.dataset, data_dir=args.data_dir, kernel=kernel, ipc=ipc, steps=steps[kernel, ipc],
+                    target_batch=args.target_batch, learn_labels=True, zca=args.zca, precision=args.precision,
+                    eval_every=args.eval_every)),
+                "label_solve": (folder + "-label-solve", label_solve.LabelSolveConfig(
+                    dataset=args.dataset, data_dir=args.data_dir, kernel=kernel, ipc=ipc, zca=args.zca,
+                    precision=args.precision))}
+
+    def uniform_random(row: dict) -> dict:
+        """The baseline without class balance: a uniformly random subset of the same size (seed 0;
+        it may miss classes), with centred one-hot labels, by KRR with the row's kernel."""
+        if row["kernel"] not in problems:
+            problem = run.prepare(ds, row["kernel"], args.zca, args.precision)
+            problems[row["kernel"]] = problem, run.make_evaluator(problem, krr.DEFAULT_REG, krr.DEFAULT_BLOCK)
+        problem, evaluate = problems[row["kernel"]]
+        n = row["ipc"] * ds.num_classes
+        idx = np.asarray(jax.random.choice(jax.random.PRNGKey(0), len(ds.y_train), (n,), replace=False))
+        acc = evaluate(problem.x_train[idx], data.one_hot(ds.y_train[idx], ds.num_classes, dtype=problem.dtype))
+        return {"published": published(args.dataset).get(row["ipc"]), "uniform_random": acc["test_accuracy"],
+                "uniform_random_classes": int(len(np.unique(ds.y_train[idx])))}
+
+    try:
+        rows = table.run_rows(table.grid(kernel=args.kernel, ipc=args.ipc), cells_of, args.runs_dir, uniform_random,
+                              progress=not args.no_progress, overwrite=args.overwrite)
+    except InputError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
 
     name = DISPLAY.get(args.dataset, args.dataset)
-    lines = ["| kernel | images/class | published KIP-FC | ours: KIP, learned labels | steps | time (s) | "
-             "class-balanced real images (KIP's init) | Label Solve on those images | uniform random real subset |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        pub = f"{r['published']:.1f}" if r["published"] else "-"
-        k = r["kip"]
-        lines.append(f"| {r['kernel']} | {r['ipc']} | {pub} | **{100 * k['test_accuracy']:.2f}** | {k['steps']} | "
-                     f"{k['seconds']:.0f} | {100 * k['initial_test_accuracy']:.2f} | "
-                     f"{100 * r['label_solve']['test_accuracy']:.2f} | {100 * r['uniform_random']:.2f}"
-                     + (f" ({r['uniform_random_classes']} classes)" if r['uniform_random_classes'] < ds.num_classes else "")
-                     + " |")
-    body = "\n".join(lines) + f"""
+    columns = [
+        table.Column("kernel", lambda r: r["kernel"]), table.Column("images/class", lambda r: str(r["ipc"])),
+        table.Column("published KIP-FC", lambda r: f"{r['published']:.1f}" if r["published"] else "-"),
+        table.Column("ours: KIP, learned labels", lambda r: f"**{100 * r['kip']['test_accuracy']:.2f}**"),
+        table.Column("steps", lambda r: str(r["kip"]["steps"])),
+        table.Column("time (s)", lambda r: f"{r['kip']['seconds']:.0f}"),
+        table.Column("class-balanced real images (KIP's init)", lambda r: f"{100 * r['kip']['initial_test_accuracy']:.2f}"),
+        table.Column("Label Solve on those images", lambda r: f"{100 * r['label_solve']['test_accuracy']:.2f}"),
+        table.Column("uniform random real subset", lambda r: f"{100 * r['uniform_random']:.2f}" + (
+            f" ({r['uniform_random_classes']} classes)" if r["uniform_random_classes"] < ds.num_classes else "")),
+    ]
+    body = table.markdown(columns, rows) + f"""
 
 {name}, kernels {', '.join(args.kernel)} (NTK, W_std = sqrt 2, b_std = 0.1), {'ZCA' if args.zca else 'standardised'} inputs,
 KRR test accuracy (%) on the full test set ({rows[0]['kip']['test_size']} images), target batch
@@ -106,8 +118,7 @@ Runs (distilled sets, curves, support grids) in {args.runs_dir}/.
 """
     report.write_results(args.name or f"kip_fc_{args.dataset}" + ("_quick" if args.quick else ""),
                          f"KIP-FC on {name}: KRR test accuracy against the published figures", body,
-                         {"rows": [{**r, "kip": {k: v for k, v in r["kip"].items() if k != "losses"}} for r in rows],
-                          "args": vars(args)}, results_dir=args.results_dir, code=args.provenance)
+                         {"rows": table.without_curves(rows), "args": vars(args)}, results_dir=args.results_dir, code=args.provenance)
     print(body)
 
 

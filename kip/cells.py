@@ -112,6 +112,26 @@ def label_solve_cell(config: label_solve.LabelSolveConfig, out: str, log: Callab
     return metrics if metrics is not None else label_solve.label_solve_run(config, out, overwrite=True, log=log)
 
 
+def run_cell(config, out: str, progress: bool = False, log: Callable[[str], None] = print,
+             overwrite: bool = False) -> dict:
+    """Any cell by its config's kind: Label Solve (`label_solve_cell`) or a stepped run (KIP, DC,
+    DSA, DM, DD, MTT, FRePo: `distill_cell`). Returns its metrics."""
+    if isinstance(config, label_solve.LabelSolveConfig):
+        return label_solve_cell(config, out, log=log, overwrite=overwrite)
+    return distill_cell(config, out, progress=progress, log=log, overwrite=overwrite)
+
+
+def check_cells(pairs: list[tuple[str, Any]], overwrite: bool = False) -> list[str]:
+    """`cell_conflict` of every (folder, config) of a table or sweep, before any of them runs:
+    one InputError naming each conflicting folder and its differing options, unless
+    `overwrite` (then the conflicts are returned, and those runs will be replaced)."""
+    conflicts = [c for c in (cell_conflict(out, config) for out, config in pairs) if c]
+    if conflicts and not overwrite:
+        raise InputError(f"{len(conflicts)} of {len(pairs)} cells would replace other runs, nothing was run: "
+                         + "; ".join(conflicts) + ". Pass --overwrite to replace them")
+    return conflicts
+
+
 def archive(out: str, dest: str, files: list[str], record: dict | None = None) -> None:
     """Keeps a finished cell's outcome in `dest`, a compact run folder that `finished` and the
     readers of `out` accept in its place: OUT/metrics.json (with its options), the `files` named
@@ -152,10 +172,7 @@ def budget_cell(config, out: str, kept_dir: str, budgets: tuple[float, ...], clo
     method with snapshots, or Label Solve), then keeps in `kept_dir` (`archive`) the sets its
     `budget_readings` take and its start, with `record` (e.g. the commit, the clock, the machine)."""
     closed_form = isinstance(config, label_solve.LabelSolveConfig)
-    if closed_form:
-        label_solve_cell(config, out)
-    else:
-        distill_cell(config, out, progress=progress)
+    run_cell(config, out, progress=progress)
     files = {os.path.relpath(p, out) for p in budget_readings(out, budgets, closed_form, clock).values() if p is not None}
     if os.path.exists(run.snapshot_path(out, 0)):
         files.add(os.path.relpath(run.snapshot_path(out, 0), out))

@@ -114,21 +114,14 @@ def run_sweep(sweep: Sweep, devices: int | None = None, progress: bool = True,
     (`cells.cell_conflict`), unless `overwrite`."""
     used = list(parallel.make_mesh(devices).devices.flat)  # checks --devices
     points = sweep.cells()
-    conflicts = [c for c in (cells.cell_conflict(sweep.cell_dir(p), config) for p, config in points) if c]
-    if conflicts and not overwrite:
-        raise InputError(f"{len(conflicts)} of {len(points)} cells would replace other runs, nothing was run: "
-                         + "; ".join(conflicts) + ". Pass --overwrite to replace them")
+    cells.check_cells([(sweep.cell_dir(p), config) for p, config in points], overwrite)
     log(f"sweep {sweep.name}: {len(points)} cells of kip {sweep.command} over {len(used)} device(s); "
         f"folders under {os.path.join(sweep.out, sweep.name)}/")
 
     def one(point: dict, config, device) -> dict:
         out = sweep.cell_dir(point)
         with jax.default_device(device):
-            if sweep.command == "distill":
-                metrics = cells.distill_cell(config, out, progress=progress and len(used) == 1, log=log,
-                                           overwrite=overwrite)
-            else:
-                metrics = cells.label_solve_cell(config, out, log=log, overwrite=overwrite)
+            metrics = cells.run_cell(config, out, progress=progress and len(used) == 1, log=log, overwrite=overwrite)
         return {"cell": point, "out": out, "test_accuracy": metrics["test_accuracy"],
                 "initial_test_accuracy": metrics.get("initial_test_accuracy"), "seconds": metrics.get("seconds"),
                 "device": str(device)}
