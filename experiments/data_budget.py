@@ -68,7 +68,7 @@ def main() -> None:
 
     recipe = diet.Recipe("convnet", 16, m["score_epochs"], 32, 0.05, schedule="cosine", augment=("crop",))
     score_file = os.path.join(runs_dir, "el2n.npz")
-    diet.score_run(ds, "el2n", score_file, recipe, m["score_runs"], m["score_epoch"], seed=0, overwrite=True,
+    diet.score_run(ds, "el2n", score_file, recipe, m["score_runs"], m["score_epoch"], seed=0, overwrite=args.overwrite,
                    progress=progress)
     el2n = diet.load_scores(score_file)[0]
 
@@ -83,9 +83,10 @@ def main() -> None:
             if method == "KIP":
                 metrics = cells.distill_cell(run.DistillConfig(**common, steps=m["kip_steps"], learn_labels=True,
                                                              target_batch=min(m["target_batch"], n_train),
-                                                             eval_every=m["kip_steps"]), out, progress=progress)
+                                                             eval_every=m["kip_steps"]), out, progress=progress,
+                                               overwrite=args.overwrite)
             else:
-                metrics = cells.label_solve_cell(label_solve.LabelSolveConfig(**common), out)
+                metrics = cells.label_solve_cell(label_solve.LabelSolveConfig(**common), out, overwrite=args.overwrite)
             stored = io.read_npz(os.path.join(out, "distilled.npz"))
             return stored["images"], stored["labels"], metrics["test_accuracy"]
         if method == "full":
@@ -99,7 +100,7 @@ def main() -> None:
         meta = {"dataset": ds.name, "kernel": KERNEL, "indices": idx.tolist() if len(idx) < n_train else "all"}
         acc = io.cached(os.path.join(runs_dir, "krr", f"{method}-n{n}-seed{seed}.npz"), meta,
                         lambda: {"accuracy": np.array(krr_accuracy(x_train[idx], one_hot[idx])["test_accuracy"])},
-                        overwrite=True)["accuracy"]
+                        overwrite=args.overwrite)["accuracy"]
         return x_train[idx], one_hot[idx], float(acc)
 
     lr_text = lambda lrs: "/".join(f"{lr:g}" for lr in lrs)  # noqa: E731

@@ -79,7 +79,7 @@ def main() -> None:
     for score in METHODS[:3]:
         epoch = m["epochs"] if score == "forgetting" else m["score_epoch"]
         out = os.path.join(runs_dir, "scores", f"{score}.npz")
-        diet.score_run(ds, score, out, recipe, m["runs"], epoch, seed=0, overwrite=True, progress=progress)
+        diet.score_run(ds, score, out, recipe, m["runs"], epoch, seed=0, overwrite=args.overwrite, progress=progress)
         values[score] = diet.load_scores(out)[0]
 
     x_train, x_test = diet.standardised(ds)
@@ -101,7 +101,7 @@ def main() -> None:
                     "seconds": np.array(r["seconds_per_network"])}
 
         result = io.cached(os.path.join(runs_dir, "cells", f"{method}-keep{keep:g}-seed{seed}.npz"), meta, compute,
-                             overwrite=True)
+                             overwrite=args.overwrite)
         print(f"  {method:>10} keep {keep:.0%} seed {seed}: test accuracy {100 * float(result['accuracy']):.2f}%")
         return float(result["accuracy"])
 

@@ -11,8 +11,8 @@ DM 89.7; random real 64.9), with KIP sets (given folders) evaluated the same way
 
 Configuration only: each mode names the methods' settings (a CPU run uses a narrower matching
 network, a smaller real batch and fewer iterations than the papers, and the table says which),
-the protocols and their overrides. Every distillation is a cell (`kip.cells.distill_cell`: reused
-when done, resumed when interrupted) in --runs-dir; every trained network is kept in networks/
+the protocols and their overrides. Every distillation is a cell of the table (`kip.table`: reused
+when done, resumed when interrupted, never replaced without --overwrite) in --runs-dir; every trained network is kept in networks/
 beside it (shared with experiments/transfer.py and protocol_baselines.py). Writes
 results/matching_<dataset>.{md,json}.
 """
@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from kip import cells, io, matching, method_run, protocols, report, transfer
+from kip import InputError, io, matching, method_run, protocols, report, table, transfer
 
 PROTOCOL_OF = {"dc": "dc", "dsa": "dsa", "dm": "dsa"}  # as each paper evaluates its sets
 MODES = {
@@ -65,7 +65,7 @@ def evaluate(path: str, protocol: str, m: dict, data_dir: str | None, cache_dir:
     return {**r, "path": path}
 
 
-def table(rows: list[dict]) -> str:
+def render(rows: list[dict]) -> str:
     head = ["method", "images/class", "distillation seeds", "distillation (CPU settings)", "min / run", "KRR",
             "protocol", "networks / set", "set", "random real, same protocol", "set - random", "published"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -104,25 +104,32 @@ def main() -> None:
     data_dir = None if m["dataset"] == "digits" else args.data_dir
     cache_dir = os.path.join(os.path.dirname(runs_dir) or ".", "networks")
     progress = not args.no_progress
-    rows = []
-    for ipc, seeds in m["sizes"].items():
-        if args.ipc and ipc not in args.ipc:
-            continue
-        for method in args.methods:
-            for seed in range(args.seeds or seeds):
-                options = {**m["methods"][method], **m.get("size_methods", {}).get(ipc, {}).get(method, {})}
-                kernel = m.get("size_kernel", {}).get(ipc, m["kernel"])
-                config = method_run.MethodConfig(method=method, dataset=m["dataset"], data_dir=data_dir, ipc=ipc, seed=seed,
-                                                 kernel=kernel, precision=m["precision"], **options,
-                                                 **(dict(rf_models=4, rf_width=128) if kernel.startswith("rf-") else {}))
-                # KRR at the start and the end; a checkpoint every 100 iterations
-                config = dataclasses.replace(config, eval_every=config.iterations or 1, checkpoint_every=100)
-                out = os.path.join(runs_dir, f"{method}-ipc{ipc}-seed{seed}")
-                print(f"== {method.upper()}, {ipc}/class, seed {seed}")
-                metrics = cells.distill_cell(config, out, progress=progress)
-                r = evaluate(os.path.join(out, "distilled.npz"), PROTOCOL_OF[method], m, data_dir, cache_dir, progress)
-                rows.append({**r, "method": method.upper(), "seed": seed, "krr": metrics["test_accuracy"],
-                             "settings": metrics["settings"], "seconds": metrics["seconds"]})
+    points = [dict(ipc=ipc, method=method, seed=seed) for ipc, seeds in m["sizes"].items() if not args.ipc or ipc in args.ipc
+              for method in args.methods for seed in range(args.seeds or seeds)]
+
+    def cells_of(point: dict) -> dict:
+        ipc, method, seed = point["ipc"], point["method"], point["seed"]
+        options = {**m["methods"][method], **m.get("size_methods", {}).get(ipc, {}).get(method, {})}
+        kernel = m.get("size_kernel", {}).get(ipc, m["kernel"])
+        config = method_run.MethodConfig(method=method, dataset=m["dataset"], data_dir=data_dir, ipc=ipc, seed=seed,
+                                         kernel=kernel, precision=m["precision"], **options,
+                                         **(dict(rf_models=4, rf_width=128) if kernel.startswith("rf-") else {}))
+        # KRR at the start and the end; a checkpoint every 100 iterations
+        return {"run": (f"{method}-ipc{ipc}-seed{seed}",
+                        dataclasses.replace(config, eval_every=config.iterations or 1, checkpoint_every=100))}
+
+    def judged(row: dict) -> dict:
+        r = evaluate(os.path.join(runs_dir, f"{row['method']}-ipc{row['ipc']}-seed{row['seed']}", "distilled.npz"),
+                     PROTOCOL_OF[row["method"]], m, data_dir, cache_dir, progress)
+        metrics = row["run"]
+        return {**r, "method": row["method"].upper(), "krr": metrics["test_accuracy"], "settings": metrics["settings"],
+                "seconds": metrics["seconds"]}
+
+    try:
+        rows = table.run_rows(points, cells_of, runs_dir, judged, progress=progress, overwrite=args.overwrite)
+    except InputError as e:
+        raise SystemExit(f"matching.py: error: {e}") from None
+    rows = [{k: v for k, v in r.items() if k != "run"} for r in rows]  # the run's metrics (curves) stay in its folder
     for folder in args.kip_sets:
         path = os.path.join(folder, "distilled.npz")
         for protocol in ("dc", "dsa"):
@@ -135,7 +142,7 @@ def main() -> None:
         raise SystemExit("matching.py: error: nothing to run (check --ipc against the mode's sizes)")
     ds_name = rows[0]["dataset"]
     ev = protocols.with_overrides(protocols.load("dsa"), **m["evaluation"])[1]
-    body = table(rows) + f"""
+    body = render(rows) + f"""
 
 {ds_name} test accuracy (%) of finite networks trained on each distilled set ("set": mean over the
 set's networks, then mean ± std over distillation seeds) and on class-balanced random subsets of

@@ -30,7 +30,7 @@ import os
 
 import numpy as np
 
-from kip import cells, io, label_solve, method_run, plots, protocols, report, run, trajectories, transfer
+from kip import InputError, cells, io, label_solve, method_run, plots, protocols, report, run, trajectories, transfer
 
 ALL = ("kip-rf", "kip-exact", "label-solve", "dc", "dsa", "dm", "dd", "mtt", "frepo")
 NAMES = {"kip-rf": "KIP (random features)", "kip-exact": "KIP (exact kernel)", "label-solve": "Label Solve",
@@ -205,49 +205,58 @@ def main() -> None:
     experts_dir, experts = os.path.join(runs_dir, "experts"), None
     name = f"method_zoo_{m['dataset']}" + {"cpu": "", "gpu": "_gpu", "quick": "_quick"}[mode]
     cells_dir = args.cells_dir or os.path.join(args.results_dir, f"{name}_cells")
+    planned = [(ipc, method, seed, tuple(60.0 * x for x in minutes))
+               for ipc, (seeds, minutes) in m["sizes"].items() if not args.ipc or ipc in args.ipc
+               for method in args.methods for seed in range(args.seeds or seeds)]
+
+    def cell_of(ipc: int, method: str, seed: int, budgets: tuple[float, ...]) -> tuple[str, object]:
+        """(the kept cell's folder, its run's config)."""
+        options, chunk = {**m["methods"], **m["size_methods"].get(ipc, {})}[method]
+        config = config_for(method, options, chunk, m, data_dir, ipc, seed, max(budgets), experts_dir)
+        return os.path.join(cells_dir, f"{method}-ipc{ipc}-seed{seed}"), config
+
+    if not args.kept_only:  # a kept cell of other options is named before any cell runs (or replaced: --overwrite)
+        try:
+            cells.check_cells([cell_of(*p) for p in planned], args.overwrite)
+        except InputError as e:
+            raise SystemExit(f"method_zoo.py: error: {e}") from None
     rows, start_krr = [], {}
-    for ipc, (seeds, minutes) in m["sizes"].items():
-        if args.ipc and ipc not in args.ipc:
-            continue
-        budgets = tuple(60.0 * x for x in minutes)
-        for method in args.methods:
-            options, chunk = {**m["methods"], **m["size_methods"].get(ipc, {})}[method]
-            for seed in range(args.seeds or seeds):
-                config = config_for(method, options, chunk, m, data_dir, ipc, seed, max(budgets), experts_dir)
-                print(f"== {NAMES[method]}, {ipc}/class, seed {seed}")
-                kept_dir = os.path.join(cells_dir, f"{method}-ipc{ipc}-seed{seed}")
-                closed_form = isinstance(config, label_solve.LabelSolveConfig)
-                if cells.finished(kept_dir, config) is None:
-                    if args.kept_only:  # a kept cell of other options (e.g. another --runs-dir's experts): say which
-                        why = cells.cell_conflict(kept_dir, config)
-                        print("   not kept: left out (--kept-only)" + (f"; {why}" if why else ""))
-                        continue
-                    if method == "mtt" and experts is None:
-                        experts = record_experts(m, data_dir, experts_dir, cells_dir, progress)
-                    cells.budget_cell(config, os.path.join(runs_dir, os.path.basename(kept_dir)), kept_dir, budgets,
-                                      m["clock"], {"code": args.provenance, "clock": m["clock"],
-                                                   "machine": report.machine(args.provenance)}, progress)
-                kept = cells.budget_readings(kept_dir, budgets, closed_form, m["clock"])
-                judged = cells.Judgements(kept_dir, {k: m[k] for k in ("protocol", "evaluation", "size_evaluation", "krr")})
-                start = run.snapshot_path(kept_dir, 0)
-                if isinstance(config, method_run.MethodConfig) and (ipc, seed) not in start_krr and os.path.exists(start):
-                    # every run of this seed starts from the same real images (run.start_indices)
-                    start_krr[ipc, seed] = judged.get("start_krr", lambda: judge_krr(start, m, data_dir))
-                for budget, path in kept.items():
-                    if path is None:
-                        print(f"   {budget / 60:g} min: not reached")
-                        continue
-                    r = judged.get(os.path.relpath(path, kept_dir), lambda: judge(path, m, data_dir, cache_dir, progress))
-                    if method in m.get("own", {}) and budget == max(budgets):  # the final set: its own protocol too
-                        own = m["own"][method]
-                        key = f"own {own[0]} {json.dumps(own[1], sort_keys=True)} {os.path.relpath(path, kept_dir)}"
-                        r = {**r, "own": judged.get(key, lambda: judge_own(path, method, m, data_dir, cache_dir, progress))}
-                    step = int(os.path.basename(path).split("-")[1].split(".")[0]) if "step-" in path else 0
-                    rows.append({**r, "method": method, "ipc": ipc, "seed": seed, "minutes": budget / 60, "step": step,
-                                 "path": path, "config": dataclasses.asdict(config),
-                                 "cell": io.read_json(os.path.join(kept_dir, "cell.json"))})
-                    print(f"   {budget / 60:g} min (step {step}): {m['protocol']} {100 * r['set']['mean']:.2f}%, "
-                          f"KRR {100 * r['krr']:.2f}%")
+    for ipc, method, seed, budgets in planned:
+        kept_dir, config = cell_of(ipc, method, seed, budgets)
+        print(f"== {NAMES[method]}, {ipc}/class, seed {seed}")
+        closed_form = isinstance(config, label_solve.LabelSolveConfig)
+        if cells.finished(kept_dir, config) is None:
+            if args.kept_only:  # a kept cell of other options (e.g. another --runs-dir's experts): say which
+                why = cells.cell_conflict(kept_dir, config)
+                print("   not kept: left out (--kept-only)" + (f"; {why}" if why else ""))
+                continue
+            if method == "mtt" and experts is None:
+                experts = record_experts(m, data_dir, experts_dir, cells_dir, progress)
+            cells.budget_cell(config, os.path.join(runs_dir, os.path.basename(kept_dir)), kept_dir, budgets,
+                              m["clock"], {"code": args.provenance, "clock": m["clock"],
+                                           "machine": report.machine(args.provenance)}, progress,
+                              args.overwrite)
+        kept = cells.budget_readings(kept_dir, budgets, closed_form, m["clock"])
+        judged = cells.Judgements(kept_dir, {k: m[k] for k in ("protocol", "evaluation", "size_evaluation", "krr")})
+        start = run.snapshot_path(kept_dir, 0)
+        if isinstance(config, method_run.MethodConfig) and (ipc, seed) not in start_krr and os.path.exists(start):
+            # every run of this seed starts from the same real images (run.start_indices)
+            start_krr[ipc, seed] = judged.get("start_krr", lambda: judge_krr(start, m, data_dir))
+        for budget, path in kept.items():
+            if path is None:
+                print(f"   {budget / 60:g} min: not reached")
+                continue
+            r = judged.get(os.path.relpath(path, kept_dir), lambda: judge(path, m, data_dir, cache_dir, progress))
+            if method in m.get("own", {}) and budget == max(budgets):  # the final set: its own protocol too
+                own = m["own"][method]
+                key = f"own {own[0]} {json.dumps(own[1], sort_keys=True)} {os.path.relpath(path, kept_dir)}"
+                r = {**r, "own": judged.get(key, lambda: judge_own(path, method, m, data_dir, cache_dir, progress))}
+            step = int(os.path.basename(path).split("-")[1].split(".")[0]) if "step-" in path else 0
+            rows.append({**r, "method": method, "ipc": ipc, "seed": seed, "minutes": budget / 60, "step": step,
+                         "path": path, "config": dataclasses.asdict(config),
+                         "cell": io.read_json(os.path.join(kept_dir, "cell.json"))})
+            print(f"   {budget / 60:g} min (step {step}): {m['protocol']} {100 * r['set']['mean']:.2f}%, "
+                  f"KRR {100 * r['krr']:.2f}%")
     if "mtt" in args.methods and experts is None and os.path.exists(os.path.join(cells_dir, EXPERTS)):
         experts = io.read_json(os.path.join(cells_dir, EXPERTS))
     if not rows:

@@ -83,7 +83,7 @@ def main() -> None:
     for s in (kip_sweep, ls_sweep):
         per_dataset = [dataclasses.replace(s, base={**s.base, "data_dir": data_dirs[d]}, grid={**s.grid, "dataset": [d]})
                        for d in s.grid["dataset"]]
-        records[s.command] = [r for one in per_dataset for r in sweep.run_sweep(one, progress=not args.no_progress)]
+        records[s.command] = [r for one in per_dataset for r in sweep.run_sweep(one, progress=not args.no_progress, overwrite=args.overwrite)]
         sweep.write_summary(s, records[s.command])
 
     def cell(command: str, **point) -> dict | None:

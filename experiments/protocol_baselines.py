@@ -22,7 +22,7 @@ entry.configure()  # an entry point: before numpy, scipy and JAX load
 import os
 import time
 
-from kip import data, preprocess, protocols, report, transfer
+from kip import data, preprocess, protocols, report, table, transfer
 
 MODES = {
     "cpu": dict(dataset="mnist", overrides={}, cells=((1, 5, 1), (10, 3, 1))),
@@ -39,28 +39,40 @@ def main() -> None:
     ds = data.load(m["dataset"], None if m["dataset"] == "digits" else args.data_dir)
     card = protocols.load(args.protocol)
     cache_dir = os.path.join(os.path.dirname(runs_dir) or ".", "networks")  # shared with experiments/transfer.py
-    rows, started = [], time.time()
-    for ipc, subsets, per_subset in m["cells"]:
-        p, recorded = protocols.with_overrides(card, baseline_subsets=subsets, **m["overrides"])
-        prep = preprocess.fit(ds.x_train, p.preprocess, p.zca_strength)
-        r = transfer.evaluate_set(None, None, ds, prep, p, networks_per_subset=per_subset, cache_dir=cache_dir,
-                                  progress=not args.no_progress, ipc=ipc)
-        rows.append({**r, "overrides": recorded})
-        print(f"{ipc} per class done ({time.time() - started:.0f} s so far)")
+    started = time.time()
 
-    lines = ["| protocol | images/class | random real subsets, ours | published | ours - published | subsets x networks "
-             "| steps | s / network |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        b = r["random"]
-        pub = next((x for x in r["published"] if x["method"] == "random real"), None)
-        pub_text = "-" if pub is None else f"{pub['accuracy']}" + ("" if pub["std"] is None else f" ± {pub['std']}")
-        diff = "-" if pub is None else f"{100 * b['mean'] - pub['accuracy']:+.1f}"
-        lines.append(f"| {r['protocol']} | {r['ipc']} | **{100 * b['mean']:.1f} ± {100 * b['std']:.1f}** | {pub_text} | "
-                     f"{diff} | {b['subsets']} x {b['networks_per_subset']} | {r['train_config']['steps']} | "
-                     f"{b['seconds_per_network']:.0f} |")
+    def baselines(row: dict) -> dict:
+        """The random real subsets of one size under the card (every network kept in the networks cache)."""
+        p, recorded = protocols.with_overrides(card, baseline_subsets=row["subsets"], **m["overrides"])
+        prep = preprocess.fit(ds.x_train, p.preprocess, p.zca_strength)
+        r = transfer.evaluate_set(None, None, ds, prep, p, networks_per_subset=row["per_subset"], cache_dir=cache_dir,
+                                  progress=not args.no_progress, ipc=row["ipc"])
+        print(f"{row['ipc']} per class done ({time.time() - started:.0f} s so far)")
+        return {**r, "overrides": recorded}
+
+    points = [dict(ipc=ipc, subsets=subsets, per_subset=per_subset) for ipc, subsets, per_subset in m["cells"]]
+    rows = table.run_rows(points, lambda point: {}, runs_dir, baselines)  # no runs: trained networks are the cache
+
+    def published(r: dict) -> dict | None:
+        return next((x for x in r["published"] if x["method"] == "random real"), None)
+
+    def published_text(r: dict) -> str:
+        pub = published(r)
+        return "-" if pub is None else f"{pub['accuracy']}" + ("" if pub["std"] is None else f" ± {pub['std']}")
+
+    columns = [
+        table.Column("protocol", lambda r: r["protocol"]), table.Column("images/class", lambda r: str(r["ipc"])),
+        table.Column("random real subsets, ours", lambda r: f"**{100 * r['random']['mean']:.1f} ± {100 * r['random']['std']:.1f}**"),
+        table.Column("published", published_text),
+        table.Column("ours - published", lambda r: "-" if published(r) is None
+                     else f"{100 * r['random']['mean'] - published(r)['accuracy']:+.1f}"),
+        table.Column("subsets x networks", lambda r: f"{r['random']['subsets']} x {r['random']['networks_per_subset']}"),
+        table.Column("steps", lambda r: str(r["train_config"]["steps"])),
+        table.Column("s / network", lambda r: f"{r['random']['seconds_per_network']:.0f}"),
+    ]
     p = protocols.with_overrides(card, **m["overrides"])[0]
     overrides = {k: v for k, v in rows[0]["overrides"].items() if k != "baseline_subsets"}
-    body = "\n".join(lines) + f"""
+    body = table.markdown(columns, rows) + f"""
 
 {ds.name}: test accuracy (%) of networks trained on class-balanced random subsets of the real
 training images (mean ± std over subsets x networks), under protocol `{p.name}`

@@ -30,7 +30,7 @@ import re
 
 import numpy as np
 
-from kip import cells, io, protocols, release, report, run, transfer
+from kip import cells, io, protocols, release, report, run, table, transfer
 
 SEEDS = 3  # distillation seeds a headline cell uses (0, 1, 2)
 
@@ -62,13 +62,13 @@ def setting_of(path: str) -> tuple[str, int]:
     return (m.group(1), int(m.group(2))) if m else (name, 0)
 
 
-def quick_sets(runs_dir: str) -> list[str]:
+def quick_sets(runs_dir: str, overwrite: bool = False) -> list[str]:
     """Digits KIP-FC sets (learned labels, 100 steps) at 1 and 5 per class, made or reused."""
     entry.enable_x64()  # these sets are distilled here, with float64 ridge solves
     paths = []
     for ipc in (1, 5):
         out = os.path.join(runs_dir, "sets", f"digits-fc1-ipc{ipc}")
-        cells.distill_cell(run.DistillConfig(ipc=ipc, steps=100, learn_labels=True), out)
+        cells.distill_cell(run.DistillConfig(ipc=ipc, steps=100, learn_labels=True), out, overwrite=overwrite)
         paths.append(os.path.join(out, "distilled.npz"))
     return paths
 
@@ -81,7 +81,7 @@ def pct(summary: dict | None) -> str:
     return f"{100 * summary['mean']:.1f} ± {100 * summary['std']:.1f}"
 
 
-def table(rows: list[dict]) -> str:
+def render(rows: list[dict]) -> str:
     """One line per setting x protocol: distillation seeds pooled (each seed's networks' mean)."""
     head = ["setting", "images/class", "distillation seeds", "KRR (own kernel)", "protocol: network", "set",
             "random real, same protocol", "set - random", "set, validation", "published"]
@@ -116,7 +116,7 @@ def main() -> None:
     m = MODES[mode]
     chosen = {k: v for k, v in m["protocols"].items() if args.protocols is None or k in args.protocols}
     data_dir = None if m["dataset"] == "digits" else args.data_dir
-    paths = quick_sets(runs_dir) if mode == "quick" else sorted(
+    paths = quick_sets(runs_dir, args.overwrite) if mode == "quick" else sorted(
         p for d in args.dirs for p in glob.glob(os.path.join(d, "**", "distilled.npz"), recursive=True))
     if not paths:
         raise SystemExit(f"transfer.py: error: no distilled.npz under {', '.join(args.dirs) or '(no folders given)'}")
@@ -131,29 +131,33 @@ def main() -> None:
             by_size[ipc] = [np.asarray(run.start_indices(k, ds.y_train, ds.num_classes, ipc)) for k in range(SEEDS)]
         by_size[ipc].append(s.sources)
     cache_dir = os.path.join(os.path.dirname(runs_dir) or ".", "networks")  # shared with protocol_baselines.py
-    rows = []
-    for path, s in loaded.items():
-        setting, dseed = setting_of(path)
+
+    def judged(row: dict) -> dict:
+        """The set under one protocol (its overrides for the set's size), beside random real subsets."""
+        path, name = row["path"], row["protocol"]
+        s, spec, (setting, dseed) = loaded[path], chosen[name], setting_of(path)
         ipc = len(s.images) // s.dataset.num_classes
         metrics = os.path.join(os.path.dirname(path), "metrics.json")
         krr = io.read_json(metrics).get("test_accuracy") if os.path.exists(metrics) else None
-        for name, spec in chosen.items():
-            overrides = dict(spec["overrides"], baseline_subsets=m["baseline_subsets"].get(ipc, 3))
-            overrides["networks"] = spec.get("networks_by_ipc", {}).get(ipc, overrides.get("networks"))
-            if spec["matched"]:
-                overrides["model"] = (s.kernel or "").removeprefix("rf-")
-            card = protocols.load(name)
-            if spec.get("lr_times_width_ratio"):
-                overrides["lr"] = protocols.for_set(card, s.dataset.name, ipc)[0].lr * card.width / overrides["width"]
-            p, recorded = protocols.with_overrides(card, **overrides)
-            print(f"== {setting} (distillation seed {dseed}), {ipc}/class, protocol {name}")
-            r = transfer.evaluate_set(s.images, s.labels, s.dataset, s.preprocessing, p, s.sources,
-                                      cache_dir=cache_dir, progress=not args.no_progress,
-                                      val_exclude=np.concatenate(by_size[ipc]))
-            rows.append({**r, "setting": setting, "distillation_seed": dseed, "path": path, "krr": krr,
-                         "kernel": s.kernel, "matched": spec["matched"], "overrides": recorded, "preprocessing": s.note})
+        overrides = dict(spec["overrides"], baseline_subsets=m["baseline_subsets"].get(ipc, 3))
+        overrides["networks"] = spec.get("networks_by_ipc", {}).get(ipc, overrides.get("networks"))
+        if spec["matched"]:
+            overrides["model"] = (s.kernel or "").removeprefix("rf-")
+        card = protocols.load(name)
+        if spec.get("lr_times_width_ratio"):
+            overrides["lr"] = protocols.for_set(card, s.dataset.name, ipc)[0].lr * card.width / overrides["width"]
+        p, recorded = protocols.with_overrides(card, **overrides)
+        print(f"== {setting} (distillation seed {dseed}), {ipc}/class, protocol {name}")
+        r = transfer.evaluate_set(s.images, s.labels, s.dataset, s.preprocessing, p, s.sources,
+                                  cache_dir=cache_dir, progress=not args.no_progress,
+                                  val_exclude=np.concatenate(by_size[ipc]))
+        return {**r, "setting": setting, "distillation_seed": dseed, "krr": krr, "kernel": s.kernel,
+                "matched": spec["matched"], "overrides": recorded, "preprocessing": s.note}
+
+    # no runs here (the sets are given, or made by quick_sets): every trained network is in the networks cache
+    rows = table.run_rows(table.grid(path=list(loaded), protocol=list(chosen)), lambda point: {}, runs_dir, judged)
     ds_name = rows[0]["dataset"]
-    body = table(rows) + f"""
+    body = render(rows) + f"""
 
 {ds_name} test accuracy (%) of finite networks trained on each distilled set ("set": mean ± std over
 the set's networks, or with several distillation seeds over the seeds' means) and on class-balanced

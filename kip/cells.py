@@ -167,12 +167,12 @@ def budget_readings(out: str, budgets: tuple[float, ...], closed_form: bool = Fa
 
 
 def budget_cell(config, out: str, kept_dir: str, budgets: tuple[float, ...], clock: str, record: dict,
-                progress: bool = False) -> None:
+                progress: bool = False, overwrite: bool = False) -> None:
     """An equal-compute cell: runs (or resumes) `config` in the run folder `out` (a stepped
     method with snapshots, or Label Solve), then keeps in `kept_dir` (`archive`) the sets its
     `budget_readings` take and its start, with `record` (e.g. the commit, the clock, the machine)."""
     closed_form = isinstance(config, label_solve.LabelSolveConfig)
-    run_cell(config, out, progress=progress)
+    run_cell(config, out, progress=progress, overwrite=overwrite)
     files = {os.path.relpath(p, out) for p in budget_readings(out, budgets, closed_form, clock).values() if p is not None}
     if os.path.exists(run.snapshot_path(out, 0)):
         files.add(os.path.relpath(run.snapshot_path(out, 0), out))

@@ -135,7 +135,7 @@ def percent(values, digits: int = 1) -> str:
 def experiment_args(doc: str, name: str, gpu_help: str, quick_help: str, argv: list[str] | None = None,
                     extra: Callable[[argparse.ArgumentParser], None] | None = None) -> tuple[argparse.Namespace, str, str]:
     """The flags every experiment script with cpu / gpu / quick modes shares (--gpu, --quick,
-    --data-dir, --runs-dir, --results-dir, --no-progress, --allow-dirty), plus the script's own added
+    --data-dir, --runs-dir, --results-dir, --no-progress, --overwrite, --allow-dirty), plus the script's own added
     by `extra`. Returns (args, mode, runs folder: --runs-dir or runs/<name>_<mode>); `args.provenance`
     is the code's (a dirty tree without --allow-dirty exits 2 here, before any work)."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
@@ -145,6 +145,9 @@ def experiment_args(doc: str, name: str, gpu_help: str, quick_help: str, argv: l
     parser.add_argument("--runs-dir", default=None, help=f"(default: runs/{name}_<mode>)")
     parser.add_argument("--results-dir", default=RESULTS)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the cells of the runs folder that hold results of other options (without it a "
+                             "table names them and stops; finished work is never replaced silently)")
     if extra is not None:
         extra(parser)
     args = parse_args(parser, argv)

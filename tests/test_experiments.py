@@ -125,3 +125,10 @@ def test_method_zoo_quick_then_again_from_its_kept_cells_alone(tmp_path):
     assert third.stdout.count("not kept: left out") == 4 and not (tmp_path / "runs").exists()
     kept = json.loads((tmp_path / "results" / "method_zoo_digits_quick.json").read_text())["rows"]
     assert [(r["method"], r["seed"], r["set"]) for r in kept] == [(r["method"], r["seed"], r["set"]) for r in rows]
+    # another --runs-dir gives MTT another expert_dir: its kept cell is named and nothing runs
+    cmd = cmd[: cmd.index("--kept-only")]
+    cmd[cmd.index("--runs-dir") + 1] = str(tmp_path / "other_runs")
+    fourth = run()
+    assert fourth.returncode != 0 and "mtt-ipc1-seed0 holds a finished run of other options (expert_dir" in fourth.stderr, \
+        fourth.stderr[-3000:]
+    assert len(fourth.stderr.strip().splitlines()) == 1 and not (tmp_path / "other_runs").exists()
