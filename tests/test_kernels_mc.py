@@ -68,7 +68,12 @@ NETWORKS = {  # one hidden layer of width 2048; `out` output units
 }
 
 
-@pytest.mark.parametrize("name", sorted(NETWORKS))
+# slow: the layers whose neural-tangents fixtures already check them in CI (tests/test_kernels_nt.py:
+# pooling after a conv, ABRelu) and whose Monte-Carlo draws take ~20 s each
+MC_SLOW = ("abrelu", "conv_images_relu_pool")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in MC_SLOW else n for n in sorted(NETWORKS)])
 def test_one_hidden_layer_is_exact_in_expectation(name):
     shape = ((4, 3, 3, 2) if name.startswith("fc") else (3, 6, 6, 2)) if "images" in name else (4, 6)
     x = jax.random.normal(jax.random.PRNGKey(1), shape)
