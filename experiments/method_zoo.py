@@ -283,8 +283,13 @@ def main() -> None:
     # every run of a seed starts from the same real images: the first kept start of seed 0 shows them
     start_sets = [p for p in (run.snapshot_path(os.path.join(cells_dir, f"{r['method']}-ipc{ipc0}-seed0"), 0) for r in shown)
               if os.path.exists(p)]
-    sets = {"real start": (lambda f: (f["images"], f["labels"]))(io.read_npz(start_sets[0])) if start_sets else None}
-    sets.update({NAMES[r["method"]]: (lambda f: (f["images"], f["labels"]))(io.read_npz(r["path"])) for r in shown})
+
+    def images_and_labels(path: str) -> tuple[np.ndarray, np.ndarray]:
+        f = io.read_npz(path)
+        return f["images"], f["labels"]
+
+    sets = {"real start": images_and_labels(start_sets[0]) if start_sets else None}
+    sets.update({NAMES[r["method"]]: images_and_labels(r["path"]) for r in shown})
     plots.set_rows(os.path.join(args.results_dir, f"{name}_sets.png"), {k: v for k, v in sets.items() if v is not None},
                    f"{ds_name}, {ipc0} image(s) per class after {final:g} {'CPU-' if m['clock'] == 'cpu' else ''}"
                    "minutes of distillation (seed 0)")
