@@ -132,3 +132,18 @@ def test_method_zoo_quick_then_again_from_its_kept_cells_alone(tmp_path):
     assert fourth.returncode != 0 and "mtt-ipc1-seed0 holds a finished run of other options (expert_dir" in fourth.stderr, \
         fourth.stderr[-3000:]
     assert len(fourth.stderr.strip().splitlines()) == 1 and not (tmp_path / "other_runs").exists()
+
+
+def test_method_zoo_names_every_cifar10_gpu_cell_and_refuses_another_quick_dataset(tmp_path):
+    """--gpu --dataset: the configuration of every method's CIFAR-10 cell builds (--kept-only with
+    no kept cells names each one and runs none); --quick takes only the embedded digits."""
+    base = [sys.executable, os.path.join(ROOT, "experiments", "method_zoo.py"), "--no-progress", "--allow-dirty",
+            "--results-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--cells-dir", str(tmp_path / "cells")]
+    run = lambda *flags: subprocess.run([*base, *flags], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                                        env={**os.environ, "PYTHONPATH": ROOT})
+    gpu = run("--gpu", "--dataset", "cifar10_jpeg_lossy", "--kept-only")
+    assert gpu.returncode != 0 and "nothing to report" in gpu.stderr, gpu.stderr[-3000:]
+    assert gpu.stdout.count("not kept: left out") == 9 * (3 + 3), gpu.stdout  # 9 methods, 3 seeds at 1 and at 10
+    assert "== MTT, 10/class, seed 2" in gpu.stdout and not (tmp_path / "runs").exists()
+    quick = run("--quick", "--dataset", "mnist")
+    assert quick.returncode != 0 and "--quick runs the embedded digits" in quick.stderr, quick.stderr
