@@ -9,8 +9,9 @@ beside the published KIP-ConvNet kernel figures.
     python experiments/kip_convnet.py --data-dir ../shared/datasets --kernel convnet3 --precision float32 --ipc 1 \
         --target-batch 20 --steps 300 --eval-every 300 --eval exact rf --name kip_convnet_mnist_exact   # exact NTK, 14 min
     python experiments/kip_convnet.py --data-dir ../shared/datasets --kernel convnet3 --precision float32 --ipc 1 \
-        --steps 500 --target-batch 50 --loss platt --lr 0.01 --init-from runs/kip_convnet/RF_CELL --eval exact \
-        --name kip_convnet_mnist_finetune                                       # fine-tune a random-feature set, exact NTK
+        --steps 500 --target-batch 50 --loss platt --lr 0.003 0.01 0.03 --val-size 5000 --init-from runs/kip_convnet/RF_CELL \
+        --eval exact --name kip_convnet_mnist_finetune                          # fine-tune a random-feature set, exact NTK,
+                                                                                # the lr chosen on 5000 held-out training images
 
 Each cell is a `kip distill` run in runs/kip_convnet/ (reused when done, resumed when interrupted).
 The final evaluation kernel is --eval: 'rf' (an estimate from --eval-models networks, fixed seed)
@@ -63,7 +64,11 @@ def main() -> None:
     parser.add_argument("--rf-models", type=int, default=4)
     parser.add_argument("--rf-width", type=int, default=128)
     parser.add_argument("--loss", default="mse", choices=("mse", "platt"))
-    parser.add_argument("--lr", type=float, default=0.04, help="Adam learning rate (default: %(default)s, the authors')")
+    parser.add_argument("--lr", type=float, nargs="+", default=[0.04],
+                        help="Adam learning rate (default: %(default)s, the authors'); several: a run each, the one with "
+                             "the best final validation accuracy reported (needs --val-size)")
+    parser.add_argument("--val-size", type=int, default=0,
+                        help="training images held out of KIP's targets (none of the set's sources), on which an lr is chosen")
     parser.add_argument("--init-from", default=None, metavar="RUN",
                         help="fine-tune: start from this run folder's distilled.npz (e.g. a random-feature run, with "
                              "--kernel convnet3) instead of real images; one --ipc value")
@@ -97,11 +102,15 @@ def main() -> None:
         parser.error("--init-from: give one --ipc value (that of the run it starts from)")
     init_from = os.path.join(args.init_from, "distilled.npz") if args.init_from else None
 
-    def folder(ipc: int) -> str:
+    if len(args.lr) > 1 and not args.val_size:
+        parser.error("several --lr values need --val-size: the choice is made on held-out training images, never on the test set")
+
+    def folder(ipc: int, point_lr: float) -> str:
         setting = f"{args.precision}-tb{target_batch[ipc]}" if exact else f"{args.rf_models}x{args.rf_width}"
         start = f"-from-{os.path.basename(os.path.normpath(args.init_from))}" if args.init_from else ""
-        lr = "" if args.lr == 0.04 else f"-lr{args.lr:g}"
-        return f"{args.dataset}-{kernel}-{setting}{'-zca' if args.zca else ''}-{args.loss}-ipc{ipc}{start}{lr}"
+        lr = "" if point_lr == 0.04 else f"-lr{point_lr:g}"
+        val = f"-val{args.val_size}" if args.val_size else ""
+        return f"{args.dataset}-{kernel}-{setting}{'-zca' if args.zca else ''}-{args.loss}-ipc{ipc}{start}{lr}{val}"
 
     def evals_wanted(ipc: int) -> list[str]:
         return [e for e in args.eval if not (e == "exact" and ipc > args.exact_max_ipc)]
@@ -112,16 +121,16 @@ def main() -> None:
             dataset=args.dataset, data_dir=args.data_dir, kernel=kernel, ipc=ipc, steps=steps[ipc],
             target_batch=target_batch[ipc], learn_labels=True, zca=args.zca, eval_every=args.eval_every,
             rf_models=args.rf_models, rf_width=args.rf_width, loss=args.loss, precision=args.precision, init_from=init_from,
-            lr=args.lr)
-        named = {"kip": (folder(ipc), config)}
+            lr=point["lr"], val_size=args.val_size)
+        named = {"kip": (folder(ipc, point["lr"]), config)}
         if any(not (e == "exact" and exact) for e in evals_wanted(ipc)):
             # the same run at 0 steps: the images it started from (real, or --init-from's), evaluated like the distilled ones
-            named["init"] = (folder(ipc) + "-init", dataclasses.replace(config, steps=0))
+            named["init"] = (folder(ipc, point["lr"]) + "-init", dataclasses.replace(config, steps=0))
         return named
 
     def evaluations(row: dict) -> dict:
         ipc, kip = row["ipc"], row["kip"]
-        cell = os.path.join(args.runs_dir, folder(ipc))
+        cell = os.path.join(args.runs_dir, folder(ipc, row["lr"]))
         evals, baseline = {}, {}
         for which in evals_wanted(ipc):
             if which == "exact" and exact:  # the run's own evaluations already are these (step 0: the set it started from)
@@ -135,10 +144,14 @@ def main() -> None:
                 "evals": evals, "real_images": baseline}
 
     try:
-        rows = table.run_rows(table.grid(ipc=args.ipc), cells_of, args.runs_dir, evaluations,
+        runs = table.run_rows(table.grid(ipc=args.ipc, lr=args.lr), cells_of, args.runs_dir, evaluations,
                               progress=not args.no_progress, overwrite=args.overwrite)
     except InputError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
+    # one row per size: its only lr, or the lr whose set has the best final validation accuracy
+    rows = [max((r for r in runs if r["ipc"] == ipc), key=lambda r: r["kip"].get("val_accuracy", 0.0)) for ipc in args.ipc]
+    for r in rows:
+        r["tried"] = {f"{x['lr']:g}": x["kip"].get("val_accuracy") for x in runs if x["ipc"] == r["ipc"]}
 
     start_note = f"the set it started from: {init_from}" if init_from else "real images it started from"
     names = {"rf": f"rf-convnet3 estimate ({args.eval_models} x width {args.eval_width}, other networks)",
@@ -156,12 +169,25 @@ def main() -> None:
                table.Column("steps", lambda r: str(r["kip"]["steps"])),
                table.Column("target batch", lambda r: str(r["target_batch"])),
                table.Column("time (min)", lambda r: f"{r['kip']['seconds'] / 60:.1f}")]
+    if args.val_size:
+        def lr_choice(r: dict) -> str:
+            chosen = f"{r['lr']:g}"
+            return ", ".join(f"**{lr}: {100 * v:.2f}**" if lr == chosen else f"{lr}: {100 * v:.2f}" for lr, v in r["tried"].items())
+
+        columns += [table.Column("Adam lr: final validation accuracy (chosen)", lr_choice),
+                    table.Column("best validation (step): its test accuracy", lambda r: (
+                        f"{100 * r['kip']['best_val']['val_accuracy']:.2f} ({r['kip']['best_val']['step']}): "
+                        f"{100 * r['kip']['best_val']['test_accuracy']:.2f}"))]
+    validation_note = "" if not args.val_size else f"""
+Validation: {args.val_size} training images held out of KIP's targets (none of the sets' sources; their
+indices are in each distilled.npz as val_indices), judged by KRR at every evaluation: the lr is the
+one with the best final validation accuracy; the best evaluation by it is reported apart, with its step."""
     body = table.markdown(columns, rows) + f"""
 
 {args.dataset}, KIP with {kernel}: {f'the exact ConvNet3 NTK in {args.precision}' if exact else
 f'{args.rf_models} random ConvNet3s of width {args.rf_width} drawn afresh every step (float32 features, float64 Gram matrix and solve)'},
-learned labels, {args.loss} loss, Adam {args.lr:g},{f' fine-tuning {init_from},' if init_from else ''}
-ridge 1e-6 x tr(K)/n, {'ZCA' if args.zca else 'standardised'} inputs.
+learned labels, {args.loss} loss, Adam {', '.join(f'{lr:g}' for lr in args.lr)}{' (the final validation accuracy chose)' if len(args.lr) > 1 else ''},{f' fine-tuning {init_from},' if init_from else ''}
+ridge 1e-6 x tr(K)/n, {'ZCA' if args.zca else 'standardised'} inputs.{validation_note}
 Test accuracy of KRR on the full test set ({rows[0]['kip']['test_size']} images). Published: Nguyen et al.,
 arXiv 2107.13034, Table 1 (exact ConvNet kernels, hundreds of accelerators, to convergence).
 Runs (distilled sets, curves) in {args.runs_dir}/.

@@ -126,12 +126,16 @@ def prepare(
                    layer, mesh)
 
 
-def make_evaluator(problem: Problem, reg: float, block_size: int) -> Callable[[jax.Array, jax.Array], dict]:
-    """(support images, support labels) -> {'test_accuracy', 'test_mse'} on the full test set,
-    its rows split over the problem's devices."""
+def make_evaluator(problem: Problem, reg: float, block_size: int,
+                   rows: np.ndarray | None = None) -> Callable[[jax.Array, jax.Array], dict]:
+    """(support images, support labels) -> {'test_accuracy', 'test_mse'} on the full test set (with
+    `rows`: on those training rows instead, a validation split), its rows split over the devices."""
     ds, mesh = problem.dataset, problem.mesh
-    _, labels, targets = parallel.split_rows(mesh, jnp.ones(len(ds.y_test), problem.dtype), jnp.asarray(ds.y_test),
-                                             data.one_hot(ds.y_test, ds.num_classes, dtype=problem.dtype))
+    y, x_eval, weights = (ds.y_test, problem.x_test, problem.test_weights) if rows is None else (ds.y_train[rows], None, None)
+    if rows is not None:
+        weights, x_eval = parallel.split_rows(mesh, jnp.ones(len(rows), problem.dtype), problem.x_train[rows])
+    _, labels, targets = parallel.split_rows(mesh, jnp.ones(len(y), problem.dtype), jnp.asarray(y),
+                                             data.one_hot(y, ds.num_classes, dtype=problem.dtype))
 
     @jax.jit
     def metrics(images, support_labels, x_test, weights, labels, targets):
@@ -140,7 +144,7 @@ def make_evaluator(problem: Problem, reg: float, block_size: int) -> Callable[[j
 
     def evaluate(images, support_labels) -> dict:
         support = parallel.replicate(mesh, (jnp.asarray(images, problem.dtype), jnp.asarray(support_labels)))
-        acc, mse = metrics(*support, problem.x_test, problem.test_weights, labels, targets)
+        acc, mse = metrics(*support, x_eval, weights, labels, targets)
         return {"test_accuracy": float(acc), "test_mse": float(mse)}
 
     return evaluate
@@ -236,6 +240,9 @@ class DistillConfig(SteppedRunOptions):
     loss: str = "mse"
     init_from: str | None = None  # a distilled .npz to start from instead of real images (fine-tuning)
     get: str = "ntk"  # an exact kernel's NTK or NNGP (random features estimate the NNGP whatever this says)
+    # training images held out of the targets (none of the set's sources) and judged by KRR at every
+    # evaluation: what a learning rate or a step count is chosen on, never the test set (0: none)
+    val_size: int = 0
 
     @property
     def kernel_options(self) -> KernelOptions:
@@ -251,6 +258,8 @@ class DistillConfig(SteppedRunOptions):
             raise InputError(f"--steps must be >= 0, got {self.steps}")
         if not (self.lr > 0 and np.isfinite(self.lr)):
             raise InputError(f"--lr must be a positive number, got {self.lr}")
+        if self.val_size < 0:
+            raise InputError(f"--val-size must be >= 0, got {self.val_size}")
 
 
 RESUMABLE_CHANGES = loop.RESUMABLE_CHANGES
@@ -297,6 +306,9 @@ def distill_run(
     """
     config.check()
     ds = data.load(config.dataset, config.data_dir)
+    n = len(ds.y_train)
+    if config.val_size > n // 5:
+        raise InputError(f"--val-size must be at most a fifth of the {n} training images ({n // 5}), got {config.val_size}")
     start_set = _start_set(config, ds) if config.init_from else None
     prepare_out(out, resume, overwrite)
     problem = prepare(ds, config.kernel_options, config.zca, config.precision, max_memory=config.max_memory,
@@ -310,13 +322,18 @@ def distill_run(
         init_idx = start_indices(config.seed, ds.y_train, ds.num_classes, config.ipc)
         init_images = problem.x_train[init_idx]
         init_labels = data.one_hot(ds.y_train[init_idx], ds.num_classes, dtype=problem.dtype)
-    target_batch = min(config.target_batch, len(ds.y_train))
-    if target_batch < len(ds.y_train):
-        data.check_per_class(-(-target_batch // ds.num_classes), data.class_table(ds.y_train, ds.num_classes)[1], "--target-batch")
+    # held out of the targets, none of the set's sources; its own key: the start and the steps stay as without it
+    val_idx = np.sort(data.validation_split(jax.random.fold_in(key, 7), n, config.val_size, np.asarray(init_idx))) \
+        if config.val_size else None
+    pool = None if val_idx is None else np.setdiff1d(np.arange(n), val_idx)  # the targets' rows
+    x_pool, y_pool = (problem.x_train, ds.y_train) if pool is None else (problem.x_train[pool], ds.y_train[pool])
+    target_batch = min(config.target_batch, len(y_pool))
+    if target_batch < len(y_pool):
+        data.check_per_class(-(-target_batch // ds.num_classes), data.class_table(y_pool, ds.num_classes)[1], "--target-batch")
 
     optimizer = optax.adam(config.lr)
     state = distill.init_state(init_images, init_labels, optimizer, run_key, config.loss)
-    train = distill.train_data(problem.x_train, ds.y_train, ds.num_classes, problem.dtype,
+    train = distill.train_data(x_pool, y_pool, ds.num_classes, problem.dtype,
                                problem.layer.kernel_fn if problem.layer else None)
     config_dict = dataclasses.asdict(config)
     state, history = resumed(out, state, config_dict, resume, log)
@@ -330,13 +347,15 @@ def distill_run(
                                 config.loss, problem.mesh)
     state, history = optimise_set(out, problem, config, state, history, step_fn, train, config.steps,
                                   lambda s: (s.params["images"], s.params["labels"]), init_idx, config.kernel,
-                                  progress, log, hint="try a smaller --lr or a larger --reg")
+                                  progress, log, hint="try a smaller --lr or a larger --reg",
+                                  validation=val_idx)
     metrics = run_metrics(history, int(state.step), ds, config_dict)
     step, evals, seconds, final = metrics["steps"], history.evals, history.seconds, history.evals[-1]
     write_distilled(out, problem, np.asarray(state.params["images"]), np.asarray(state.params["labels"]),
                      np.asarray(init_images), init_idx, metrics,
                      f"KIP {config.kernel} on {ds.name}, {config.ipc}/class, {step} steps: "
-                     f"test acc {100 * final['test_accuracy']:.2f}%")
+                     f"test acc {100 * final['test_accuracy']:.2f}%",
+                     **({} if val_idx is None else {"val_indices": val_idx}))  # what later choices must exclude too
     plots.learning_curve(os.path.join(out, "curve.png"), history.losses, evals, f"KIP {config.kernel} on {ds.name}, {config.ipc} images/class")
     log(f"test accuracy {100 * metrics['test_accuracy']:.2f}% (initial real images: "
         f"{100 * metrics['initial_test_accuracy']:.2f}%), test mse {metrics['test_mse']:.5f}; "
@@ -356,14 +375,22 @@ def resumed(out: str, state: Any, config: dict, resume: bool, log: Callable[[str
 
 def optimise_set(out: str, problem: Problem, config: Any, state: Any, history: loop.History, step_fn: Callable,
                  step_data: Any, steps: int, set_of: Callable, init_idx, kernel: str, progress: bool,
-                 log: Callable[[str], None], hint: str = "try a smaller --lr") -> tuple[Any, loop.History]:
+                 log: Callable[[str], None], hint: str = "try a smaller --lr",
+                 validation: np.ndarray | None = None) -> tuple[Any, loop.History]:
     """`loop.optimise` of a distillation run (any method): `steps` of `step_fn(state, train=step_data)`
     fused as `distill.make_multi_step` does, the set `set_of(state)` -> (images, labels) judged by
-    KRR every `config.eval_every` steps, checkpoints in OUT every `config.checkpoint_every` (with
+    KRR every `config.eval_every` steps (on the test set, and on the training rows `validation` as
+    'val_accuracy' / 'val_mse'), checkpoints in OUT every `config.checkpoint_every` (with
     `config.snapshots`, the set at each as well), stopped after `config.max_seconds` of `config.clock`."""
     ckpt_path = checkpoint_path(out)
     config_dict = dataclasses.asdict(config)
     evaluate = make_evaluator(problem, config.reg, config.block_size)
+    if validation is not None:
+        on_test, on_val = evaluate, make_evaluator(problem, config.reg, config.block_size, validation)
+
+        def evaluate(images, labels) -> dict:
+            val = on_val(images, labels)
+            return {**on_test(images, labels), "val_accuracy": val["test_accuracy"], "val_mse": val["test_mse"]}
     checkpoint = lambda s, h: loop.save_checkpoint(ckpt_path, s, config_dict, h)
     if config.snapshots:
         checkpoint = keeping_snapshots(checkpoint, out, problem, init_idx, kernel, set_of)
@@ -377,6 +404,10 @@ def run_metrics(history: loop.History, step: int, ds: data.Dataset, config: dict
     """The metrics.json of a distillation run (any method) that ended at `step`: the final and
     initial test accuracy, timing, the options, the machine, the evaluations and the losses."""
     final = history.evals[-1]
+    if "val_accuracy" in final:  # the evaluation a choice rests on: the final one and the best, with its step
+        best = max(history.evals, key=lambda e: e["val_accuracy"])
+        extra = {"val_accuracy": final["val_accuracy"], "best_val": {k: best[k] for k in ("step", "val_accuracy", "test_accuracy")},
+                 **extra}
     return {
         **extra,
         "test_accuracy": final["test_accuracy"],
@@ -427,9 +458,6 @@ def write_distilled(out: str, problem: Problem, images, labels, init_images, ini
               metrics["config"]["kernel"] if kernel is None else kernel, **extra)
     io.write_json(os.path.join(out, "metrics.json"), metrics)
     plots.support_grid(os.path.join(out, "support.png"), images, labels, init_images, title)
-
-
-# --------------------------------------------------------------------------- Label Solve
 
 
 # --------------------------------------------------------------------------- evaluate

@@ -191,3 +191,38 @@ def test_version_is_the_installed_package_s(capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main(["--version"])
     assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"kip {version('kip')}"
+
+
+def test_val_size_holds_rows_out_of_the_targets_and_judges_the_set_on_them(tmp_path, monkeypatch):
+    """--val-size: that many training rows, none of the set's sources, leave KIP's targets (the
+    training data its steps draw from) and are named in distilled.npz; val_accuracy is the KRR
+    accuracy of the final set on them (numpy ridge solve on the fc1 kernel), best_val the best
+    evaluation by it; the start is the run's without them."""
+    from kip import kernels, preprocess
+
+    seen = []
+    train_data = distill.train_data
+    monkeypatch.setattr(distill, "train_data", lambda images, *a, **k: seen.append(len(images)) or train_data(images, *a, **k))
+    out, plain = tmp_path / "val", tmp_path / "plain"
+    assert run_cli("distill", "--out", out, "--learn-labels", "--val-size", "200", *FAST) == 0
+    assert run_cli("distill", "--out", plain, "--learn-labels", "--steps", "0", "--ipc", "2", "--no-progress") == 0
+    from kip import data
+
+    ds = data.load("digits")
+    assert seen[0] == len(ds.y_train) - 200 and seen[1] == len(ds.y_train)
+    metrics = json.loads((out / "metrics.json").read_text())
+    with np.load(out / "distilled.npz") as f, np.load(plain / "distilled.npz") as g:
+        val, images, labels = f["val_indices"], f["images"], f["labels"]
+        assert len(np.unique(val)) == 200 and not np.isin(f["initial_indices"], val).any()
+        np.testing.assert_array_equal(f["initial_indices"], g["initial_indices"])
+    x = preprocess.fit(ds.x_train, "standardize").apply(ds.x_train)[val]
+    kernel_fn = kernels.preset("fc1").kernel_fn
+    k_ss, k_vs = np.asarray(kernel_fn(images, None, "ntk")), np.asarray(kernel_fn(x, images, "ntk"))
+    ridge = k_ss + 1e-6 * np.trace(k_ss) / len(k_ss) * np.eye(len(k_ss))
+    predicted = k_vs @ np.linalg.solve(ridge, labels)
+    assert metrics["val_accuracy"] == pytest.approx(np.mean(predicted.argmax(1) == ds.y_train[val]), abs=1e-12)
+    best = max(metrics["evals"], key=lambda e: e["val_accuracy"])
+    assert metrics["best_val"] == {"step": best["step"], "val_accuracy": best["val_accuracy"], "test_accuracy": best["test_accuracy"]}
+    assert run_cli("distill", "--out", tmp_path / "big", "--val-size", "100000", *FAST) == 2
+    assert not (tmp_path / "big").exists()
+    assert run_cli("distill", "--method", "dc", "--out", tmp_path / "dc", "--val-size", "10", *FAST) == 2

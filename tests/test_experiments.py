@@ -21,7 +21,9 @@ QUICK = [
     ("protocol_baselines.py", ["--no-progress"], "protocol_baselines_digits_quick.md", r"\| dc \| 5 \| "),
     ("data_diet.py", ["--no-progress"], "data_diet_digits_quick.md", r"\| 50% \("),
     ("data_budget.py", ["--no-progress"], "data_budget_digits_quick.md", r"\| 200 \| - \| \d+\.\d+ \| "),  # KIP up to 10
-    ("kip_convnet.py", [], "kip_convnet_digits_quick.md", r"\| 10 \| "),
+    # two lrs, chosen on held-out training images (--val-size)
+    ("kip_convnet.py", ["--lr", "0.01", "0.04", "--val-size", "200"], "kip_convnet_digits_quick.md",
+     r"\| 10 \| .* \| (\*\*0\.01: \d+\.\d+\*\*, 0\.04: \d+\.\d+|0\.01: \d+\.\d+, \*\*0\.04: \d+\.\d+\*\*) \| \d+\.\d+ \(\d+\): "),
     # one method: DC's and DM's paths are the library's (tests/test_matching.py); this checks the script
     ("matching.py", ["--no-progress", "--methods", "dsa"], "matching_digits_quick.md", r"\| DSA \| 1 \| 1 \| 6 it\., width 8"),
     # method_zoo.py: its own test below (its quick run, then again from its kept cells alone)
@@ -147,3 +149,11 @@ def test_method_zoo_names_every_cifar10_gpu_cell_and_refuses_another_quick_datas
     assert "== MTT, 10/class, seed 2" in gpu.stdout and not (tmp_path / "runs").exists()
     quick = run("--quick", "--dataset", "mnist")
     assert quick.returncode != 0 and "--quick runs the embedded digits" in quick.stderr, quick.stderr
+
+
+def test_kip_convnet_refuses_to_choose_an_lr_without_a_validation_split(tmp_path):
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "kip_convnet.py"), "--quick", "--lr", "0.01", "0.04",
+           "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path), "--allow-dirty"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 2 and "several --lr values need --val-size" in proc.stderr, proc.stderr
+    assert not (tmp_path / "runs").exists() and not list(tmp_path.glob("*.md"))
