@@ -10,7 +10,9 @@ CPU mode fits a 2-core CPU (under an hour): a fixed class-balanced subset of MNI
 small ConvNet, a few epochs; the table says exactly what ran. GPU mode is the paper's CIFAR-10
 protocol unchanged (ResNet-18, 200 epochs, scores at epoch 20 over 10 runs). Every score run
 and every trained network is saved under --runs-dir as it finishes and reused when the same
-command runs again, so an interruption loses at most one network. Writes
+command runs again, so an interruption loses at most one network; the networks are the cells of
+a `kip.table` (each keyed by all of its options; one of other options stops the table before
+anything trains, unless --overwrite). Writes
 results/data_diet_<dataset>.{md,json,png}.
 """
 
@@ -27,7 +29,7 @@ import jax
 import numpy as np
 from scipy import stats
 
-from kip import data, diet, io, plots, prune, report, transfer
+from kip import InputError, data, diet, io, plots, prune, report, table, transfer
 
 MODES = {
     # keep: fractions of the training set kept; runs: networks averaged per score; seeds: networks per cell
@@ -85,8 +87,10 @@ def main() -> None:
     x_train, x_test = diet.standardised(ds)
     targets = np.asarray(data.one_hot(ds.y_train, ds.num_classes, centred=False))
 
-    def cell(method: str, keep: float, seed: int) -> float:
-        """Test accuracy of one network (seed) trained on the `keep` fraction chosen by `method`."""
+    def network(point: dict) -> dict:
+        """One network (seed) trained on the `keep` fraction chosen by `method`: a cell kept in
+        RUNS_DIR/cells/, keyed by everything it depends on."""
+        method, keep, seed = point["method"], point["keep"], point["seed"]
         meta = {"dataset": ds.name, "fingerprint": diet.fingerprint(ds), **described, "method": method, "keep": keep,
                 "seed": seed, "scores": None if method in ("random", "full") else m["runs"]}
 
@@ -97,17 +101,21 @@ def main() -> None:
                 s = prune.random_scores(n, seed) if method == "random" else values[method]
                 idx = prune.keep_highest(s, keep, seed=seed)
             r = transfer.train_networks(model, x_train[idx], targets[idx], x_test, ds.y_test, config, 1, seed, progress)
+            print(f"  {method:>10} keep {keep:.0%} seed {seed}: test accuracy {100 * r['test_accuracies'][0]:.2f}%")
             return {"accuracy": np.array(r["test_accuracies"][0]), "size": np.array(len(idx)),
                     "seconds": np.array(r["seconds_per_network"])}
 
-        result = io.cached(os.path.join(runs_dir, "cells", f"{method}-keep{keep:g}-seed{seed}.npz"), meta, compute,
-                             overwrite=args.overwrite)
-        print(f"  {method:>10} keep {keep:.0%} seed {seed}: test accuracy {100 * float(result['accuracy']):.2f}%")
-        return float(result["accuracy"])
+        return {"network": (os.path.join("cells", f"{method}-keep{keep:g}-seed{seed}.npz"), table.Computed(meta, compute))}
 
-    seeds = range(m["seeds"])
-    full = [cell("full", 1.0, s) for s in seeds]
-    grid = {(method, keep): [cell(method, keep, s) for s in seeds] for method in METHODS for keep in m["keeps"]}
+    points = table.grid(method=["full"], keep=[1.0], seed=range(m["seeds"])) + table.grid(
+        method=METHODS, keep=m["keeps"], seed=range(m["seeds"]))
+    try:
+        rows = table.run_rows(points, network, runs_dir, overwrite=args.overwrite)
+    except InputError as e:
+        raise SystemExit(f"data_diet.py: error: {e}") from None
+    accuracy = {(r["method"], r["keep"], r["seed"]): float(r["network"]["accuracy"]) for r in rows}
+    full = [accuracy["full", 1.0, s] for s in range(m["seeds"])]
+    grid = {(method, keep): [accuracy[method, keep, s] for s in range(m["seeds"])] for method in METHODS for keep in m["keeps"]}
 
     name = f"data_diet_{m['dataset']}" + ("_quick" if args.quick else "")
     mean_std = report.mean_std

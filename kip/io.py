@@ -86,17 +86,24 @@ def read_json(path: str) -> Any:
         raise InputError(f"{path}: not readable JSON ({e})") from None
 
 
+def cached_conflict(path: str, meta: dict) -> bool:
+    """Whether `path` holds a `cached` result of options other than `meta` (one `cached` would
+    refuse to replace without `overwrite`)."""
+    if not os.path.exists(path):
+        return False
+    arrays = read_npz(path)
+    return not ("meta" in arrays and str(arrays["meta"]) == json.dumps(meta, sort_keys=True))
+
+
 def cached(path: str, meta: dict, compute: Callable[[], dict], overwrite: bool = False) -> dict:
     """`compute()` (a dict of arrays), saved at `path` with `meta`; reused when `path` already
     holds a result of the same `meta`. A result of other options raises `InputError` unless
     `overwrite`, which recomputes it."""
-    key = json.dumps(meta, sort_keys=True)
     if os.path.exists(path):
-        arrays = read_npz(path)
-        if "meta" in arrays and str(arrays["meta"]) == key:
-            return {k: v for k, v in arrays.items() if k != "meta"}
+        if not cached_conflict(path, meta):
+            return {k: v for k, v in read_npz(path).items() if k != "meta"}
         if not overwrite:
             raise InputError(f"{path} holds a result of other options: pass --overwrite to replace it, or another --out")
     result = compute()
-    write_npz(path, meta=np.array(key), **result)
+    write_npz(path, meta=np.array(json.dumps(meta, sort_keys=True)), **result)
     return result

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from kip import InputError, label_solve, run, table
@@ -91,3 +92,23 @@ def test_an_experiment_refuses_a_changed_option_its_folder_names_omit(tmp_path):
     assert "target_batch 5000 -> 300" in proc.stderr and "--overwrite" in proc.stderr, proc.stderr
     assert (out / "distilled.npz").read_bytes() == stored and not list(tmp_path.glob("*.md"))
     assert not (runs / "digits-fc1-ipc1-label-solve").exists()
+
+
+def test_a_computed_cell_is_kept_reused_and_its_conflict_named_before_any_cell_runs(tmp_path):
+    """Cells that are not runs (a trained network's accuracy, as data_diet's): computed once and
+    kept with their options; another option in the same file is named before anything computes."""
+    calls = []
+
+    def cells_of(meta):
+        return lambda p: {"value": (f"v{p['i']}.npz", table.Computed({"i": p["i"], **meta},
+                                                                     lambda: calls.append(p["i"]) or {"x": np.array(p["i"])}))}
+
+    rows = table.run_rows(table.grid(i=[1, 2]), cells_of({"scale": 1}), str(tmp_path))
+    assert [int(r["value"]["x"]) for r in rows] == [1, 2] and calls == [1, 2]
+    table.run_rows(table.grid(i=[1, 2]), cells_of({"scale": 1}), str(tmp_path))
+    assert calls == [1, 2]  # reused
+    with pytest.raises(InputError, match=r"1 of 2 cells would replace other results, nothing was run: .*v1\.npz"):
+        table.run_rows(table.grid(i=[3, 1]), cells_of({"scale": 2}), str(tmp_path))
+    assert calls == [1, 2] and not (tmp_path / "v3.npz").exists()
+    table.run_rows(table.grid(i=[1]), cells_of({"scale": 2}), str(tmp_path), overwrite=True)
+    assert calls == [1, 2, 1]
