@@ -26,7 +26,7 @@ import time
 import jax
 import numpy as np
 
-from kip import cells, data, diet, io, label_solve, models, plots, prune, report, run, train, transfer
+from kip import InputError, data, diet, io, label_solve, models, plots, prune, report, run, table, train, transfer
 
 MODES = {
     # sizes: stored examples (multiples of the number of classes); kip_max: largest KIP support (KIP's
@@ -72,58 +72,64 @@ def main() -> None:
                    progress=progress)
     el2n = diet.load_scores(score_file)[0]
 
-    def support(method: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
-        """The n stored examples of `method` (images in the kernel's preprocessed space, labels)
-        and their KRR test accuracy."""
-        ipc = n // num_classes
+    def indices(method: str, n: int, seed: int) -> np.ndarray:
+        """The training rows of a real subset: all, the highest EL2N (class-balanced), or random (balanced)."""
+        if method == "full":
+            return np.arange(n_train)
+        if method == "EL2N":
+            return prune.keep_highest(el2n, n / n_train, labels=ds.y_train, seed=seed)
+        return np.sort(data.balanced_subset(jax.random.PRNGKey(seed), ds.y_train, num_classes, n // num_classes))
+
+    def cells_of(point: dict) -> dict:
+        """A point's set: a KIP or Label Solve run, or a real subset's KRR accuracy (a computed cell)."""
+        method, n, seed = point["method"], point["n"], point["seed"]
         if method in ("KIP", "Label Solve"):
             common = dict(dataset=m["dataset"], data_dir=None if m["dataset"] == "digits" else args.data_dir,
-                          kernel=KERNEL, ipc=ipc, seed=seed)
-            out = os.path.join(runs_dir, "sets", f"{method.replace(' ', '_').lower()}-n{n}-seed{seed}")
-            if method == "KIP":
-                metrics = cells.distill_cell(run.DistillConfig(**common, steps=m["kip_steps"], learn_labels=True,
-                                                             target_batch=min(m["target_batch"], n_train),
-                                                             eval_every=m["kip_steps"]), out, progress=progress,
-                                               overwrite=args.overwrite)
-            else:
-                metrics = cells.label_solve_cell(label_solve.LabelSolveConfig(**common), out, overwrite=args.overwrite)
-            stored = io.read_npz(os.path.join(out, "distilled.npz"))
-            return stored["images"], stored["labels"], metrics["test_accuracy"]
-        if method == "full":
-            idx = np.arange(n_train)
-        elif method == "EL2N":
-            idx = prune.keep_highest(el2n, n / n_train, labels=ds.y_train, seed=seed)
-        else:
-            idx = np.sort(data.balanced_subset(jax.random.PRNGKey(seed), ds.y_train, num_classes, ipc))
+                          kernel=KERNEL, ipc=n // num_classes, seed=seed)
+            config = (run.DistillConfig(**common, steps=m["kip_steps"], learn_labels=True,
+                                        target_batch=min(m["target_batch"], n_train), eval_every=m["kip_steps"])
+                      if method == "KIP" else label_solve.LabelSolveConfig(**common))
+            return {"set": (os.path.join("sets", f"{method.replace(' ', '_').lower()}-n{n}-seed{seed}"), config)}
         if method == "full" and not m["kernel_full"]:  # its kernel matrix does not fit this machine
-            return x_train[idx], one_hot[idx], np.nan
+            return {}
+        idx = indices(method, n, seed)
         meta = {"dataset": ds.name, "kernel": KERNEL, "indices": idx.tolist() if len(idx) < n_train else "all"}
-        acc = io.cached(os.path.join(runs_dir, "krr", f"{method}-n{n}-seed{seed}.npz"), meta,
-                        lambda: {"accuracy": np.array(krr_accuracy(x_train[idx], one_hot[idx])["test_accuracy"])},
-                        overwrite=args.overwrite)["accuracy"]
-        return x_train[idx], one_hot[idx], float(acc)
+        compute = lambda: {"accuracy": np.array(krr_accuracy(x_train[idx], one_hot[idx])["test_accuracy"])}  # noqa: E731
+        return {"krr": (os.path.join("krr", f"{method}-n{n}-seed{seed}.npz"), table.Computed(meta, compute))}
+
+    def networks(row: dict) -> dict:
+        """The set's KRR accuracy and its finite networks (kept in the networks cache)."""
+        method, n, seed = row["method"], row["n"], row["seed"]
+        if "set" in row:
+            stored = io.read_npz(os.path.join(runs_dir, "sets", f"{method.replace(' ', '_').lower()}-n{n}-seed{seed}",
+                                              "distilled.npz"))
+            images, labels, acc = stored["images"], stored["labels"], row["set"]["test_accuracy"]
+        else:
+            idx = indices(method, n, seed)
+            images, labels = x_train[idx], one_hot[idx]
+            acc = float(row["krr"]["accuracy"]) if "krr" in row else np.nan
+        cache = os.path.join(runs_dir, "networks", f"{method.replace(' ', '_')}-n{n}-set{seed}")
+        r = transfer.train_networks_stable(network, images, labels, x_test, ds.y_test, net_config,
+                                           seeds=1 if method == "random" else m["seeds"], seed=seed, cache_dir=cache)
+        print(f"  {method:>11} n={n:>6} set {seed}: KRR {'-' if np.isnan(acc) else f'{100 * acc:.2f}%'}, network "
+              f"{100 * np.mean(r['test_accuracies']):.2f}% (lr {r['lr']:g}; {time.time() - started:.0f} s so far)")
+        return {"kernel": acc, "network": r["test_accuracies"], "lr": r["lr"]}
 
     lr_text = lambda lrs: "/".join(f"{lr:g}" for lr in lrs)  # noqa: E731
+    # one set per seed where the set itself is random; KIP, Label Solve and EL2N sets are made once
+    points = [dict(method=method, n=n, seed=seed) for method, n in
+              [("full", n_train)] + [(method, n) for n in sizes for method in METHODS if not (method == "KIP" and n > m["kip_max"])]
+              for seed in (range(m["seeds"]) if method == "random" else [0])]
+    try:
+        rows = table.run_rows(points, cells_of, runs_dir, networks, progress=progress, overwrite=args.overwrite)
+    except InputError as e:
+        raise SystemExit(f"data_budget.py: error: {e}") from None
     results = {}  # (method, n) -> {"kernel": [...], "network": [...], "lr": [the lrs its networks trained at]}
-    table_cells = [("full", n_train)] + [(method, n) for n in sizes for method in METHODS
-                                    if not (method == "KIP" and n > m["kip_max"])]
-    for method, n in table_cells:
-        # one set per seed where the set itself is random; KIP, Label Solve and EL2N sets are made once
-        set_seeds = range(m["seeds"]) if method == "random" else [0]
-        kernel_acc, net_acc, lrs = [], [], set()
-        for seed in set_seeds:
-            images, labels, acc = support(method, n, seed)
-            kernel_acc.append(acc)
-            cache = os.path.join(runs_dir, "networks", f"{method.replace(' ', '_')}-n{n}-set{seed}")
-            r = transfer.train_networks_stable(network, images, labels, x_test, ds.y_test, net_config,
-                                               seeds=1 if method == "random" else m["seeds"], seed=seed, cache_dir=cache)
-            net_acc += r["test_accuracies"]
-            lrs.add(r["lr"])
-        results[method, n] = {"kernel": kernel_acc, "network": net_acc, "lr": sorted(lrs)}
-        krr_text = "-" if np.all(np.isnan(kernel_acc)) else f"{100 * np.nanmean(kernel_acc):.2f}%"
-        print(f"  {method:>11} n={n:>6}: KRR {krr_text}, network "
-              f"{100 * np.mean(net_acc):.2f}% (lr {lr_text(sorted(lrs))}; "
-              f"{time.time() - started:.0f} s so far)")
+    for r in rows:
+        into = results.setdefault((r["method"], r["n"]), {"kernel": [], "network": [], "lr": []})
+        into["kernel"].append(r["kernel"])
+        into["network"] += list(r["network"])
+        into["lr"] = sorted(set(into["lr"]) | {r["lr"]})
 
     def fmt(key, judge) -> str:
         if key not in results or np.all(np.isnan(results[key][judge])):
