@@ -133,8 +133,8 @@ examples: its temporaries stay those of one block (bounded memory), its argument
 "Last layer only" is `grand(..., last_layer_only=True)` (the cheap approximation, not the paper's
 score); "one gradient of the batch's mean loss" is ordinary training's single backward pass, not
 per-example: what per-example gradients cost beyond it is the price of exactness.
-Goal (issue 6): at least 3x faster with bounded memory. The 2-core CPU was shared with other
-jobs while this ran, which slows both methods alike.
+Goal (issue 6): at least 3x faster with bounded memory. Run it alone: other jobs on the 2 cores
+slow both methods, not always alike (the header's load average says how busy the machine was).
 """
     report.write_results("grand_speed", "GraNd: per-example gradients by vmap(grad) against jax.jacrev (CPU)", body,
                          {"rows": rows, "args": vars(args)}, code=args.provenance)
