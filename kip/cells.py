@@ -22,6 +22,15 @@ def _with_defaults(stored: dict, config) -> dict:
 NO_EFFECT = ("devices", "checkpoint_every")  # options a finished run's result does not depend on
 
 
+@dataclasses.dataclass(frozen=True)
+class Computed:
+    """A cell that is not a run: `compute()` (a dict of arrays, e.g. a trained network's accuracy)
+    kept in one .npz file with `meta`, every option it depends on (`kip.io.cached`)."""
+
+    meta: dict
+    compute: Callable[[], dict]
+
+
 def same_options(stored: dict, config, ignore: tuple[str, ...] = NO_EFFECT) -> bool:
     """Whether a run's stored config dict asked for what `config` asks for (`_with_defaults`);
     `ignore` lists options that do not change the result."""
@@ -52,6 +61,8 @@ def cell_conflict(out: str, config) -> str | None:
     interrupted: all but those a resume may change), else one line naming the folder and the
     options that differ. A folder's name rarely spells every option: this is what keeps a
     changed option from silently deleting a finished run."""
+    if isinstance(config, Computed):
+        return f"{out} holds a result of other options" if io.cached_conflict(out, config.meta) else None
     metrics_path, checkpoint = os.path.join(out, "metrics.json"), run.checkpoint_path(out)
     if os.path.exists(metrics_path):
         stored = io.read_json(metrics_path).get("config")
@@ -114,8 +125,11 @@ def label_solve_cell(config: label_solve.LabelSolveConfig, out: str, log: Callab
 
 def run_cell(config, out: str, progress: bool = False, log: Callable[[str], None] = print,
              overwrite: bool = False) -> dict:
-    """Any cell by its config's kind: Label Solve (`label_solve_cell`) or a stepped run (KIP, DC,
-    DSA, DM, DD, MTT, FRePo: `distill_cell`). Returns its metrics."""
+    """Any cell by its config's kind: a `Computed` one (`io.cached`: its arrays), Label Solve
+    (`label_solve_cell`) or a stepped run (KIP, DC, DSA, DM, DD, MTT, FRePo: `distill_cell`).
+    Returns its metrics."""
+    if isinstance(config, Computed):
+        return io.cached(out, config.meta, config.compute, overwrite)
     if isinstance(config, label_solve.LabelSolveConfig):
         return label_solve_cell(config, out, log=log, overwrite=overwrite)
     return distill_cell(config, out, progress=progress, log=log, overwrite=overwrite)

@@ -86,13 +86,18 @@ def read_json(path: str) -> Any:
         raise InputError(f"{path}: not readable JSON ({e})") from None
 
 
+def _cached_result(path: str, meta: dict) -> dict | None:
+    """The arrays `cached` kept at an existing `path`, None when they were kept for other options."""
+    arrays = read_npz(path)
+    if "meta" in arrays and str(arrays["meta"]) == json.dumps(meta, sort_keys=True):
+        return {k: v for k, v in arrays.items() if k != "meta"}
+    return None
+
+
 def cached_conflict(path: str, meta: dict) -> bool:
     """Whether `path` holds a `cached` result of options other than `meta` (one `cached` would
     refuse to replace without `overwrite`)."""
-    if not os.path.exists(path):
-        return False
-    arrays = read_npz(path)
-    return not ("meta" in arrays and str(arrays["meta"]) == json.dumps(meta, sort_keys=True))
+    return os.path.exists(path) and _cached_result(path, meta) is None
 
 
 def cached(path: str, meta: dict, compute: Callable[[], dict], overwrite: bool = False) -> dict:
@@ -100,8 +105,9 @@ def cached(path: str, meta: dict, compute: Callable[[], dict], overwrite: bool =
     holds a result of the same `meta`. A result of other options raises `InputError` unless
     `overwrite`, which recomputes it."""
     if os.path.exists(path):
-        if not cached_conflict(path, meta):
-            return {k: v for k, v in read_npz(path).items() if k != "meta"}
+        kept = _cached_result(path, meta)
+        if kept is not None:
+            return kept
         if not overwrite:
             raise InputError(f"{path} holds a result of other options: pass --overwrite to replace it, or another --out")
     result = compute()

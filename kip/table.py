@@ -16,20 +16,13 @@ import itertools
 import os
 from typing import Any, Callable, Iterable, Sequence
 
-from kip import InputError, cells, io
+from kip import InputError, cells
 
 # point -> {name: (folder relative to the runs folder, config)}: the cells a row reads, by name
 CellsOf = Callable[[dict], dict[str, tuple[str, Any]]]
 
 
-@dataclasses.dataclass(frozen=True)
-class Computed:
-    """A cell that is not a run: `compute()` (a dict of arrays, e.g. a trained network's accuracy)
-    kept in one .npz file with `meta`, every option it depends on (`kip.io.cached`). Its 'folder'
-    in `CellsOf` is that file's path."""
-
-    meta: dict
-    compute: Callable[[], dict]
+Computed = cells.Computed  # a cell that is not a run: its 'folder' in `CellsOf` is its .npz file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,29 +44,25 @@ def grid(**axes: Iterable) -> list[dict]:
 def run_rows(points: Sequence[dict], cells_of: CellsOf, runs_dir: str,
              extras: Callable[[dict], dict] | None = None, progress: bool = False, overwrite: bool = False,
              log: Callable[[str], None] = print) -> list[dict]:
-    """One row per point: the point's values, each of its cells' metrics under the cell's name
-    (`cells.run_cell` in RUNS_DIR/folder, or a `Computed` cell's arrays) and then `extras(row)` (values that are not runs: a
+    """One row per point: the point's values, each of its cells' metrics under the cell's name (and
+    its folder under 'folders')
+    (`cells.run_cell` in RUNS_DIR/folder: a run's metrics, a `Computed` cell's arrays) and then `extras(row)` (values that are not runs: a
     baseline, an evaluation kept in a cell's folder). Every cell's folder is checked first: the
     folders that hold runs of other options are named in one InputError and nothing runs, unless
     `overwrite`. A cell two points share (same folder and options) runs once."""
     wanted = [{name: (os.path.join(runs_dir, folder), config) for name, (folder, config) in cells_of(p).items()}
               for p in points]
-    every = [c for w in wanted for c in w.values()]
-    conflicts = [f"{out} holds a result of other options" for out, c in every
-                 if isinstance(c, Computed) and io.cached_conflict(out, c.meta)]
-    if conflicts and not overwrite:
-        raise InputError(f"{len(conflicts)} of {len(every)} cells would replace other results, nothing was run: "
-                         + "; ".join(conflicts) + ". Pass --overwrite to replace them")
-    cells.check_cells([c for c in every if not isinstance(c[1], Computed)], overwrite)
+    cells.check_cells([c for w in wanted for c in w.values()], overwrite)
     done: dict[str, dict] = {}
     rows = []
     for point, named in zip(points, wanted):
         row = dict(point)
         for name, (out, config) in named.items():
             if out not in done:
-                done[out] = (io.cached(out, config.meta, config.compute, overwrite) if isinstance(config, Computed)
-                             else cells.run_cell(config, out, progress=progress, log=log, overwrite=overwrite))
+                done[out] = cells.run_cell(config, out, progress=progress, log=log, overwrite=overwrite)
             row[name] = done[out]
+        if named:
+            row["folders"] = {name: out for name, (out, _) in named.items()}  # where extras find a cell's files
         if extras is not None:
             row.update(extras(row))
         rows.append(row)

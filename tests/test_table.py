@@ -107,7 +107,7 @@ def test_a_computed_cell_is_kept_reused_and_its_conflict_named_before_any_cell_r
     assert [int(r["value"]["x"]) for r in rows] == [1, 2] and calls == [1, 2]
     table.run_rows(table.grid(i=[1, 2]), cells_of({"scale": 1}), str(tmp_path))
     assert calls == [1, 2]  # reused
-    with pytest.raises(InputError, match=r"1 of 2 cells would replace other results, nothing was run: .*v1\.npz"):
+    with pytest.raises(InputError, match=r"1 of 2 cells would replace other runs, nothing was run: .*v1\.npz holds a result of other options"):
         table.run_rows(table.grid(i=[3, 1]), cells_of({"scale": 2}), str(tmp_path))
     assert calls == [1, 2] and not (tmp_path / "v3.npz").exists()
     table.run_rows(table.grid(i=[1]), cells_of({"scale": 2}), str(tmp_path), overwrite=True)
