@@ -101,8 +101,7 @@ def main() -> None:
         """The set's KRR accuracy and its finite networks (kept in the networks cache)."""
         method, n, seed = row["method"], row["n"], row["seed"]
         if "set" in row:
-            stored = io.read_npz(os.path.join(runs_dir, "sets", f"{method.replace(' ', '_').lower()}-n{n}-seed{seed}",
-                                              "distilled.npz"))
+            stored = io.read_npz(os.path.join(row["folders"]["set"], "distilled.npz"))
             images, labels, acc = stored["images"], stored["labels"], row["set"]["test_accuracy"]
         else:
             idx = indices(method, n, seed)

@@ -130,7 +130,7 @@ def main() -> None:
 
     def evaluations(row: dict) -> dict:
         ipc, kip = row["ipc"], row["kip"]
-        cell = os.path.join(args.runs_dir, folder(ipc, row["lr"]))
+        cell = row["folders"]["kip"]
         evals, baseline = {}, {}
         for which in evals_wanted(ipc):
             if which == "exact" and exact:  # the run's own evaluations already are these (step 0: the set it started from)
@@ -139,7 +139,7 @@ def main() -> None:
                 continue
             options = (run.KernelOptions("rf-convnet3", args.eval_models, args.eval_width, seed=12345) if which == "rf"
                        else run.KernelOptions("convnet3"))
-            evals[which], baseline[which] = (evaluated(c, options, args) for c in (cell, cell + "-init"))
+            evals[which], baseline[which] = (evaluated(c, options, args) for c in (cell, row["folders"]["init"]))
         return {"target_batch": target_batch[ipc], "published": PUBLISHED.get(args.dataset, {}).get(ipc),
                 "evals": evals, "real_images": baseline}
 

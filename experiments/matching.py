@@ -119,8 +119,8 @@ def main() -> None:
                         dataclasses.replace(config, eval_every=config.iterations or 1, checkpoint_every=100))}
 
     def judged(row: dict) -> dict:
-        r = evaluate(os.path.join(runs_dir, f"{row['method']}-ipc{row['ipc']}-seed{row['seed']}", "distilled.npz"),
-                     PROTOCOL_OF[row["method"]], m, data_dir, cache_dir, progress)
+        r = evaluate(os.path.join(row["folders"]["run"], "distilled.npz"), PROTOCOL_OF[row["method"]], m, data_dir,
+                     cache_dir, progress)
         metrics = row["run"]
         return {**r, "method": row["method"].upper(), "krr": metrics["test_accuracy"], "settings": metrics["settings"],
                 "seconds": metrics["seconds"]}
@@ -129,7 +129,7 @@ def main() -> None:
         rows = table.run_rows(points, cells_of, runs_dir, judged, progress=progress, overwrite=args.overwrite)
     except InputError as e:
         raise SystemExit(f"matching.py: error: {e}") from None
-    rows = [{k: v for k, v in r.items() if k != "run"} for r in rows]  # the run's metrics (curves) stay in its folder
+    rows = [{k: v for k, v in r.items() if k not in ("run", "folders")} for r in rows]  # the run's metrics stay in its folder
     for folder in args.kip_sets:
         path = os.path.join(folder, "distilled.npz")
         for protocol in ("dc", "dsa"):
