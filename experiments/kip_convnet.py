@@ -37,6 +37,7 @@ from kip import InputError, io, report, run, table
 # arXiv 2107.13034 Table 1, KIP-ConvNet kernel (KRR) accuracy (%), by images per class.
 PUBLISHED = {"mnist": {1: 96.5, 10: 99.1, 50: 99.5}, "fashion_mnist": {1: 76.7, 10: 88.8, 50: 91.0},
              "cifar10": {1: 63.4, 10: 75.5, 50: 79.7}}
+DEFAULT_LR = run.DistillConfig.lr  # the authors' Adam learning rate
 
 
 def evaluated(cell: str, options: run.KernelOptions, args: argparse.Namespace) -> dict:
@@ -64,7 +65,7 @@ def main() -> None:
     parser.add_argument("--rf-models", type=int, default=4)
     parser.add_argument("--rf-width", type=int, default=128)
     parser.add_argument("--loss", default="mse", choices=("mse", "platt"))
-    parser.add_argument("--lr", type=float, nargs="+", default=[0.04],
+    parser.add_argument("--lr", type=float, nargs="+", default=[DEFAULT_LR],
                         help="Adam learning rate (default: %(default)s, the authors'); several: a run each, the one with "
                              "the best final validation accuracy reported (needs --val-size)")
     parser.add_argument("--val-size", type=int, default=0,
@@ -108,7 +109,7 @@ def main() -> None:
     def folder(ipc: int, point_lr: float) -> str:
         setting = f"{args.precision}-tb{target_batch[ipc]}" if exact else f"{args.rf_models}x{args.rf_width}"
         start = f"-from-{os.path.basename(os.path.normpath(args.init_from))}" if args.init_from else ""
-        lr = "" if point_lr == 0.04 else f"-lr{point_lr:g}"
+        lr = "" if point_lr == DEFAULT_LR else f"-lr{point_lr:g}"
         val = f"-val{args.val_size}" if args.val_size else ""
         return f"{args.dataset}-{kernel}-{setting}{'-zca' if args.zca else ''}-{args.loss}-ipc{ipc}{start}{lr}{val}"
 
@@ -124,8 +125,9 @@ def main() -> None:
             lr=point["lr"], val_size=args.val_size)
         named = {"kip": (folder(ipc, point["lr"]), config)}
         if any(not (e == "exact" and exact) for e in evals_wanted(ipc)):
-            # the same run at 0 steps: the images it started from (real, or --init-from's), evaluated like the distilled ones
-            named["init"] = (folder(ipc, point["lr"]) + "-init", dataclasses.replace(config, steps=0))
+            # the same run at 0 steps: the images it started from (real, or --init-from's), evaluated like the distilled
+            # ones. No step uses the lr, so every lr's row shares this one cell (at the default lr's name and options).
+            named["init"] = (folder(ipc, DEFAULT_LR) + "-init", dataclasses.replace(config, steps=0, lr=DEFAULT_LR))
         return named
 
     def evaluations(row: dict) -> dict:

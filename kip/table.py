@@ -44,10 +44,10 @@ def grid(**axes: Iterable) -> list[dict]:
 def run_rows(points: Sequence[dict], cells_of: CellsOf, runs_dir: str,
              extras: Callable[[dict], dict] | None = None, progress: bool = False, overwrite: bool = False,
              log: Callable[[str], None] = print) -> list[dict]:
-    """One row per point: the point's values, each of its cells' metrics under the cell's name (and
-    its folder under 'folders')
-    (`cells.run_cell` in RUNS_DIR/folder: a run's metrics, a `Computed` cell's arrays) and then `extras(row)` (values that are not runs: a
-    baseline, an evaluation kept in a cell's folder). Every cell's folder is checked first: the
+    """One row per point: the point's values, each of its cells' metrics under the cell's name
+    (`cells.run_cell` in RUNS_DIR/folder: a run's metrics, a `Computed` cell's arrays), the cells'
+    folders under 'folders', and then `extras(row)` (values that are not runs: a baseline, an
+    evaluation kept in a cell's folder). Every cell's folder is checked first: the
     folders that hold runs of other options are named in one InputError and nothing runs, unless
     `overwrite`. A cell two points share (same folder and options) runs once."""
     wanted = [{name: (os.path.join(runs_dir, folder), config) for name, (folder, config) in cells_of(p).items()}
