@@ -1,5 +1,5 @@
-"""Shared test set-up: the entry points' settings (float64 on), a compilation cache for the
-session, and the real data sets of ../shared when present."""
+"""Shared test set-up: the entry points' settings (float64 on), quick compiles and a compilation
+cache for the session, and the real data sets of ../shared when present."""
 
 import atexit
 import gc
@@ -9,6 +9,12 @@ import tempfile
 
 from kip import entry
 
+# The suite compiles hundreds of small programs and runs most a few times: compile time is most of
+# its time, and LLVM's optimisation passes most of that. Level 1 (of 3, the default) halves the
+# compile-bound tests (conv derivatives 11 -> 4 s each) and leaves the compute-bound ones as fast
+# (Monte-Carlo kernels, the README's KIP loop; level 0 made those 2-3x slower). XLA's own (HLO)
+# passes, and so the programs' semantics, are unchanged. Subprocesses inherit it.
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=1".strip()
 entry.configure(x64=True)  # the suite is an entry point, like the CLI: before numpy, scipy and JAX load
 
 import jax  # noqa: E402
