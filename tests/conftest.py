@@ -49,3 +49,8 @@ def shared_datasets():
     if not os.path.exists(os.path.join(SHARED_DATASETS, "mnist.npz")):
         pytest.skip(f"real data sets not found in {SHARED_DATASETS} (set KIP_SHARED_DATASETS)")
     return SHARED_DATASETS
+
+
+def forced_devices_flags(devices: int) -> str:
+    """XLA_FLAGS for a subprocess that sees `devices` host devices, keeping the suite's own flags."""
+    return f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={devices}"

@@ -10,6 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import forced_devices_flags
 
 from kip import parallel
 
@@ -73,7 +74,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def _run(args, timeout=600):
-    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4",
+    env = {**os.environ, "XLA_FLAGS": forced_devices_flags(4),
            "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -132,7 +133,7 @@ def test_two_processes_of_two_devices_give_one_process_of_four_devices_run(tmp_p
             [sys.executable, "-c", MULTI_PROCESS, str(port), str(process), str(processes), *common,
              "--out", str(tmp_path / f"{processes}-{process}")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-            env={**env, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"})
+            env={**env, "XLA_FLAGS": forced_devices_flags(devices)})
 
     procs = [launch(0, 2, 2), launch(1, 2, 2)]
     single = launch(0, 1, 4)

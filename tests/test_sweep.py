@@ -12,6 +12,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import forced_devices_flags
 
 from kip import InputError, cells, cli, io, run, sweep
 
@@ -124,7 +125,7 @@ def test_cells_run_in_parallel_over_forced_host_devices(sequential, tmp_path):
         print(json.dumps(placed))
         print(json.dumps(records))
     """)
-    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": forced_devices_flags(2), "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     placed, parallel = (json.loads(line) for line in proc.stdout.strip().splitlines()[-2:])
