@@ -169,6 +169,17 @@ def table(rows: list[dict], m: dict, starts: dict[int, list[float]]) -> str:
 
 
 
+def provenance_words(rows: list[dict]) -> str:
+    """Which commits distilled the rows' sets and which judged them (a cell's cell.json and its
+    judged.json; judgements kept before judged.json recorded its code say so)."""
+    made = sorted({r["cell"].get("code", {}).get("stamp", "unknown") for r in rows})
+    judged = sorted({r["judged_by"] for r in rows if r["judged_by"]})
+    unrecorded = sum(r["judged_by"] is None for r in rows)
+    return (f"Sets distilled at {', '.join(made)}; judged at {', '.join(judged) or '-'}"
+            + (f" ({unrecorded} of {len(rows)} readings judged before judged.json recorded its code)" if unrecorded
+               else "") + " (each cell's cell.json and judged.json).")
+
+
 def own_words(m: dict) -> str:
     """'frepo: networks = 2, baseline_subsets = 3': each own protocol's overrides."""
     return "; ".join(f"{k}: {', '.join(f'{a} = {b}' for a, b in v[1].items()) or 'none'}"
@@ -262,7 +273,8 @@ def main() -> None:
                                            "machine": report.machine(args.provenance)}, progress,
                               args.overwrite)
         kept = cells.budget_readings(kept_dir, budgets, closed_form, m["clock"])
-        judged = cells.Judgements(kept_dir, {k: m[k] for k in ("protocol", "evaluation", "size_evaluation", "krr")})
+        judged = cells.Judgements(kept_dir, {k: m[k] for k in ("protocol", "evaluation", "size_evaluation", "krr")},
+                                  code=args.provenance)
         start = run.snapshot_path(kept_dir, 0)
         if isinstance(config, method_run.MethodConfig) and (ipc, seed) not in start_krr and os.path.exists(start):
             # every run of this seed starts from the same real images (run.start_indices)
@@ -279,6 +291,7 @@ def main() -> None:
             step = int(os.path.basename(path).split("-")[1].split(".")[0]) if "step-" in path else 0
             rows.append({**r, "method": method, "ipc": ipc, "seed": seed, "minutes": budget / 60, "step": step,
                          "path": path, "config": dataclasses.asdict(config),
+                         "judged_by": judged.made_by.get(os.path.relpath(path, kept_dir), {}).get("stamp"),
                          "cell": io.read_json(os.path.join(kept_dir, "cell.json"))})
             print(f"   {budget / 60:g} min (step {step}): {m['protocol']} {100 * r['set']['mean']:.2f}%, "
                   f"KRR {100 * r['krr']:.2f}%")
@@ -344,7 +357,7 @@ from, one set per seed).
 "steps": the step of each seed's reading. Label Solve is one closed-form solve, read at every
 budget it fits in. {expert_note}. Settings per method (CPU: narrower networks and smaller
 real batches than the papers; each row's full options are in the .json): {', '.join(f'{k}: {v[0]}' for k, v in m['methods'].items())}.
-Nothing is chosen on the test set.{ZCA_NOTE if paper_name(m["dataset"]) == "cifar10" else ""}
+Nothing is chosen on the test set. {provenance_words(rows)}{ZCA_NOTE if paper_name(m["dataset"]) == "cifar10" else ""}
 """ + ("\nSmoke run (--quick): tiny networks, seconds-long budgets; it checks the pipeline, not the methods.\n"
        if mode == "quick" else "")
     report.write_results(name, f"Every distillation method at equal compute on {ds_name}", body,

@@ -196,17 +196,24 @@ def budget_cell(config, out: str, kept_dir: str, budgets: tuple[float, ...], clo
 class Judgements:
     """A kept cell's judgements (judged.json beside its sets), valid while `evaluation` (the
     settings that judge them, JSON-able) is unchanged: a set judged once (minutes of finite
-    networks) is not judged again, in this session or a later one."""
+    networks) is not judged again, in this session or a later one. `code` (e.g. the
+    `kip.report.provenance` of the judging process) is stored beside each new judgement under
+    the same key, in `made_by`."""
 
-    def __init__(self, kept_dir: str, evaluation: dict):
+    def __init__(self, kept_dir: str, evaluation: dict, code: dict | None = None):
         self.path = os.path.join(kept_dir, "judged.json")
         self.evaluation = json.loads(json.dumps(evaluation))
+        self.code = code
         stored = io.read_json(self.path) if os.path.exists(self.path) else {}
-        self.values = stored.get("values", {}) if stored.get("evaluation") == self.evaluation else {}
+        same = stored.get("evaluation") == self.evaluation
+        self.values = stored.get("values", {}) if same else {}
+        self.made_by = stored.get("made_by", {}) if same else {}  # judgements stored before 'made_by' existed: absent
 
     def get(self, key: str, compute: Callable[[], Any]) -> Any:
         """The judgement stored under `key`, or `compute()`'s, stored at once (atomically)."""
         if key not in self.values:
             self.values[key] = compute()
-            io.write_json(self.path, {"evaluation": self.evaluation, "values": self.values})
+            if self.code is not None:
+                self.made_by[key] = self.code
+            io.write_json(self.path, {"evaluation": self.evaluation, "values": self.values, "made_by": self.made_by})
         return self.values[key]

@@ -120,6 +120,9 @@ def test_method_zoo_quick_then_again_from_its_kept_cells_alone(tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing distilled, recorded or trained
     again = json.loads((tmp_path / "results" / "method_zoo_digits_quick.json").read_text())["rows"]
     assert [(r["set"], r["krr"], r.get("own")) for r in again] == [(r["set"], r["krr"], r.get("own")) for r in rows]
+    # each reading names the code that judged it (the first run's, read back from judged.json)
+    assert all(r["judged_by"] and r["judged_by"] == r["cell"]["code"]["stamp"] for r in again), again
+    assert f"judged at {again[0]['judged_by']} (each cell" in (tmp_path / "results" / "method_zoo_digits_quick.md").read_text()
     # --kept-only: a method (2 seeds) and a seed of two others never kept: named and left out, nothing runs
     cmd += ["--kept-only", "--seeds", "2", "--methods", "dd", "mtt", "frepo"]
     third = run()

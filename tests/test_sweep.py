@@ -223,3 +223,15 @@ def test_judgements_are_computed_once_and_forgotten_when_the_evaluation_changes(
     assert len(calls) == 1
     cells.Judgements(str(tmp_path), {"protocol": "dc"}).get("a", judge)  # other settings: judged again
     assert len(calls) == 2
+
+
+def test_judgements_record_the_code_that_made_each_one(tmp_path):
+    judge = lambda: {"accuracy": 0.5}
+    cells.Judgements(str(tmp_path), {"protocol": "dsa"}).get("old", judge)  # no code given: none recorded
+    first = cells.Judgements(str(tmp_path), {"protocol": "dsa"}, code={"commit": "abc1234"})
+    first.get("old", judge)  # already judged: its (absent) record is not rewritten
+    first.get("new", judge)
+    later = cells.Judgements(str(tmp_path), {"protocol": "dsa"}, code={"commit": "def5678"})
+    later.get("new", judge)
+    assert later.made_by == {"new": {"commit": "abc1234"}}
+    assert io.read_json(os.path.join(tmp_path, "judged.json"))["made_by"] == {"new": {"commit": "abc1234"}}
