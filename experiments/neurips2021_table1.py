@@ -24,7 +24,7 @@ import os
 import sys
 import time
 
-from kip import InputError, data, report, sweep
+from kip import InputError, data, report, sweep, table
 
 SWEEPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sweeps")
 # arXiv 2107.13034 Table 1 (draft; ../shared/REFERENCE.md): KIP-ConvNet kernel (KRR) accuracy (%) and
@@ -39,8 +39,8 @@ QUICK = {"kip": dict(kernel="convnet3", steps=10, target_batch=50, eval_every=5)
          "label_solve": dict(kernel="convnet3"), "grid": dict(dataset=["digits"], ipc=[1, 5], zca=[False, True])}
 
 
-def published(table: dict, dataset: str, ipc: int) -> float | None:
-    values = table.get(dataset)
+def published(figures: dict, dataset: str, ipc: int) -> float | None:
+    values = figures.get(dataset)
     return values[IPCS.index(ipc)] if values and ipc in IPCS else None
 
 
@@ -59,6 +59,42 @@ def grids(mode: str, runs_dir: str, datasets: list[str] | None) -> tuple[sweep.S
         kip, ls = (dataclasses.replace(s, grid={**s.grid, "dataset": [d for d in s.grid["dataset"] if d in datasets]})
                    for s in (kip, ls))
     return kip, ls
+
+
+def table_row(records: dict[str, list[dict]], dataset: str, ipc: int) -> dict:
+    """The table's row of (dataset, ipc): the sweeps' records of its cells, by setting, and the
+    published figures."""
+    def cell(command: str, **point) -> dict | None:
+        return next((r for r in records[command] if all(r["cell"].get(k) == v for k, v in point.items())), None)
+
+    kips = {(z, ll): cell("distill", dataset=dataset, ipc=ipc, zca=z, learn_labels=ll)
+            for z in (True, False) for ll in (True, False)}
+    return {"dataset": dataset, "ipc": ipc, "kip": kips,
+            "best": max((r for r in kips.values() if r), key=lambda r: r["test_accuracy"], default=None),
+            "label_solve": {z: cell("label-solve", dataset=dataset, ipc=ipc, zca=z) for z in (True, False)},
+            "published_kip": published(PUBLISHED_KIP, dataset, ipc), "published_ls": published(PUBLISHED_LS, dataset, ipc)}
+
+
+def pct(record: dict | None, key: str = "test_accuracy") -> str:
+    return "-" if record is None or record.get(key) is None else f"{100 * record[key]:.2f}"
+
+
+def pub(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+COLUMNS = [
+    table.Column("data set", lambda r: r["dataset"]), table.Column("images/class", lambda r: str(r["ipc"])),
+    table.Column("published KIP-ConvNet", lambda r: pub(r["published_kip"])),
+    table.Column("ours KIP, best", lambda r: f"**{pct(r['best'])}**"),
+    *(table.Column(f"{'ZCA' if z else 'no ZCA'}, {'learned' if ll else 'fixed'} labels",
+                   lambda r, k=(z, ll): pct(r["kip"][k])) for z in (True, False) for ll in (True, False)),
+    table.Column("published Label Solve (no ZCA)", lambda r: pub(r["published_ls"])),
+    table.Column("ours Label Solve, no ZCA", lambda r: pct(r["label_solve"][False])),
+    table.Column("ours Label Solve, ZCA", lambda r: pct(r["label_solve"][True])),
+    # the class-balanced real images KIP started from, without ZCA, before any step
+    table.Column("real images (no ZCA)", lambda r: pct(r["kip"][(False, False)], "initial_test_accuracy")),
+]
 
 
 def main() -> None:
@@ -84,36 +120,11 @@ def main() -> None:
         per_dataset = [dataclasses.replace(s, base={**s.base, "data_dir": data_dirs[d]}, grid={**s.grid, "dataset": [d]})
                        for d in s.grid["dataset"]]
         records[s.command] = [r for one in per_dataset for r in sweep.run_sweep(one, progress=not args.no_progress, overwrite=args.overwrite)]
-        sweep.write_summary(s, records[s.command])
+        sweep.write_summary(s, records[s.command], args.provenance)
+    rows = [table_row(records, **point) for point in table.grid(dataset=kip_sweep.grid["dataset"], ipc=kip_sweep.grid["ipc"])]
 
-    def cell(command: str, **point) -> dict | None:
-        return next((r for r in records[command] if all(r["cell"].get(k) == v for k, v in point.items())), None)
-
-    def pct(r: dict | None) -> str:
-        return "-" if r is None else f"{100 * r['test_accuracy']:.2f}"
-
-    def pub(value: float | None) -> str:
-        return "-" if value is None else f"{value:.1f}"
-
-    lines = ["| data set | images/class | published KIP-ConvNet | ours KIP, best | ZCA, learned labels | ZCA, fixed labels "
-             "| no ZCA, learned labels | no ZCA, fixed labels | published Label Solve (no ZCA) | ours Label Solve, no ZCA "
-             "| ours Label Solve, ZCA | real images (no ZCA) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name in kip_sweep.grid["dataset"]:
-        for ipc in kip_sweep.grid["ipc"]:
-            kips = {(z, ll): cell("distill", dataset=name, ipc=ipc, zca=z, learn_labels=ll)
-                    for z in (True, False) for ll in (True, False)}
-            best = max((r for r in kips.values() if r), key=lambda r: r["test_accuracy"], default=None)
-            real = kips[(False, False)]
-            lines.append(f"| {name} | {ipc} | {pub(published(PUBLISHED_KIP, name, ipc))} | **{pct(best)}** | "
-                         + " | ".join(pct(kips[k]) for k in ((True, True), (True, False), (False, True), (False, False)))
-                         + f" | {pub(published(PUBLISHED_LS, name, ipc))} | "
-                         f"{pct(cell('label-solve', dataset=name, ipc=ipc, zca=False))} | "
-                         f"{pct(cell('label-solve', dataset=name, ipc=ipc, zca=True))} | "
-                         + ("-" if real is None or real["initial_test_accuracy"] is None
-                            else f"{100 * real['initial_test_accuracy']:.2f}") + " |")
     kip_opts = ", ".join(f"{k}={v}" for k, v in kip_sweep.base.items())
-    body = "\n".join(lines) + f"""
+    body = table.markdown(COLUMNS, rows) + f"""
 
 KRR test accuracy (%) on the full test set. KIP: `kip distill` with {kip_opts}; Label Solve: `kip label-solve`
 with {", ".join(f"{k}={v}" for k, v in ls_sweep.base.items())} over the whole training set. "best" is the best of our
