@@ -31,7 +31,7 @@ import os
 
 import numpy as np
 
-from kip import InputError, cells, io, label_solve, method_run, plots, protocols, report, run, trajectories, transfer
+from kip import InputError, cells, io, label_solve, method_run, plots, protocols, report, run, table, trajectories, transfer
 
 ALL = ("kip-rf", "kip-exact", "label-solve", "dc", "dsa", "dm", "dd", "mtt", "frepo")
 NAMES = {"kip-rf": "KIP (random features)", "kip-exact": "KIP (exact kernel)", "label-solve": "Label Solve",
@@ -144,29 +144,37 @@ def judge_krr(path: str, m: dict, data_dir: str | None) -> float:
     return run.evaluate_run(path, m["dataset"], data_dir, options, precision="float32", log=lambda _: None)["test_accuracy"]
 
 
-def table(rows: list[dict], m: dict, starts: dict[int, list[float]]) -> str:
-    head = ["method", "images/class", "minutes", "seeds", f"{m['protocol']} protocol", "KRR", "own protocol (random real)",
-            "steps", "published"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+def table_rows(rows: list[dict], m: dict, starts: dict[int, list[float]]) -> list[dict]:
+    """One table row per (size, budget, method) over its seeds, in order, then one per size for
+    the random real subsets (their KRR: the real starts, one per seed)."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["ipc"], r["minutes"], r["method"]), []).append(r)
     order = {name: i for i, name in enumerate(ALL)}
+    out = []
     for (ipc, minutes, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order[kv[0][2]])):
-        steps = ", ".join(str(r["step"]) for r in rs)
-        pub = PUBLISHED.get(paper_name(m["dataset"]), {}).get((method, ipc), "-")
         owns = [r["own"] for r in rs if "own" in r]
-        own = (f"{owns[0]['protocol']}: {report.percent([o['set']['mean'] for o in owns])} "
-               f"({report.percent([o['random']['mean'] for o in owns])})") if owns else "-"
-        lines.append(f"| {NAMES[method]} | {ipc} | {minutes:g} | {len(rs)} | **{report.percent([r['set']['mean'] for r in rs])}** | "
-                     f"{report.percent([r['krr'] for r in rs])} | {own} | {steps} | {pub} |")
+        out.append({"name": NAMES[method], "ipc": ipc, "minutes": f"{minutes:g}", "seeds": len(rs),
+                    "protocol": f"**{report.percent([r['set']['mean'] for r in rs])}**",
+                    "krr": report.percent([r["krr"] for r in rs]),
+                    "own": (f"{owns[0]['protocol']}: {report.percent([o['set']['mean'] for o in owns])} "
+                            f"({report.percent([o['random']['mean'] for o in owns])})") if owns else "-",
+                    "steps": ", ".join(str(r["step"]) for r in rs),
+                    "published": PUBLISHED.get(paper_name(m["dataset"]), {}).get((method, ipc), "-")})
     for ipc, start in sorted(starts.items()):
         random = next(r["random"] for r in rows if r["ipc"] == ipc)
-        lines.append(f"| random real | {ipc} | - | {len(start)} | {100 * random['mean']:.1f} ± {100 * random['std']:.1f} | "
-                     f"{report.percent(start) if start else '-'} | - | - | {RANDOM_PUBLISHED.get(paper_name(m['dataset']), {}).get(ipc, '-')} (DC paper) |")
-    return "\n".join(lines)
+        out.append({"name": "random real", "ipc": ipc, "minutes": "-", "seeds": len(start),
+                    "protocol": f"{100 * random['mean']:.1f} ± {100 * random['std']:.1f}",
+                    "krr": report.percent(start) if start else "-", "own": "-", "steps": "-",
+                    "published": f"{RANDOM_PUBLISHED.get(paper_name(m['dataset']), {}).get(ipc, '-')} (DC paper)"})
+    return out
 
 
+def columns(m: dict) -> list[table.Column]:
+    named = [("method", "name"), ("images/class", "ipc"), ("minutes", "minutes"), ("seeds", "seeds"),
+             (f"{m['protocol']} protocol", "protocol"), ("KRR", "krr"), ("own protocol (random real)", "own"),
+             ("steps", "steps"), ("published", "published")]
+    return [table.Column(header, lambda r, k=key: str(r[k])) for header, key in named]
 
 
 def provenance_words(rows: list[dict]) -> str:
@@ -337,7 +345,7 @@ def main() -> None:
         f"{sum(experts.get('cpu_seconds', [np.nan])) / 60:.1f} CPU-minutes), not "
         f"counted in MTT's budget; their final test accuracy {100 * np.mean(experts['final_test_accuracy']):.2f}%")
     ev = protocols.with_overrides(protocols.load(m["protocol"]), **m["evaluation"])[1]
-    body = table(rows, m, starts) + f"""
+    body = table.markdown(columns(m), table_rows(rows, m, starts)) + f"""
 
 ![accuracy against minutes]({name}.png)
 
