@@ -27,9 +27,9 @@ QUICK = [
     # one method: DC's and DM's paths are the library's (tests/test_matching.py); this checks the script
     ("matching.py", ["--no-progress", "--methods", "dsa"], "matching_digits_quick.md", r"\| DSA \| 1 \| 1 \| 6 it\., width 8"),
     # method_zoo.py: its own test below (its quick run, then again from its kept cells alone)
-    # slow (~30 s and ~95 s): exact KIP in kip_convnet is also run by the fine-tuning test below
+    # slow (~50 s and ~220 s on a loaded 2-core machine): exact KIP in kip_convnet is also run by the fine-tuning test below
     pytest.param("kip_convnet.py", ["--kernel", "convnet3", "--ipc", "1", "--eval", "exact", "rf"], "kip_convnet_digits_quick.md",
-                 r"\| 1 \| - \| \*\*\d+\.\d+\*\* \(\d+\.\d+\) \| \*\*\d+\.\d+\*\* .* \| 100 \| 200 \| ",  # exact KIP: both evaluations
+                 r"\| 1 \| - \| \*\*\d+\.\d+\*\* \(\d+\.\d+\) \| \*\*\d+\.\d+\*\* .* \| 30 \| 200 \| ",  # exact KIP: both evaluations, --quick's 30 steps
                  marks=pytest.mark.slow, id="kip_convnet.py-convnet3"),
     pytest.param("neurips2021_table1.py", ["--no-progress"], "neurips2021_table1_digits_quick.md", r"\| digits \| 5 \| ",
                  marks=pytest.mark.slow, id="neurips2021_table1.py"),
