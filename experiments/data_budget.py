@@ -136,13 +136,14 @@ def main() -> None:
         mean, std = report.mean_std(results[key][judge])
         return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if len(results[key][judge]) > 1 else "")
 
-    head = ["stored examples", *(f"{meth} (KRR)" for meth in METHODS), *(f"{meth} (network)" for meth in METHODS)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for n in sizes:
-        lines.append(f"| {n} | " + " | ".join(fmt((meth, n), "kernel") for meth in METHODS) + " | "
-                     + " | ".join(fmt((meth, n), "network") for meth in METHODS) + " |")
-    full_kernel, full_net = fmt(("full", n_train), "kernel"), fmt(("full", n_train), "network")
-    lines.append(f"| {n_train} (full) | {full_kernel} | | | | {full_net} | | | |")
+    # one column per method and judge; the full training set's figures under the first method's
+    columns = [table.Column("stored examples", lambda r: r["examples"]),
+               *(table.Column(f"{meth} ({name})", lambda r, key=(meth, judge): r.get(key, ""))
+                 for judge, name in (("kernel", "KRR"), ("network", "network")) for meth in METHODS)]
+    shown = [{"examples": str(n), **{(meth, judge): fmt((meth, n), judge) for meth in METHODS for judge in ("kernel", "network")}}
+             for n in sizes]
+    shown.append({"examples": f"{n_train} (full)", **{(METHODS[0], judge): fmt(("full", n_train), judge)
+                                                       for judge in ("kernel", "network")}})
     name = f"data_budget_{m['dataset']}" + ("_quick" if args.quick else "")
     for judge, label in (("kernel", f"KRR, {KERNEL} NTK"), ("network", f"fc1 network (width {NET_WIDTH})")):
         curves = {meth: [(n, *report.mean_std(results[meth, n][judge])) for n in sizes if (meth, n) in results]
@@ -153,7 +154,7 @@ def main() -> None:
     minutes = (time.time() - started) / 60
     reduced = ", ".join(f"{meth} n={n}: lr {lr_text(r['lr'])}" for (meth, n), r in results.items()
                         if r["lr"] != [net_config.lr])
-    body = "\n".join(lines) + f"""
+    body = table.markdown(columns, shown) + f"""
 
 {ds.name} test accuracy (%, {len(ds.y_test)} test images) against the number of training examples kept.
 - KIP: `kip distill --kernel {KERNEL} --learn-labels`, {m['kip_steps']} steps, target batch {min(m['target_batch'], n_train)},

@@ -120,10 +120,11 @@ def main() -> None:
     name = f"data_diet_{m['dataset']}" + ("_quick" if args.quick else "")
     mean_std = report.mean_std
     pct = lambda a: f"{100 * mean_std(a)[0]:.2f} ± {100 * mean_std(a)[1]:.2f}"  # noqa: E731
-    lines = ["| kept | " + " | ".join(METHODS) + " |", "|---|" + "---|" * len(METHODS)]
-    for keep in m["keeps"]:
-        lines.append(f"| {keep:.0%} ({round(keep * n)}) | " + " | ".join(pct(grid[meth, keep]) for meth in METHODS) + " |")
-    lines.append(f"| 100% ({n}) | full data: {pct(full)} | | | |")
+    columns = [table.Column("kept", lambda r: r["kept"]),
+               *(table.Column(meth, lambda r, meth=meth: r.get(meth, "")) for meth in METHODS)]
+    shown = [{"kept": f"{keep:.0%} ({round(keep * n)})", **{meth: pct(grid[meth, keep]) for meth in METHODS}}
+             for keep in m["keeps"]]
+    shown.append({"kept": f"100% ({n})", METHODS[0]: f"full data: {pct(full)}"})
 
     full_mean = mean_std(full)[0]
     el2n_50 = mean_std(grid.get(("el2n", 0.5), [np.nan]))[0]
@@ -144,7 +145,7 @@ def main() -> None:
                          for f in os.listdir(os.path.join(runs_dir, "cells")) if f.endswith(".npz")])
     c = config
     schedule = "x 0.2 at 30/60/80% of the steps" if c.schedule == "step" else "on a cosine decay to 0"
-    body = "\n".join(lines) + "\n\n" + "\n".join(
+    body = table.markdown(columns, shown) + "\n\n" + "\n".join(
         f"- Goal: {g}: **{'met' if ok else 'not met'}** ({detail})" for g, ok, detail in goals) + f"""
 
 {label} test accuracy (%, {len(ds.y_test)} test images), mean ± std over {m['seeds']} networks per cell

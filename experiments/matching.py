@@ -65,27 +65,31 @@ def evaluate(path: str, protocol: str, m: dict, data_dir: str | None, cache_dir:
     return {**r, "path": path}
 
 
+COLUMNS = table.shown(("method", "method"), ("images/class", "ipc"), ("distillation seeds", "seeds"),
+                      ("distillation (CPU settings)", "how"), ("min / run", "minutes"), ("KRR", "krr"),
+                      ("protocol", "protocol"), ("networks / set", "networks"), ("set", "set"),
+                      ("random real, same protocol", "random"), ("set - random", "difference"), ("published", "published"))
+
+
 def render(rows: list[dict]) -> str:
-    head = ["method", "images/class", "distillation seeds", "distillation (CPU settings)", "min / run", "KRR",
-            "protocol", "networks / set", "set", "random real, same protocol", "set - random", "published"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["method"], r["ipc"], r["protocol"]), []).append(r)
-    for (method, ipc, protocol), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
+    """One line per method x size x protocol: distillation seeds pooled."""
+    out = []
+    for (method, ipc, protocol), rs in table.groups(rows, lambda r: (r["method"], r["ipc"], r["protocol"]),
+                                                    lambda k: (k[1], k[0], k[2])):
         m, s = report.mean_std([r["set"]["mean"] for r in rs])
-        diff = report.mean_std([r["difference"] for r in rs])[0]
         krr = [r["krr"] for r in rs if r.get("krr") is not None]
         st = rs[0].get("settings")
-        how = "-" if st is None else f"{st['iterations']} it., width {st['width']}, {st['real_batch']} real/class" + (
-            f", loops {st['outer_loop']}/{st['inner_loop']}" if method != "DM" else "")
         minutes = [r["seconds"] / 60 for r in rs if r.get("seconds")]
-        pub = "; ".join(f"{x['method']} {x['accuracy']}" for x in rs[0]["published"]) or "-"
         random = rs[0]["random"]
-        lines.append(f"| {method} | {ipc} | {len(rs)} | {how} | {f'{np.mean(minutes):.0f}' if minutes else '-'} | "
-                     f"{f'{100 * np.mean(krr):.1f}' if krr else '-'} | {protocol} | {rs[0]['card']['networks']} | **{100 * m:.1f} ± {100 * s:.1f}** | "
-                     f"{100 * random['mean']:.1f} ± {100 * random['std']:.1f} | {100 * diff:+.1f} | {pub} |")
-    return "\n".join(lines)
+        out.append({
+            "method": method, "ipc": ipc, "seeds": len(rs), "protocol": protocol, "networks": rs[0]["card"]["networks"],
+            "how": "-" if st is None else f"{st['iterations']} it., width {st['width']}, {st['real_batch']} real/class" + (
+                f", loops {st['outer_loop']}/{st['inner_loop']}" if method != "DM" else ""),
+            "minutes": f"{np.mean(minutes):.0f}" if minutes else "-", "krr": f"{100 * np.mean(krr):.1f}" if krr else "-",
+            "set": f"**{100 * m:.1f} ± {100 * s:.1f}**", "random": f"{100 * random['mean']:.1f} ± {100 * random['std']:.1f}",
+            "difference": f"{100 * report.mean_std([r['difference'] for r in rs])[0]:+.1f}",
+            "published": "; ".join(f"{x['method']} {x['accuracy']}" for x in rs[0]["published"]) or "-"})
+    return table.markdown(COLUMNS, out)
 
 
 def main() -> None:

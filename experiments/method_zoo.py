@@ -147,12 +147,10 @@ def judge_krr(path: str, m: dict, data_dir: str | None) -> float:
 def table_rows(rows: list[dict], m: dict, starts: dict[int, list[float]]) -> list[dict]:
     """One table row per (size, budget, method) over its seeds, in order, then one per size for
     the random real subsets (their KRR: the real starts, one per seed)."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["ipc"], r["minutes"], r["method"]), []).append(r)
     order = {name: i for i, name in enumerate(ALL)}
     out = []
-    for (ipc, minutes, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order[kv[0][2]])):
+    for (ipc, minutes, method), rs in table.groups(rows, lambda r: (r["ipc"], r["minutes"], r["method"]),
+                                                   lambda k: (k[0], k[1], order[k[2]])):
         owns = [r["own"] for r in rs if "own" in r]
         out.append({"name": NAMES[method], "ipc": ipc, "minutes": f"{minutes:g}", "seeds": len(rs),
                     "protocol": f"**{report.percent([r['set']['mean'] for r in rs])}**",
@@ -171,10 +169,9 @@ def table_rows(rows: list[dict], m: dict, starts: dict[int, list[float]]) -> lis
 
 
 def columns(m: dict) -> list[table.Column]:
-    named = [("method", "name"), ("images/class", "ipc"), ("minutes", "minutes"), ("seeds", "seeds"),
-             (f"{m['protocol']} protocol", "protocol"), ("KRR", "krr"), ("own protocol (random real)", "own"),
-             ("steps", "steps"), ("published", "published")]
-    return [table.Column(header, lambda r, k=key: str(r[k])) for header, key in named]
+    return table.shown(("method", "name"), ("images/class", "ipc"), ("minutes", "minutes"), ("seeds", "seeds"),
+                       (f"{m['protocol']} protocol", "protocol"), ("KRR", "krr"), ("own protocol (random real)", "own"),
+                       ("steps", "steps"), ("published", "published"))
 
 
 def provenance_words(rows: list[dict]) -> str:

@@ -81,28 +81,30 @@ def pct(summary: dict | None) -> str:
     return f"{100 * summary['mean']:.1f} ± {100 * summary['std']:.1f}"
 
 
+COLUMNS = table.shown(("setting", "setting"), ("images/class", "ipc"), ("distillation seeds", "seeds"),
+                      ("KRR (own kernel)", "krr"), ("protocol: network", "network"), ("set", "set"),
+                      ("random real, same protocol", "random"), ("set - random", "difference"),
+                      ("set, validation", "validation"), ("published", "published"))
+
+
 def render(rows: list[dict]) -> str:
     """One line per setting x protocol: distillation seeds pooled (each seed's networks' mean)."""
-    head = ["setting", "images/class", "distillation seeds", "KRR (own kernel)", "protocol: network", "set",
-            "random real, same protocol", "set - random", "set, validation", "published"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["setting"], r["ipc"], r["protocol"]), []).append(r)
-    for (setting, ipc, protocol), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
-        means = [r["set"]["mean"] for r in rs]
-        m, s = report.mean_std(means)
-        diff = report.mean_std([r["difference"] for r in rs])
+    out = []
+    for (setting, ipc, protocol), rs in table.groups(rows, lambda r: (r["setting"], r["ipc"], r["protocol"]),
+                                                     lambda k: (k[1], k[2], k[0])):
+        m, s = report.mean_std([r["set"]["mean"] for r in rs])
         krr = [r["krr"] for r in rs if r["krr"] is not None]
         val = np.mean([np.mean(r["set"]["val_accuracies"]) for r in rs])
         card = rs[0]["card"]
-        pub = "; ".join(f"{x['method']} {x['accuracy']}" for x in rs[0]["published"]) or "-"
         net_text = f"{card['model']} w{card['width']}, lr {rs[0]['train_config']['lr']:g}" + (", matched" if rs[0]["matched"] else "")
-        set_text = f"**{100 * m:.1f} ± {100 * s:.1f}**" if len(rs) > 1 else f"**{pct(rs[0]['set'])}**"
-        lines.append(f"| {setting} | {ipc} | {len(rs)} | {'-' if not krr else f'{100 * np.mean(krr):.1f}'} | "
-                     f"{protocol}: {net_text} | {set_text} | {pct(rs[0]['random'])} | {100 * diff[0]:+.1f} | "
-                     f"{'-' if np.isnan(val) else f'{100 * val:.1f}'} | {pub} |")
-    return "\n".join(lines)
+        out.append({"setting": setting, "ipc": ipc, "seeds": len(rs), "krr": "-" if not krr else f"{100 * np.mean(krr):.1f}",
+                    "network": f"{protocol}: {net_text}",
+                    "set": f"**{100 * m:.1f} ± {100 * s:.1f}**" if len(rs) > 1 else f"**{pct(rs[0]['set'])}**",
+                    "random": pct(rs[0]["random"]),
+                    "difference": f"{100 * report.mean_std([r['difference'] for r in rs])[0]:+.1f}",
+                    "validation": "-" if np.isnan(val) else f"{100 * val:.1f}",
+                    "published": "; ".join(f"{x['method']} {x['accuracy']}" for x in rs[0]["published"]) or "-"})
+    return table.markdown(COLUMNS, out)
 
 
 def main() -> None:

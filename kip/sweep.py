@@ -32,7 +32,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from kip import InputError, cells, label_solve, parallel, plots, report, run
+from kip import InputError, cells, label_solve, parallel, plots, report, run, table
 
 COMMANDS = {"distill": run.DistillConfig, "label-solve": label_solve.LabelSolveConfig}
 DEFAULT_OUT = os.path.join("runs", "sweeps")
@@ -148,22 +148,19 @@ def summarise(sweep: Sweep, records: list[dict]) -> tuple[str, dict[tuple, dict]
     """A markdown table with one row per grid point apart from `seed` (mean ± std over seeds),
     and those rows by key."""
     keys = [k for k in sweep.grid if k != "seed"]
-    groups: dict[tuple, list[dict]] = {}
-    for r in records:
-        groups.setdefault(tuple(r["cell"][k] for k in keys), []).append(r)
-    head = [*keys, "runs", "test accuracy (%)", "initial real images (%)", "s / run"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    rows = {}
-    for key, rs in groups.items():
-        acc = np.array([r["test_accuracy"] for r in rs])
+    shown, rows = [], {}
+    for key, rs in table.groups(records, lambda r: tuple(r["cell"][k] for k in keys)):
         init = np.array([r["initial_test_accuracy"] for r in rs if r["initial_test_accuracy"] is not None])
-        mean, std = report.mean_std(acc)
+        mean, std = report.mean_std(np.array([r["test_accuracy"] for r in rs]))
         rows[key] = {"mean": mean, "std": std, "runs": len(rs)}
         secs = [r["seconds"] for r in rs if r["seconds"] is not None]
-        lines.append("| " + " | ".join(str(v) for v in key) + f" | {len(rs)} | {100 * mean:.2f} ± {100 * std:.2f} | "
-                     + (f"{100 * init.mean():.2f}" if len(init) else "-") + " | "
-                     + (f"{np.mean(secs):.0f}" if secs else "-") + " |")
-    return "\n".join(lines), rows
+        shown.append({"key": key, "runs": len(rs), "accuracy": f"{100 * mean:.2f} ± {100 * std:.2f}",
+                      "initial": f"{100 * init.mean():.2f}" if len(init) else "-",
+                      "seconds": f"{np.mean(secs):.0f}" if secs else "-"})
+    columns = [*(table.Column(k, lambda r, i=i: str(r["key"][i])) for i, k in enumerate(keys)),
+               *table.shown(("runs", "runs"), ("test accuracy (%)", "accuracy"), ("initial real images (%)", "initial"),
+                            ("s / run", "seconds"))]
+    return table.markdown(columns, shown), rows
 
 
 def write_summary(sweep: Sweep, records: list[dict], code: dict) -> str:

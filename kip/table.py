@@ -68,6 +68,21 @@ def run_rows(points: Sequence[dict], cells_of: CellsOf, runs_dir: str,
     return rows
 
 
+def shown(*named: tuple[str, str]) -> list[Column]:
+    """Columns that show a row's value under a key as it is: shown(("method", "name"), ("KRR", "krr"))."""
+    return [Column(header, lambda r, key=key: str(r[key])) for header, key in named]
+
+
+def groups(rows: Iterable[dict], key: Callable[[dict], tuple],
+           order: Callable[[tuple], Any] | None = None) -> list[tuple[tuple, list[dict]]]:
+    """The rows grouped by `key(row)` (e.g. a cell's seeds), sorted by `order(key)` (default: in
+    the order each key first appears), each group's rows in their given order."""
+    grouped: dict[tuple, list[dict]] = {}
+    for r in rows:
+        grouped.setdefault(key(r), []).append(r)
+    return list(grouped.items()) if order is None else sorted(grouped.items(), key=lambda kv: order(kv[0]))
+
+
 def markdown(columns: Sequence[Column], rows: Sequence[dict]) -> str:
     """The rows as a markdown table, one line per row."""
     if not columns:

@@ -27,6 +27,13 @@ def test_markdown_has_a_header_a_rule_and_a_line_per_row():
         table.markdown([], [])
 
 
+def test_shown_columns_and_groups_keep_every_row_once_in_order():
+    rows = [{"m": "b", "seed": 0, "acc": 1}, {"m": "a", "seed": 0, "acc": 2}, {"m": "b", "seed": 1, "acc": 3}]
+    assert table.groups(rows, lambda r: (r["m"],)) == [(("b",), [rows[0], rows[2]]), (("a",), [rows[1]])]
+    assert table.groups(rows, lambda r: (r["m"],), order=lambda k: k) == [(("a",), [rows[1]]), (("b",), [rows[0], rows[2]])]
+    assert table.markdown(table.shown(("method", "m"), ("accuracy", "acc")), rows[:1]).splitlines()[2] == "| b | 1 |"
+
+
 def _label_solve(ipc: int, **changes) -> label_solve.LabelSolveConfig:
     return dataclasses.replace(label_solve.LabelSolveConfig(dataset="digits", kernel="fc1", ipc=ipc, target_size=100),
                                **changes)
