@@ -152,7 +152,9 @@ def table_rows(rows: list[dict], m: dict, starts: dict[int, list[float]]) -> lis
     for (ipc, minutes, method), rs in table.groups(rows, lambda r: (r["ipc"], r["minutes"], r["method"]),
                                                    lambda k: (k[0], k[1], order[k[2]])):
         owns = [r["own"] for r in rs if "own" in r]
+        networks = sorted({len(r["set"]["test_accuracies"]) for r in rs})
         out.append({"name": NAMES[method], "ipc": ipc, "minutes": f"{minutes:g}", "seeds": len(rs),
+                    "networks": "/".join(map(str, networks)),
                     "protocol": f"**{report.percent([r['set']['mean'] for r in rs])}**",
                     "krr": report.percent([r["krr"] for r in rs]),
                     "own": (f"{owns[0]['protocol']}: {report.percent([o['set']['mean'] for o in owns])} "
@@ -162,6 +164,7 @@ def table_rows(rows: list[dict], m: dict, starts: dict[int, list[float]]) -> lis
     for ipc, start in sorted(starts.items()):
         random = next(r["random"] for r in rows if r["ipc"] == ipc)
         out.append({"name": "random real", "ipc": ipc, "minutes": "-", "seeds": len(start),
+                    "networks": f"{random['subsets']} subsets x {random['networks_per_subset']}",
                     "protocol": f"{100 * random['mean']:.1f} ± {100 * random['std']:.1f}",
                     "krr": report.percent(start) if start else "-", "own": "-", "steps": "-",
                     "published": f"{RANDOM_PUBLISHED.get(paper_name(m['dataset']), {}).get(ipc, '-')} (DC paper)"})
@@ -170,7 +173,7 @@ def table_rows(rows: list[dict], m: dict, starts: dict[int, list[float]]) -> lis
 
 def columns(m: dict) -> list[table.Column]:
     return table.shown(("method", "name"), ("images/class", "ipc"), ("minutes", "minutes"), ("seeds", "seeds"),
-                       (f"{m['protocol']} protocol", "protocol"), ("KRR", "krr"), ("own protocol (random real)", "own"),
+                       ("networks / set", "networks"), (f"{m['protocol']} protocol", "protocol"), ("KRR", "krr"), ("own protocol (random real)", "own"),
                        ("steps", "steps"), ("published", "published"))
 
 
