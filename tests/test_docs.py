@@ -40,7 +40,7 @@ def _public_names(module) -> list[str]:
     return names
 
 
-@pytest.mark.parametrize("module", ["kernels", "krr", "distill"])
+@pytest.mark.parametrize("module", ["kernels", "krr", "distill", "table"])
 def test_the_api_pages_carry_every_public_name(site, module):
     page = (site / "api" / module / "index.html").read_text()
     names = _public_names(importlib.import_module(f"kip.{module}"))

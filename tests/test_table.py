@@ -119,3 +119,15 @@ def test_a_computed_cell_is_kept_reused_and_its_conflict_named_before_any_cell_r
     assert calls == [1, 2] and not (tmp_path / "v3.npz").exists()
     table.run_rows(table.grid(i=[1]), cells_of({"scale": 2}), str(tmp_path), overwrite=True)
     assert calls == [1, 2, 1]
+
+
+def test_the_docs_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    """docs/api/table.md's example, as a reader pastes it (its runs folder is relative: here, tmp)."""
+    text = open(os.path.join(ROOT, "docs", "api", "table.md")).read()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "docs/api/table.md", "exec"), {})
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-3:-2] == ["|---|---|"] and [ln.split(" | ")[0] for ln in lines[-2:]] == ["| 1", "| 5"]
+    assert float(lines[-1].strip("| ").split(" | ")[1]) > 80.0  # Label Solve at 5/class on digits (chance: 10 %)
+    assert (tmp_path / "runs" / "my_table" / "ls-ipc5" / "metrics.json").exists()
