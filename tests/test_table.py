@@ -87,10 +87,10 @@ def test_an_experiment_refuses_a_changed_option_its_folder_names_omit(tmp_path):
     asking for another target batch exits 2 in one line, before anything runs, and the finished
     run survives; the results file is not written."""
     runs = tmp_path / "runs"
-    out = runs / "digits-fc1-ipc1"
+    out = runs / "digits-fc1-ipc1-seed0"
     config = run.DistillConfig(dataset="digits", kernel="fc1", ipc=1, steps=200, target_batch=5000, learn_labels=True,
-                               eval_every=100)
-    table.run_rows([{}], lambda p: {"kip": ("digits-fc1-ipc1", config)}, str(runs))
+                               eval_every=100, clock="cpu")
+    table.run_rows([{}], lambda p: {"kip": ("digits-fc1-ipc1-seed0", config)}, str(runs))
     stored = (out / "distilled.npz").read_bytes()
     cmd = [sys.executable, os.path.join(ROOT, "experiments", "kip_fc.py"), "--quick", "--ipc", "1", "--target-batch", "300",
            "--runs-dir", str(runs), "--results-dir", str(tmp_path), "--allow-dirty", "--no-progress"]
@@ -98,7 +98,7 @@ def test_an_experiment_refuses_a_changed_option_its_folder_names_omit(tmp_path):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "target_batch 5000 -> 300" in proc.stderr and "--overwrite" in proc.stderr, proc.stderr
     assert (out / "distilled.npz").read_bytes() == stored and not list(tmp_path.glob("*.md"))
-    assert not (runs / "digits-fc1-ipc1-label-solve").exists()
+    assert not (runs / "digits-fc1-ipc1-seed0-label-solve").exists() and not (runs / "digits-fc1-ipc1-seed1").exists()
 
 
 def test_a_computed_cell_is_kept_reused_and_its_conflict_named_before_any_cell_runs(tmp_path):
