@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = cli_args.parser().parse_args(argv)
     if args.command in cli_args.KERNEL_COMMANDS or (args.command == "evaluate" and args.method == "krr"):
         entry.enable_x64()  # kernel runs solve in float64; finite networks train in float32, as always
-    from kip import io, label_solve, run  # after parsing, so --help stays fast
+    from kip import io, label_solve, report, run  # after parsing, so --help stays fast
 
     try:
         if args.command == "distill":
@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                                 overwrite=args.overwrite)
         elif args.command == "evaluate":
             _check_evaluate_options(args)
+            code = report.provenance(allow_dirty=True)  # taken before it runs; its stamp says if the code was dirty
             if args.method == "krr":
                 options = run.KernelOptions(args.kernel, args.rf_models, args.rf_width, seed=args.seed)
                 result = run.evaluate_run(args.distilled, args.dataset, args.data_dir, options, args.preprocess,
@@ -154,13 +155,11 @@ def main(argv: list[str] | None = None) -> int:
                 for point, _ in grid.cells():
                     print(grid.cell_dir(point))
             else:
-                from kip import report
-
                 code = report.provenance(allow_dirty=True)  # a sweep is a user's run: its stamp says if the code was dirty
                 records = sweep.run_sweep(grid, args.devices, not args.no_progress, overwrite=args.overwrite)
                 print(sweep.write_summary(grid, records, code))
         if args.command == "evaluate" and args.out:
-            io.write_json(args.out, result)
+            io.write_json(args.out, {**result, "code": code, "environment": run.environment()})
     except InputError as e:
         print(f"kip: error: {e}", file=sys.stderr)
         return 2

@@ -33,7 +33,11 @@ def test_distill_writes_all_outputs_and_learns(tmp_path):
     # evaluate reads our file back and agrees with the run's own final number
     result = tmp_path / "eval.json"
     assert run_cli("evaluate", "--distilled", out / "distilled.npz", "--out", result) == 0
-    np.testing.assert_allclose(json.loads(result.read_text())["test_accuracy"], metrics["test_accuracy"])
+    evaluated = json.loads(result.read_text())
+    np.testing.assert_allclose(evaluated["test_accuracy"], metrics["test_accuracy"])
+    from kip import report
+    assert evaluated["code"] == report.provenance(allow_dirty=True)  # which code judged it (the tree is unchanged since)
+    assert evaluated["environment"]["kip"] and "machine" not in evaluated["code"]
 
 
 def test_steps_zero_is_the_real_image_baseline(tmp_path):
