@@ -66,6 +66,9 @@ QUICK_METHODS = {
 KERNEL_LABEL_METHODS = ("kip-rf", "kip-exact", "label-solve")  # judged under the kip card too
 _KIP_OWN_CPU = dict(model="convnet3", width=128, steps=1000, networks=2, baseline_subsets=3, tune_lr=[0.001, 0.003, 0.01, 0.03],
                    tune_weight_decay=[1e-3])
+LEARNED_LR = "learned"  # an own protocol's lr: the one its method learned with the set
+# MTT's own evaluation (its paper): the zoo's protocol and networks, at the lr MTT learned with the set
+MTT_OWN = ("dsa", {"lr": LEARNED_LR})
 MODES = {
     # at 10 per class one network per set and 2 random subsets, as experiments/matching.py (whose
     # random subsets' networks these share through the networks cache)
@@ -79,19 +82,19 @@ MODES = {
                 # the final sets of the methods that learn labels also under their own evaluation (their
                 # labels, MSE): FRePo's Conv at its width; KIP's and Label Solve's finite ConvNet3 (the
                 # kernel's network) at width 128 for 1000 steps, lr chosen on validation (CPU)
-                own={"frepo": ("frepo", dict(networks=2, baseline_subsets=3)),
+                own={"frepo": ("frepo", dict(networks=2, baseline_subsets=3)), "mtt": MTT_OWN,
                      **{k: ("kip", _KIP_OWN_CPU) for k in KERNEL_LABEL_METHODS}}),
     "gpu": dict(dataset="mnist", protocol="dsa", clock="wall", evaluation=dict(networks=10),
                 size_evaluation={k: dict(baseline_subsets=5) for k in (1, 10)},
                 krr=dict(kernel="convnet3"), sizes={1: (3, (2, 6, 20)), 10: (3, (20,))},
                 experts=dict(experts=20, epochs=30), methods={**{m: (dict(o, width=128) if "width" in o else o, c)
                                                                   for m, (o, c) in CPU_METHODS.items()}},
-                size_methods={}, own={"frepo": ("frepo", {}), **{k: ("kip", dict(model="convnet3"))
+                size_methods={}, own={"frepo": ("frepo", {}), "mtt": MTT_OWN, **{k: ("kip", dict(model="convnet3"))
                                                                   for k in KERNEL_LABEL_METHODS}}),
     "quick": dict(dataset="digits", protocol="dsa", clock="cpu", evaluation=dict(networks=1, width=8, epochs=20),
                   size_evaluation={1: dict(baseline_subsets=2)}, krr=dict(kernel="fc1"), sizes={1: (1, (0.05, 0.15))},
                   experts=dict(experts=1, epochs=2, width=8), methods=QUICK_METHODS, size_methods={},
-                  own={"frepo": ("frepo", dict(networks=1, baseline_subsets=1, width=8, steps=20))}),
+                  own={"frepo": ("frepo", dict(networks=1, baseline_subsets=1, width=8, steps=20)), "mtt": MTT_OWN}),
 }
 
 
@@ -130,10 +133,23 @@ def judge(path: str, m: dict, data_dir: str | None, cache_dir: str, progress: bo
     return {"set": r["set"], "random": r["random"], "krr": judge_krr(path, m, data_dir), "overrides": r["overrides"]}
 
 
-def judge_own(path: str, method: str, m: dict, data_dir: str | None, cache_dir: str, progress: bool) -> dict:
-    """A kept set under its method's own evaluation protocol (`m['own']`), beside random real subsets."""
-    name, overrides = m["own"][method]
-    r = transfer.protocol_run(path, m["dataset"], data_dir, name, overrides, cache_dir=cache_dir, progress=progress)
+def own_protocol(own: tuple[str, dict], path: str) -> tuple[str, dict] | None:
+    """A kept set's own protocol (card, overrides) with a `LEARNED_LR` filled in from the set's
+    `learned_lr`; None where the set does not carry it (MTT sets kept before snapshots held it)."""
+    name, overrides = own
+    if overrides.get("lr") != LEARNED_LR:
+        return own
+    kept = io.read_npz(path)
+    return None if "learned_lr" not in kept else (name, {**overrides, "lr": float(kept["learned_lr"])})
+
+
+def judge_own(path: str, own: tuple[str, dict], m: dict, data_dir: str | None, cache_dir: str, progress: bool) -> dict:
+    """A kept set under its method's own evaluation protocol (`own_protocol`), beside random real
+    subsets; the zoo's own protocol keeps its networks and subsets per size (only the overrides differ)."""
+    name, overrides = own
+    same = name == m["protocol"]
+    r = transfer.protocol_run(path, m["dataset"], data_dir, name, {**(m["evaluation"] if same else {}), **overrides},
+                              cache_dir=cache_dir, progress=progress, size_overrides=m["size_evaluation"] if same else None)
     return {"protocol": name, "set": r["set"], "random": r["random"], "overrides": r["overrides"]}
 
 
@@ -157,7 +173,7 @@ def table_rows(rows: list[dict], m: dict, starts: dict[int, list[float]]) -> lis
                     "networks": "/".join(map(str, networks)),
                     "protocol": f"**{report.percent([r['set']['mean'] for r in rs])}**",
                     "krr": report.percent([r["krr"] for r in rs]),
-                    "own": (f"{owns[0]['protocol']}: {report.percent([o['set']['mean'] for o in owns])} "
+                    "own": (f"{owns[0]['protocol']}{own_lr(owns)}: {report.percent([o['set']['mean'] for o in owns])} "
                             f"({report.percent([o['random']['mean'] for o in owns])})") if owns else "-",
                     "steps": ", ".join(str(r["step"]) for r in rs),
                     "published": PUBLISHED.get(paper_name(m["dataset"]), {}).get((method, ipc), "-")})
@@ -169,6 +185,12 @@ def table_rows(rows: list[dict], m: dict, starts: dict[int, list[float]]) -> lis
                     "krr": report.percent(start) if start else "-", "own": "-", "steps": "-",
                     "published": f"{RANDOM_PUBLISHED.get(paper_name(m['dataset']), {}).get(ipc, '-')} (DC paper)"})
     return out
+
+
+def own_lr(owns: list[dict]) -> str:
+    """' at lr 0.0251, 0.0252': the lrs the sets' methods learned, where their own protocol trains at them."""
+    lrs = [o["learned_lr"] for o in owns if "learned_lr" in o]
+    return f" at lr {', '.join(f'{lr:.3g}' for lr in lrs)}" if lrs else ""
 
 
 def columns(m: dict) -> list[table.Column]:
@@ -292,10 +314,12 @@ def main() -> None:
                 print(f"   {budget / 60:g} min: not reached")
                 continue
             r = judged.get(os.path.relpath(path, kept_dir), lambda: judge(path, m, data_dir, cache_dir, progress))
-            if method in m.get("own", {}) and budget == max(budgets):  # the final set: its own protocol too
-                own = m["own"][method]
+            own = own_protocol(m["own"][method], path) if method in m.get("own", {}) and budget == max(budgets) else None
+            if own is not None:  # the final set: its own protocol too
                 key = f"own {own[0]} {json.dumps(own[1], sort_keys=True)} {os.path.relpath(path, kept_dir)}"
-                r = {**r, "own": judged.get(key, lambda: judge_own(path, method, m, data_dir, cache_dir, progress))}
+                r = {**r, "own": judged.get(key, lambda: judge_own(path, own, m, data_dir, cache_dir, progress))}
+                if m["own"][method][1].get("lr") == LEARNED_LR:
+                    r["own"] = {**r["own"], "learned_lr": own[1]["lr"]}
             step = int(os.path.basename(path).split("-")[1].split(".")[0]) if "step-" in path else 0
             rows.append({**r, "method": method, "ipc": ipc, "seed": seed, "minutes": budget / 60, "step": step,
                          "path": path, "config": dataclasses.asdict(config),
@@ -358,7 +382,9 @@ std over seeds: "{m['protocol']} protocol": finite networks trained on the set's
 the same for every method (DC's paper uses the `dc` protocol); "own protocol": the final set
 (largest budget) also under its method's own evaluation where kip has its card, on the set's learned
 labels by MSE (`kip protocols frepo`: FRePo's Conv; `kip protocols kip`: the kernel's finite ConvNet3,
-lr from the card's grid on a validation split; overrides: {own_words(m)}), beside random real subsets under it; "KRR": kernel regression from the set (its labels, learned where the
+lr from the card's grid on a validation split), and MTT's under the {m['protocol']} protocol at the lr it learned
+with the set, as MTT's paper evaluates (sets kept before their snapshots held that lr show "-"; overrides:
+{own_words(m)}), beside random real subsets under it; "KRR": kernel regression from the set (its labels, learned where the
 method learns them) under {m['krr']['kernel']}, one kernel for every method. "random real": class-balanced random
 real subsets of the same size under the same protocol (its KRR: the real images the runs start
 from, one set per seed).

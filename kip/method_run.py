@@ -239,18 +239,20 @@ def method_run(
         f"{described}; KRR evaluation with {config.kernel}")
     to_problem = lambda y: jnp.asarray(y, problem.dtype)
     kernel_name = protocols.load(NETWORK_CARD).model
+    def extras_of(state) -> dict:  # what a method learns beside the set, kept with it (snapshots, distilled.npz)
+        return {"step_sizes": np.asarray(unrolled.step_sizes(state.params))} if config.method == "dd" else \
+            {"learned_lr": np.asarray(state.params["lr"])} if config.method == "mtt" else {}
+
     state, history = run.optimise_set(out, problem, config, state, history, method.step, step_data, config.iterations,
                                       lambda s: (s.params["images"], to_problem(method.labels(s))), init_idx,
-                                      kernel_name, progress, log)
+                                      kernel_name, progress, log, extras_of=extras_of)
     step, final = int(state.step), history.evals[-1]
     metrics = run.run_metrics(history, step, ds, config_dict, method=config.method, settings=method.record)
     images = np.asarray(state.params["images"])
-    extra = {"step_sizes": np.asarray(unrolled.step_sizes(state.params))} if config.method == "dd" else \
-        {"learned_lr": np.asarray(state.params["lr"])} if config.method == "mtt" else {}
     title = f"{name} on {ds.name}, {config.ipc}/class, {step} iterations: KRR ({config.kernel}) test acc {100 * final['test_accuracy']:.2f}%"
     run.write_distilled(out, problem, images, np.asarray(to_problem(method.labels(state))), np.asarray(init_images),
                         init_idx, metrics, title, kernel=kernel_name, method=np.array(config.method),
-                        **extra)
+                        **extras_of(state))
     plots.learning_curve(os.path.join(out, "curve.png"), history.losses, history.evals,
                          f"{name} on {ds.name}, {config.ipc} images/class", loss_label=method.loss_label)
     log(f"KRR ({config.kernel}) test accuracy {100 * final['test_accuracy']:.2f}% (initial: "

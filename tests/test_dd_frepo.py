@@ -292,11 +292,14 @@ def test_trajectories_resume_to_the_uninterrupted_recording_and_feed_mtt(tmp_pat
                       "--max-start-epoch", "1", "--lr", "10"]
     run = [a for a in run if a not in ("--width", "8", "--real-batch")]
     a_out, b_out = str(tmp_path / "mtt-whole"), str(tmp_path / "mtt-split")
-    assert cli.main(run + ["--steps", "4", "--eval-every", "4", "--out", a_out]) == 0
+    assert cli.main(run + ["--steps", "4", "--eval-every", "4", "--snapshots", "--out", a_out]) == 0
     assert cli.main(run + ["--steps", "2", "--eval-every", "2", "--out", b_out]) == 0
     assert cli.main(run + ["--steps", "4", "--eval-every", "2", "--out", b_out, "--resume"]) == 0
     np.testing.assert_array_equal(_arrays(a_out)["images"], _arrays(b_out)["images"])
     assert float(_arrays(a_out)["learned_lr"]) != 0.01
+    # a kept snapshot carries the lr learned with its set (MTT's own evaluation trains at it)
+    snapshots = {s: io.read_npz(os.path.join(a_out, "snapshots", f"step-{s:07d}.npz"))["learned_lr"] for s in (0, 4)}
+    assert float(snapshots[0]) == pytest.approx(0.01) and float(snapshots[4]) == float(_arrays(a_out)["learned_lr"])
     # other options in the same folder are refused
     assert cli.main(TRAJ + ["--experts", "2", "--epochs", "2", "--lr", "0.02", "--out", whole]) == 2
 

@@ -112,6 +112,11 @@ def test_method_zoo_quick_then_again_from_its_kept_cells_alone(tmp_path):
     assert row is not None, text
     assert max(float(v) for v in re.findall(r"\b(\d{1,3}\.\d)\b", row.split("|", 5)[-1])) > 20.0, row  # chance: 10%
     rows = json.loads((tmp_path / "results" / "method_zoo_digits_quick.json").read_text())["rows"]
+    # MTT's final set also under its own evaluation: the zoo's protocol at the lr MTT learned with it
+    mtt = [r for r in rows if r["method"] == "mtt" and "own" in r]
+    assert mtt and all(r["own"]["protocol"] == "dsa" and r["own"]["overrides"]["lr"] == r["own"]["learned_lr"] > 0
+                       for r in mtt), mtt
+    assert re.search(r"\| MTT \| 1 \| 0\.15 \| 1 \| .* \| dsa at lr \d", text), text
     assert "method_zoo_digits_quick_sets.png" in text and (tmp_path / "results" / "method_zoo_digits_quick_sets.png").exists()
     assert {"cell.json", "judged.json", "metrics.json", "snapshots"} <= set(os.listdir(tmp_path / "cells" / "frepo-ipc1-seed0"))
     shutil.rmtree(tmp_path / "runs")
