@@ -9,7 +9,7 @@ finite networks beside same-protocol random real subsets, and by KRR under one c
     python experiments/method_zoo.py --gpu --data-dir ../shared/datasets  # the same table at the papers' widths
     python experiments/method_zoo.py --gpu --dataset cifar10              # CIFAR-10 (TFDS) beside its published figures
     python experiments/method_zoo.py --quick                              # digits, seconds-long budgets
-    python experiments/method_zoo.py --data-dir ../shared/datasets --kept-only   # the table of the kept cells, running none
+    python experiments/method_zoo.py --data-dir ../shared/datasets --kept-only   # the table of the kept, judged cells, training nothing
 
 Configuration only. Each method's run is a cell (`kip.cells.distill_cell`: reused when done,
 resumed when interrupted) distilling until its steps took the largest budget (`max_seconds`:
@@ -251,8 +251,8 @@ def main() -> None:
                                  "cifar10 (TFDS) or cifar10_jpeg_lossy (DATA_DIR/cifar10_jpeg_lossy.npz) for CIFAR-10 "
                                  "beside its published figures, with the mode's settings")
         parser.add_argument("--kept-only", action="store_true",
-                            help="run nothing: the table from the cells already kept (a method's row counts the seeds "
-                                 "it has; a missing cell is named and left out)")
+                            help="run and train nothing: the table from the cells already kept and judged (a method's "
+                                 "row counts the seeds it has; a missing cell or judgement is named and left out)")
         parser.add_argument("--cells-dir", default=None,
                             help="where each finished cell's sets, record and judgements are kept (default: "
                                  "RESULTS-DIR/method_zoo_<dataset>[_gpu|_quick]_cells, committed so that the table's "
@@ -305,19 +305,32 @@ def main() -> None:
         kept = cells.budget_readings(kept_dir, budgets, closed_form, m["clock"])
         judged = cells.Judgements(kept_dir, {k: m[k] for k in ("protocol", "evaluation", "size_evaluation", "krr")},
                                   code=args.provenance)
+        def judgement(key: str, compute):
+            """The stored judgement, else `compute()`'s; with --kept-only nothing is computed (None)."""
+            if args.kept_only and key not in judged.values:
+                print(f"   {key}: not judged yet, left out (--kept-only)")
+                return None
+            return judged.get(key, compute)
+
         start = run.snapshot_path(kept_dir, 0)
         if isinstance(config, method_run.MethodConfig) and (ipc, seed) not in start_krr and os.path.exists(start):
             # every run of this seed starts from the same real images (run.start_indices)
-            start_krr[ipc, seed] = judged.get("start_krr", lambda: judge_krr(start, m, data_dir))
+            krr_of_start = judgement("start_krr", lambda: judge_krr(start, m, data_dir))
+            if krr_of_start is not None:
+                start_krr[ipc, seed] = krr_of_start
         for budget, path in kept.items():
             if path is None:
                 print(f"   {budget / 60:g} min: not reached")
                 continue
-            r = judged.get(os.path.relpath(path, kept_dir), lambda: judge(path, m, data_dir, cache_dir, progress))
+            r = judgement(os.path.relpath(path, kept_dir), lambda: judge(path, m, data_dir, cache_dir, progress))
+            if r is None:
+                continue
             own = own_protocol(m["own"][method], path) if method in m.get("own", {}) and budget == max(budgets) else None
-            if own is not None:  # the final set: its own protocol too
-                key = f"own {own[0]} {json.dumps(own[1], sort_keys=True)} {os.path.relpath(path, kept_dir)}"
-                r = {**r, "own": judged.get(key, lambda: judge_own(path, own, m, data_dir, cache_dir, progress))}
+            own_judged = None if own is None else judgement(
+                f"own {own[0]} {json.dumps(own[1], sort_keys=True)} {os.path.relpath(path, kept_dir)}",
+                lambda: judge_own(path, own, m, data_dir, cache_dir, progress))
+            if own_judged is not None:  # the final set: its own protocol too
+                r = {**r, "own": own_judged}
                 if m["own"][method][1].get("lr") == LEARNED_LR:
                     r["own"] = {**r["own"], "learned_lr": own[1]["lr"]}
             step = int(os.path.basename(path).split("-")[1].split(".")[0]) if "step-" in path else 0

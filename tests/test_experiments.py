@@ -137,6 +137,14 @@ def test_method_zoo_quick_then_again_from_its_kept_cells_alone(tmp_path):
     assert third.stdout.count("not kept: left out") == 4 and not (tmp_path / "runs").exists()
     kept = json.loads((tmp_path / "results" / "method_zoo_digits_quick.json").read_text())["rows"]
     assert [(r["method"], r["seed"], r["set"]) for r in kept] == [(r["method"], r["seed"], r["set"]) for r in rows]
+    # a kept cell not judged yet: named and left out, no network trained
+    os.remove(tmp_path / "cells" / "frepo-ipc1-seed0" / "judged.json")
+    networks = sorted(os.listdir(tmp_path / "networks"))
+    fifth = run()
+    assert fifth.returncode == 0 and "not judged yet, left out (--kept-only)" in fifth.stdout, fifth.stderr[-3000:]
+    kept = json.loads((tmp_path / "results" / "method_zoo_digits_quick.json").read_text())["rows"]
+    assert [r["method"] for r in kept] == [r["method"] for r in rows if r["method"] != "frepo"]
+    assert sorted(os.listdir(tmp_path / "networks")) == networks and not (tmp_path / "runs").exists()
     # another --runs-dir gives MTT another expert_dir: its kept cell is named and nothing runs
     cmd = cmd[: cmd.index("--kept-only")]
     cmd[cmd.index("--runs-dir") + 1] = str(tmp_path / "other_runs")
