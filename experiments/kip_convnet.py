@@ -13,7 +13,9 @@ beside the published KIP-ConvNet kernel figures.
         --eval exact --name kip_convnet_mnist_finetune                          # fine-tune a random-feature set, exact NTK,
                                                                                 # the lr chosen on 5000 held-out training images
 
-Each cell is a `kip distill` run in runs/kip_convnet/ (reused when done, resumed when interrupted).
+Each cell is a `kip distill` run in runs/kip_convnet/ (reused when done, resumed when interrupted),
+one per distillation seed (--seeds: each its own real start and target batches; rows pool them,
+mean ± std, and several --lr values are chosen by their mean final validation accuracy).
 The final evaluation kernel is --eval: 'rf' (an estimate from --eval-models networks, fixed seed)
 or 'exact' (the exact ConvNet3 NTK: ~10^4 pairs per support image on MNIST's test set).
 Writes results/kip_convnet_<dataset>.{md,json}.
@@ -68,6 +70,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, nargs="+", default=[DEFAULT_LR],
                         help="Adam learning rate (default: %(default)s, the authors'); several: a run each, the one with "
                              "the best final validation accuracy reported (needs --val-size)")
+    parser.add_argument("--seeds", type=int, default=1, help="distillation seeds per size and lr (each its own real start)")
     parser.add_argument("--val-size", type=int, default=0,
                         help="training images held out of KIP's targets (none of the set's sources), on which an lr is chosen")
     parser.add_argument("--init-from", default=None, metavar="RUN",
@@ -101,17 +104,19 @@ def main() -> None:
     kernel, exact = args.kernel, args.kernel == "convnet3"
     if args.init_from and len(args.ipc) != 1:
         parser.error("--init-from: give one --ipc value (that of the run it starts from)")
+    if args.seeds < 1 or (args.init_from and args.seeds != 1):
+        parser.error("--seeds: at least 1, and 1 with --init-from (every seed would fine-tune the same set)")
     init_from = os.path.join(args.init_from, "distilled.npz") if args.init_from else None
 
     if len(args.lr) > 1 and not args.val_size:
         parser.error("several --lr values need --val-size: the choice is made on held-out training images, never on the test set")
 
-    def folder(ipc: int, point_lr: float) -> str:
+    def folder(ipc: int, point_lr: float, seed: int) -> str:
         setting = f"{args.precision}-tb{target_batch[ipc]}" if exact else f"{args.rf_models}x{args.rf_width}"
         start = f"-from-{os.path.basename(os.path.normpath(args.init_from))}" if args.init_from else ""
         lr = "" if point_lr == DEFAULT_LR else f"-lr{point_lr:g}"
         val = f"-val{args.val_size}" if args.val_size else ""
-        return f"{args.dataset}-{kernel}-{setting}{'-zca' if args.zca else ''}-{args.loss}-ipc{ipc}{start}{lr}{val}"
+        return f"{args.dataset}-{kernel}-{setting}{'-zca' if args.zca else ''}-{args.loss}-ipc{ipc}{start}{lr}{val}-seed{seed}"
 
     def evals_wanted(ipc: int) -> list[str]:
         return [e for e in args.eval if not (e == "exact" and ipc > args.exact_max_ipc)]
@@ -119,15 +124,15 @@ def main() -> None:
     def cells_of(point: dict) -> dict:
         ipc = point["ipc"]
         config = run.DistillConfig(
-            dataset=args.dataset, data_dir=args.data_dir, kernel=kernel, ipc=ipc, steps=steps[ipc],
+            dataset=args.dataset, data_dir=args.data_dir, kernel=kernel, ipc=ipc, seed=point["seed"], steps=steps[ipc],
             target_batch=target_batch[ipc], learn_labels=True, zca=args.zca, eval_every=args.eval_every,
             rf_models=args.rf_models, rf_width=args.rf_width, loss=args.loss, precision=args.precision, init_from=init_from,
             lr=point["lr"], val_size=args.val_size)
-        named = {"kip": (folder(ipc, point["lr"]), config)}
+        named = {"kip": (folder(ipc, point["lr"], point["seed"]), config)}
         if any(not (e == "exact" and exact) for e in evals_wanted(ipc)):
             # the same run at 0 steps: the images it started from (real, or --init-from's), evaluated like the distilled
             # ones. No step uses the lr, so every lr's row shares this one cell (at the default lr's name and options).
-            named["init"] = (folder(ipc, DEFAULT_LR) + "-init", dataclasses.replace(config, steps=0, lr=DEFAULT_LR))
+            named["init"] = (folder(ipc, DEFAULT_LR, point["seed"]) + "-init", dataclasses.replace(config, steps=0, lr=DEFAULT_LR))
         return named
 
     def evaluations(row: dict) -> dict:
@@ -146,40 +151,49 @@ def main() -> None:
                 "evals": evals, "real_images": baseline}
 
     try:
-        runs = table.run_rows(table.grid(ipc=args.ipc, lr=args.lr), cells_of, args.runs_dir, evaluations,
-                              progress=not args.no_progress, overwrite=args.overwrite)
+        runs = table.run_rows(table.grid(ipc=args.ipc, lr=args.lr, seed=range(args.seeds)), cells_of, args.runs_dir,
+                              evaluations, progress=not args.no_progress, overwrite=args.overwrite)
     except InputError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
-    # one row per size: its only lr, or the lr whose set has the best final validation accuracy
-    rows = [max((r for r in runs if r["ipc"] == ipc), key=lambda r: r["kip"].get("val_accuracy", 0.0)) for ipc in args.ipc]
-    for r in rows:
-        r["tried"] = {f"{x['lr']:g}": x["kip"].get("val_accuracy") for x in runs if x["ipc"] == r["ipc"]}
+    # one row per size: the seeds of its only lr, or of the lr whose sets have the best mean final validation accuracy
+    by_lr = table.groups(runs, lambda r: (r["ipc"], r["lr"]))
+    mean_val = {key: float(np.mean([r["kip"].get("val_accuracy", 0.0) for r in rs])) for key, rs in by_lr}
+    rows = []
+    for ipc in args.ipc:
+        (_, lr), seeds = max(((key, rs) for key, rs in by_lr if key[0] == ipc), key=lambda kv: mean_val[kv[0]])
+        rows.append({"ipc": ipc, "lr": lr, "seeds": seeds, "published": seeds[0]["published"],
+                     "target_batch": target_batch[ipc], "tried": {f"{k[1]:g}": v for k, v in mean_val.items() if k[0] == ipc}})
+
+    def over_seeds(r: dict, value: Callable[[dict], float]) -> str:
+        return report.percent([value(x) for x in r["seeds"]], 2)
 
     start_note = f"the set it started from: {init_from}" if init_from else "real images it started from"
     names = {"rf": f"rf-convnet3 estimate ({args.eval_models} x width {args.eval_width}, other networks)",
              "exact": "exact ConvNet3 NTK"}
 
     def accuracy(which: str) -> Callable[[dict], str]:
-        return lambda r: (f"**{100 * r['evals'][which]['test_accuracy']:.2f}** ({100 * r['real_images'][which]['test_accuracy']:.2f})"
-                          if which in r["evals"] else "-")
+        return lambda r: (f"**{over_seeds(r, lambda x: x['evals'][which]['test_accuracy'])}** "
+                          f"({over_seeds(r, lambda x: x['real_images'][which]['test_accuracy'])})"
+                          if which in r["seeds"][0]["evals"] else "-")
 
     columns = [table.Column("images/class", lambda r: str(r["ipc"])),
                table.Column("published KIP-ConvNet (kernel)", lambda r: f"{r['published']:.1f}" if r["published"] else "-"),
                *(table.Column(f"ours, {names[e]}: KIP ({start_note})", accuracy(e)) for e in args.eval),
                table.Column(f"during the run (its own {'exact' if exact else 'rf'} kernel)",
-                            lambda r: f"{100 * r['kip']['test_accuracy']:.2f}"),
-               table.Column("steps", lambda r: str(r["kip"]["steps"])),
+                            lambda r: over_seeds(r, lambda x: x["kip"]["test_accuracy"])),
+               table.Column("distillation seeds", lambda r: str(len(r["seeds"]))),
+               table.Column("steps", lambda r: str(r["seeds"][0]["kip"]["steps"])),
                table.Column("target batch", lambda r: str(r["target_batch"])),
-               table.Column("time (min)", lambda r: f"{r['kip']['seconds'] / 60:.1f}")]
+               table.Column("time (min) / run", lambda r: f"{np.mean([x['kip']['seconds'] for x in r['seeds']]) / 60:.1f}")]
     if args.val_size:
         def lr_choice(r: dict) -> str:
             chosen = f"{r['lr']:g}"
             return ", ".join(f"**{lr}: {100 * v:.2f}**" if lr == chosen else f"{lr}: {100 * v:.2f}" for lr, v in r["tried"].items())
 
         columns += [table.Column("Adam lr: final validation accuracy (chosen)", lr_choice),
-                    table.Column("best validation (step): its test accuracy", lambda r: (
-                        f"{100 * r['kip']['best_val']['val_accuracy']:.2f} ({r['kip']['best_val']['step']}): "
-                        f"{100 * r['kip']['best_val']['test_accuracy']:.2f}"))]
+                    table.Column("best validation (step): its test accuracy", lambda r: "; ".join(
+                        f"{100 * x['kip']['best_val']['val_accuracy']:.2f} ({x['kip']['best_val']['step']}): "
+                        f"{100 * x['kip']['best_val']['test_accuracy']:.2f}" for x in r["seeds"]))]
     validation_note = "" if not args.val_size else f"""
 Validation: {args.val_size} training images held out of KIP's targets (none of the sets' sources; their
 indices are in each distilled.npz as val_indices), judged by KRR at every evaluation: the lr is the
@@ -190,13 +204,15 @@ one with the best final validation accuracy; the best evaluation by it is report
 f'{args.rf_models} random ConvNet3s of width {args.rf_width} drawn afresh every step (float32 features, float64 Gram matrix and solve)'},
 learned labels, {args.loss} loss, Adam {', '.join(f'{lr:g}' for lr in args.lr)}{' (the final validation accuracy chose)' if len(args.lr) > 1 else ''},{f' fine-tuning {init_from},' if init_from else ''}
 ridge 1e-6 x tr(K)/n, {'ZCA' if args.zca else 'standardised'} inputs.{validation_note}
-Test accuracy of KRR on the full test set ({rows[0]['kip']['test_size']} images). Published: Nguyen et al.,
+Test accuracy of KRR on the full test set ({rows[0]['seeds'][0]['kip']['test_size']} images), mean ± std over
+the distillation seeds where there are several (each its own real start and target batches; the
+validation accuracies that choose an lr are their means). Published: Nguyen et al.,
 arXiv 2107.13034, Table 1 (exact ConvNet kernels, hundreds of accelerators, to convergence).
 Runs (distilled sets, curves) in {args.runs_dir}/.
 """
     report.write_results(args.name or f"kip_convnet_{args.dataset}" + ("_quick" if args.quick else ""),
                          f"KIP-ConvNet ({'exact kernel' if exact else 'random features'}) on {args.dataset}: KRR test accuracy against the published figures",
-                         body, {"rows": table.without_curves(rows), "args": vars(args)}, results_dir=args.results_dir, code=args.provenance)
+                         body, {"rows": [{**r, "seeds": table.without_curves(r["seeds"])} for r in rows], "args": vars(args)}, results_dir=args.results_dir, code=args.provenance)
     print(body)
 
 

@@ -23,9 +23,10 @@ QUICK = [
     ("protocol_baselines.py", ["--no-progress"], "protocol_baselines_digits_quick.md", r"\| dc \| 5 \| "),
     ("data_diet.py", ["--no-progress"], "data_diet_digits_quick.md", r"\| 50% \("),
     ("data_budget.py", ["--no-progress"], "data_budget_digits_quick.md", r"\| 200 \| - \| \d+\.\d+ \| "),  # KIP up to 10
-    # two lrs, chosen on held-out training images (--val-size)
-    ("kip_convnet.py", ["--lr", "0.01", "0.04", "--val-size", "200"], "kip_convnet_digits_quick.md",
-     r"\| 10 \| .* \| (\*\*0\.01: \d+\.\d+\*\*, 0\.04: \d+\.\d+|0\.01: \d+\.\d+, \*\*0\.04: \d+\.\d+\*\*) \| \d+\.\d+ \(\d+\): "),
+    # two lrs x two seeds, the lr chosen by its seeds' mean accuracy on held-out training images (--val-size)
+    ("kip_convnet.py", ["--lr", "0.01", "0.04", "--val-size", "200", "--seeds", "2"], "kip_convnet_digits_quick.md",
+     r"\| 10 \| - \| \*\*\d+\.\d\d ± \d+\.\d\d\*\* \(\d+\.\d\d ± \d+\.\d\d\) \| \d+\.\d\d ± \d+\.\d\d \| 2 \| 30 \| 200 \| .* \| "
+     r"(\*\*0\.01: \d+\.\d+\*\*, 0\.04: \d+\.\d+|0\.01: \d+\.\d+, \*\*0\.04: \d+\.\d+\*\*) \| \d+\.\d+ \(\d+\): \d+\.\d+; \d+\.\d+ \(\d+\): "),
     # one method: DC's and DM's paths are the library's (tests/test_matching.py); this checks the script
     ("matching.py", ["--no-progress", "--methods", "dsa"], "matching_digits_quick.md", r"\| DSA \| 1 \| 1 \| 6 it\., width 8"),
     # method_zoo.py: its own test below (its quick run, then again from its kept cells alone)
@@ -90,7 +91,7 @@ def test_kip_convnet_fine_tunes_a_distilled_set_under_the_exact_kernel(tmp_path)
     text = (tmp_path / "kip_convnet_digits_quick.md").read_text()
     row = next(ln for ln in text.splitlines() if ln.startswith("| 1 |"))
     assert f"({100 * before:.2f})" in row and "fine-tuning" in text and "Adam 0.01" in text, text
-    assert os.listdir(tmp_path / "runs") == ["digits-convnet3-float64-tb200-mse-ipc1-from-start-lr0.01"]
+    assert os.listdir(tmp_path / "runs") == ["digits-convnet3-float64-tb200-mse-ipc1-from-start-lr0.01-seed0"]
 
 
 def test_method_zoo_quick_then_again_from_its_kept_cells_alone(tmp_path):
