@@ -375,16 +375,14 @@ def resumed(out: str, state: Any, config: dict, resume: bool, log: Callable[[str
 
 def optimise_set(out: str, problem: Problem, config: Any, state: Any, history: loop.History, step_fn: Callable,
                  step_data: Any, steps: int, set_of: Callable, init_idx, kernel: str, progress: bool,
-                 log: Callable[[str], None], hint: str = "try a smaller --lr",
-                 validation: np.ndarray | None = None, extras_of: Callable[[Any], dict] | None = None
-                 ) -> tuple[Any, loop.History]:
+                 log: Callable[[str], None], hint: str = "try a smaller --lr", validation: np.ndarray | None = None,
+                 extras_of: Callable[[Any], dict] | None = None) -> tuple[Any, loop.History]:
     """`loop.optimise` of a distillation run (any method): `steps` of `step_fn(state, train=step_data)`
     fused as `distill.make_multi_step` does, the set `set_of(state)` -> (images, labels) judged by
     KRR every `config.eval_every` steps (on the test set, and on the training rows `validation` as
     'val_accuracy' / 'val_mse'), checkpoints in OUT every `config.checkpoint_every` (with
-    `config.snapshots`, the set at each as well, with the arrays `extras_of(state)`: what else the
-    method learns with it, such as MTT's learning rate), stopped after `config.max_seconds` of
-    `config.clock`."""
+    `config.snapshots`, the set at each as well, with what the method learns beside it:
+    `extras_of(state)`, e.g. MTT's lr), stopped after `config.max_seconds` of `config.clock`."""
     ckpt_path = checkpoint_path(out)
     config_dict = dataclasses.asdict(config)
     evaluate = make_evaluator(problem, config.reg, config.block_size)
@@ -442,9 +440,8 @@ def snapshot_path(out: str, step: int) -> str:
 def keeping_snapshots(checkpoint: Callable, out: str, problem: Problem, init_idx, kernel: str,
                       set_of: Callable, extras_of: Callable[[Any], dict] | None = None) -> Callable:
     """A `loop.optimise` checkpoint callback `(state, history)` that first writes the state's set
-    (`set_of(state)` -> (images, labels)) to `snapshot_path(out, state.step)` with the seconds the
-    steps took so far (`seconds`) and the arrays `extras_of(state)`: equal-compute tables read one
-    run at several budgets."""
+    (`set_of(state)` -> (images, labels)), the seconds the steps took so far (`seconds`) and the
+    arrays `extras_of(state)` to `snapshot_path(out, state.step)`: equal-compute tables read them."""
 
     def keep_and_checkpoint(state, history):
         images, labels = set_of(state)
