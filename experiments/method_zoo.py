@@ -305,6 +305,7 @@ def main() -> None:
         kept = cells.budget_readings(kept_dir, budgets, closed_form, m["clock"])
         judged = cells.Judgements(kept_dir, {k: m[k] for k in ("protocol", "evaluation", "size_evaluation", "krr")},
                                   code=args.provenance)
+
         def judgement(key: str, compute):
             """The stored judgement, else `compute()`'s; with --kept-only nothing is computed (None)."""
             if args.kept_only and key not in judged.values:

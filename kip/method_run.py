@@ -239,6 +239,7 @@ def method_run(
         f"{described}; KRR evaluation with {config.kernel}")
     to_problem = lambda y: jnp.asarray(y, problem.dtype)
     kernel_name = protocols.load(NETWORK_CARD).model
+
     def extras_of(state) -> dict:  # what a method learns beside the set, kept with it (snapshots, distilled.npz)
         return {"step_sizes": np.asarray(unrolled.step_sizes(state.params))} if config.method == "dd" else \
             {"learned_lr": np.asarray(state.params["lr"])} if config.method == "mtt" else {}

@@ -48,7 +48,8 @@ def run_rows(points: Sequence[dict], cells_of: CellsOf, runs_dir: str,
     (`cells.run_cell` in RUNS_DIR/folder: a run's metrics, a `Computed` cell's arrays), the cells'
     folders under 'folders', and then `extras(row)` (values that are not runs: a baseline, an
     evaluation kept in a cell's folder). Every cell's folder is checked first: the folders that
-    hold runs of other options are named in one InputError and nothing runs, unless `overwrite`. A cell two points share (same folder and options) runs once."""
+    hold runs of other options are named in one InputError and nothing runs, unless `overwrite`.
+    A cell two points share (same folder and options) runs once."""
     wanted = [{name: (os.path.join(runs_dir, folder), config) for name, (folder, config) in cells_of(p).items()}
               for p in points]
     cells.check_cells([c for w in wanted for c in w.values()], overwrite)
