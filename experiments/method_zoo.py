@@ -83,7 +83,10 @@ MODES = {
                 # labels, MSE): FRePo's Conv at its width; KIP's and Label Solve's finite ConvNet3 (the
                 # kernel's network) at width 128 for 1000 steps, lr chosen on validation (CPU)
                 own={"frepo": ("frepo", dict(networks=2, baseline_subsets=3)), "mtt": MTT_OWN,
-                     **{k: ("kip", _KIP_OWN_CPU) for k in KERNEL_LABEL_METHODS}}),
+                     **{k: ("kip", _KIP_OWN_CPU) for k in KERNEL_LABEL_METHODS}},
+                # at 10 per class the kip card's lr grid trains 4 x (2 + 3) networks of 100 images per set
+                # (~10 CPU-minutes each here, ~3 CPU-hours per method): FRePo's and MTT's only
+                own_sizes={10: ("frepo", "mtt")}),
     "gpu": dict(dataset="mnist", protocol="dsa", clock="wall", evaluation=dict(networks=10),
                 size_evaluation={k: dict(baseline_subsets=5) for k in (1, 10)},
                 krr=dict(kernel="convnet3"), sizes={1: (3, (2, 6, 20)), 10: (3, (20,))},
@@ -131,6 +134,12 @@ def judge(path: str, m: dict, data_dir: str | None, cache_dir: str, progress: bo
     r = transfer.protocol_run(path, m["dataset"], data_dir, m["protocol"], m["evaluation"],
                               cache_dir=cache_dir, progress=progress, size_overrides=m["size_evaluation"])
     return {"set": r["set"], "random": r["random"], "krr": judge_krr(path, m, data_dir), "overrides": r["overrides"]}
+
+
+def owned(m: dict, method: str, ipc: int) -> bool:
+    """Whether the method's final set at this size is also judged under its own protocol: every
+    method with one, or at a size the mode's `own_sizes` lists, those it names."""
+    return method in m.get("own", {}) and method in m.get("own_sizes", {}).get(ipc, m["own"])
 
 
 def own_protocol(own: tuple[str, dict], path: str) -> tuple[str, dict] | None:
@@ -211,9 +220,11 @@ def provenance_words(rows: list[dict]) -> str:
 
 
 def own_words(m: dict) -> str:
-    """'frepo: networks = 2, baseline_subsets = 3': each own protocol's overrides."""
-    return "; ".join(f"{k}: {', '.join(f'{a} = {b}' for a, b in v[1].items()) or 'none'}"
-                     for k, v in m.get("own", {}).items()) or "none"
+    """'frepo: networks = 2, baseline_subsets = 3; at 10 per class: frepo, mtt only': each own
+    protocol's overrides, and the sizes at which only some methods have their own judgement."""
+    return ("; ".join(f"{k}: {', '.join(f'{a} = {b}' for a, b in v[1].items()) or 'none'}"
+                      for k, v in m.get("own", {}).items()) or "none") + "".join(
+        f"; at {ipc} per class: {', '.join(names)} only" for ipc, names in sorted(m.get("own_sizes", {}).items()))
 
 
 CLOCK_WORDS = {"cpu": "the distilling process's CPU time, each cell's process pinned to one core (`taskset`)",
@@ -326,7 +337,7 @@ def main() -> None:
             r = judgement(os.path.relpath(path, kept_dir), lambda: judge(path, m, data_dir, cache_dir, progress))
             if r is None:
                 continue
-            own = own_protocol(m["own"][method], path) if method in m.get("own", {}) and budget == max(budgets) else None
+            own = own_protocol(m["own"][method], path) if owned(m, method, ipc) and budget == max(budgets) else None
             own_judged = None if own is None else judgement(
                 f"own {own[0]} {json.dumps(own[1], sort_keys=True)} {os.path.relpath(path, kept_dir)}",
                 lambda: judge_own(path, own, m, data_dir, cache_dir, progress))

@@ -170,6 +170,20 @@ def test_method_zoo_names_every_cifar10_gpu_cell_and_refuses_another_quick_datas
     assert quick.returncode != 0 and "--quick runs the embedded digits" in quick.stderr, quick.stderr
 
 
+def test_method_zoo_on_cpu_judges_own_protocols_at_10_per_class_for_frepo_and_mtt_only():
+    """At 1 per class every method with an own protocol gets it; at 10 (CPU) only FRePo and MTT,
+    and the table's words say so."""
+    code = ("import method_zoo as z; m = z.MODES['cpu']; "
+            "print([(k, i) for k in z.ALL for i in (1, 10) if z.owned(m, k, i)]); print(z.own_words(m))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "experiments")])})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    owned, words = proc.stdout.strip().splitlines()
+    assert owned == str([("kip-rf", 1), ("kip-exact", 1), ("label-solve", 1), ("mtt", 1), ("mtt", 10),
+                         ("frepo", 1), ("frepo", 10)])
+    assert words.endswith("; at 10 per class: frepo, mtt only"), words
+
+
 def test_kip_convnet_refuses_to_choose_an_lr_without_a_validation_split(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "experiments", "kip_convnet.py"), "--quick", "--lr", "0.01", "0.04",
            "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path), "--allow-dirty"]
