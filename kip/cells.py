@@ -10,7 +10,7 @@ import json
 import os
 from typing import Any, Callable
 
-from kip import InputError, io, label_solve, run
+from kip import InputError, io, label_solve, loop, run
 
 
 def _with_defaults(stored: dict, config) -> dict:
@@ -73,10 +73,10 @@ def cell_conflict(out: str, config) -> str | None:
         return f"{out} holds a finished run of other options ({_differences(stored, config)})"
     if os.path.exists(checkpoint) and _stepped(config):
         try:
-            stored = run.load_checkpoint(checkpoint, None)[1].get("config", {})
+            stored = loop.load_checkpoint(checkpoint, None)[1].get("config", {})
         except InputError:
             return f"{out} holds an unreadable checkpoint"
-        if same_options(stored, config, ignore=run.RESUMABLE_CHANGES):
+        if same_options(stored, config, ignore=loop.RESUMABLE_CHANGES):
             return None
         return f"{out} holds an interrupted run of other options ({_differences(stored, config)})"
     return None

@@ -262,14 +262,11 @@ class DistillConfig(SteppedRunOptions):
             raise InputError(f"--val-size must be >= 0, got {self.val_size}")
 
 
-RESUMABLE_CHANGES = loop.RESUMABLE_CHANGES
-load_checkpoint = loop.load_checkpoint
-
-
-def _start_set(config: DistillConfig, ds: data.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, preprocess.Preprocessing | None]:
+def _start_set(config: DistillConfig, ds: data.Dataset) -> tuple:
     """The support set a fine-tuning run starts from (`config.init_from`): images, labels, the
-    training indices it was first drawn from (-1 where unknown) and the preprocessing whose space
-    it lives in (the file's own; None for the authors' format, which `prepare` fits on train)."""
+    training indices it was first drawn from (-1 where unknown), the preprocessing whose space
+    it lives in (the file's own; None for the authors' format, which `prepare` fits on train) and
+    the training indices its run held out for validation (None where it held out none)."""
     arrays = io.read_npz(config.init_from)
     images, labels, prep = _parse_distilled(arrays, config.init_from, ds.image_shape, ds.num_classes, "nhwc")
     if len(images) != config.ipc * ds.num_classes:
@@ -280,7 +277,7 @@ def _start_set(config: DistillConfig, ds: data.Dataset) -> tuple[np.ndarray, np.
                          f" space; run with{'' if prep.zca is not None else 'out'} --zca")
     stored = arrays.get("initial_indices")
     indices = np.asarray(stored) if stored is not None and np.shape(stored) == (len(images),) else np.full(len(images), -1)
-    return images, labels, indices, prep
+    return images, labels, indices, prep, arrays.get("val_indices")
 
 
 def start_indices(seed: int, labels: np.ndarray, num_classes: int, ipc: int) -> np.ndarray:
@@ -310,21 +307,23 @@ def distill_run(
     if config.val_size > n // 5:
         raise InputError(f"--val-size must be at most a fifth of the {n} training images ({n // 5}), got {config.val_size}")
     start_set = _start_set(config, ds) if config.init_from else None
-    prepare_out(out, resume, overwrite)
-    problem = prepare(ds, config.kernel_options, config.zca, config.precision, max_memory=config.max_memory,
-                      devices=config.devices, preprocessing=start_set[3] if start_set else None)
     key = jax.random.PRNGKey(config.seed)
-    run_key = jax.random.split(key)[1]
-    if start_set:
-        init_images, init_labels = (jnp.asarray(a, problem.dtype) for a in start_set[:2])
-        init_idx = start_set[2]
-    else:
-        init_idx = start_indices(config.seed, ds.y_train, ds.num_classes, config.ipc)
-        init_images = problem.x_train[init_idx]
-        init_labels = data.one_hot(ds.y_train[init_idx], ds.num_classes, dtype=problem.dtype)
+    init_idx = start_set[2] if start_set else start_indices(config.seed, ds.y_train, ds.num_classes, config.ipc)
     # held out of the targets, none of the set's sources; its own key: the start and the steps stay as without it
     val_idx = np.sort(data.validation_split(jax.random.fold_in(key, 7), n, config.val_size, np.asarray(init_idx))) \
         if config.val_size else None
+    if start_set and val_idx is not None and not np.array_equal(start_set[4], val_idx):  # else choices would see its targets
+        raise InputError(f"--init-from: {config.init_from} was not distilled with this run's {config.val_size} training images "
+                         "held out (its run's --val-size and --seed must be this run's): they would validate a set fitted to them")
+    prepare_out(out, resume, overwrite)
+    problem = prepare(ds, config.kernel_options, config.zca, config.precision, max_memory=config.max_memory,
+                      devices=config.devices, preprocessing=start_set[3] if start_set else None)
+    run_key = jax.random.split(key)[1]
+    if start_set:
+        init_images, init_labels = (jnp.asarray(a, problem.dtype) for a in start_set[:2])
+    else:
+        init_images = problem.x_train[init_idx]
+        init_labels = data.one_hot(ds.y_train[init_idx], ds.num_classes, dtype=problem.dtype)
     pool = None if val_idx is None else np.setdiff1d(np.arange(n), val_idx)  # the targets' rows
     x_pool, y_pool = (problem.x_train, ds.y_train) if pool is None else (problem.x_train[pool], ds.y_train[pool])
     target_batch = min(config.target_batch, len(y_pool))

@@ -108,6 +108,8 @@ def test_nan_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_path, capsys
         (["distill", "--init-from", "{tmp}/wrongshape.npz", "--ipc", "1"], "images are"),
         (["distill", "--init-from", "{tmp}/tenimages.npz", "--ipc", "2"], "--ipc 2 needs 20"),
         (["distill", "--init-from", "{tmp}/tenimages.npz", "--ipc", "1", "--zca"], "run without --zca"),
+        # a set distilled on every training image cannot be validated on some of them
+        (["distill", "--init-from", "{tmp}/tenimages.npz", "--ipc", "1", "--val-size", "50"], "was not distilled with this run's 50"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, args, message):
@@ -147,6 +149,18 @@ def test_init_from_starts_at_the_given_set_and_fine_tunes_it(tmp_path):
         assert 0 < np.abs(a["images"] - b["images"]).max() < 20 * 3.2 * 0.01
         assert not np.array_equal(a["labels"], b["labels"])
         np.testing.assert_array_equal(a["preprocess_mean"], b["preprocess_mean"])
+    # With a validation split: the fine-tune holds out what the first run held out (same --val-size
+    # and --seed), and refuses a split the first run fitted to.
+    held = tmp_path / "held"
+    assert run_cli("distill", "--out", held, "--learn-labels", "--val-size", "50", *FAST) == 0
+    assert run_cli("distill", "--out", tmp_path / "held_tuned", "--init-from", held / "distilled.npz", "--val-size", "50",
+                   "--lr", "0.01", *FAST) == 0
+    with np.load(held / "distilled.npz") as a, np.load(tmp_path / "held_tuned" / "distilled.npz") as b:
+        assert len(a["val_indices"]) == 50
+        np.testing.assert_array_equal(a["val_indices"], b["val_indices"])
+    for other in (["--val-size", "60"], ["--val-size", "50", "--seed", "1"]):
+        assert run_cli("distill", "--out", tmp_path / "refused", "--init-from", held / "distilled.npz", *other, *FAST) == 2
+        assert not (tmp_path / "refused").exists()
     # Zero steps from a file reproduces the file.
     zero = tmp_path / "zero"
     assert run_cli("distill", "--out", zero, "--init-from", start, "--steps", "0", "--ipc", "2", "--no-progress") == 0
