@@ -95,7 +95,8 @@ def main() -> None:
     if args.quick:  # small enough for CI's suite: it checks the script, not KIP
         args.dataset, args.data_dir, args.steps, args.target_batch, args.eval_every = "digits", None, [30], [200], 15
         args.rf_models, args.rf_width, args.eval_models, args.eval_width = 2, 32, 4, 64
-        if args.ipc == parser.get_default("ipc"):  # one size: the loop over sizes is plain code, each one recompiles
+        # --ipc not given (`is`: an explicit --ipc of the default sizes stays): one size, each recompiles
+        if args.ipc is parser.get_default("ipc"):
             args.ipc = [10]
     for flag in ("steps", "target_batch"):
         if len(getattr(args, flag)) not in (1, len(args.ipc)):

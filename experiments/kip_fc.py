@@ -58,9 +58,10 @@ def main() -> None:
     args = report.parse_args(parser)
     if args.quick:
         args.dataset, args.data_dir, args.steps, args.eval_every = "digits", None, [200], 100
-        if args.ipc == parser.get_default("ipc"):  # one size: each size recompiles, the loop over sizes is kip.table's
+        # --ipc not given (`is`: an explicit --ipc of the default sizes stays): one size, each recompiles
+        if args.ipc is parser.get_default("ipc"):
             args.ipc = [10]
-        if args.seeds == parser.get_default("seeds"):
+        if args.seeds is parser.get_default("seeds"):
             args.seeds = [2]
     pairs = [(k, i) for k in args.kernel for i in args.ipc]
     if len(args.steps) not in (1, len(args.ipc), len(pairs)):
