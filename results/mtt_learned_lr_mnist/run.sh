@@ -1,6 +1,7 @@
 #!/bin/bash
 # MTT's 1-per-class 20-minute sets under the dsa protocol at MTT's own learned lr (read from each
 # run's checkpoint, 10 iterations after the kept snapshot), beside random real subsets at that lr.
+# Seed 1's record is from a rerun at 4f2c615 with --cache-dir runs/mtt_lr_clean/networks (nothing cached).
 cd /work/main
 for spec in "0 0000460 0.02512" "1 0000410 0.02515"; do
   set -- $spec
