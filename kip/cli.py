@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                 records = sweep.run_sweep(grid, args.devices, not args.no_progress, overwrite=args.overwrite)
                 print(sweep.write_summary(grid, records, code))
         if args.command == "evaluate" and args.out:
-            io.write_json(args.out, {**result, "code": code, "environment": run.environment()})
+            io.write_json(args.out, {**result, "code": code, "environment": run.environment(code)})
     except InputError as e:
         print(f"kip: error: {e}", file=sys.stderr)
         return 2

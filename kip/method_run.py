@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kip import InputError, data, distill, frepo, matching, models, plots, protocols, run, trajectories, unrolled
+from kip import InputError, data, distill, frepo, matching, models, plots, protocols, report, run, trajectories, unrolled
 
 METHODS = matching.METHODS + ("dd", "mtt", "frepo")
 INITS = ("real", "noise")
@@ -209,6 +209,7 @@ def method_run(
     support.png, curve.png, checkpoint.npz}. Returns the metrics; resuming gives the same result as
     an uninterrupted run (`kip.transfer.judge_run` then trains a protocol's finite networks on it)."""
     config.check()
+    code = report.provenance(allow_dirty=True)  # at the start: the tree may change while it runs
     ds = data.load(config.dataset, config.data_dir)
     settings = config.settings(ds.name, ds.num_classes, int(data.class_table(ds.y_train, ds.num_classes)[1].min()))
     settings.check()
@@ -248,7 +249,7 @@ def method_run(
                                       lambda s: (s.params["images"], to_problem(method.labels(s))), init_idx,
                                       kernel_name, progress, log, extras_of=extras_of)
     step, final = int(state.step), history.evals[-1]
-    metrics = run.run_metrics(history, step, ds, config_dict, method=config.method, settings=method.record)
+    metrics = run.run_metrics(history, step, ds, config_dict, code, method=config.method, settings=method.record)
     images = np.asarray(state.params["images"])
     title = f"{name} on {ds.name}, {config.ipc}/class, {step} iterations: KRR ({config.kernel}) test acc {100 * final['test_accuracy']:.2f}%"
     run.write_distilled(out, problem, images, np.asarray(to_problem(method.labels(state))), np.asarray(init_images),

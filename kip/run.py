@@ -150,9 +150,9 @@ def make_evaluator(problem: Problem, reg: float, block_size: int,
     return evaluate
 
 
-def environment() -> dict:
-    """Where a result was measured (see `kip.report.machine`), with kip's version."""
-    return {"kip": kip.__version__, **report.machine()}
+def environment(code: dict | None = None) -> dict:
+    """Where a result was measured (`kip.report.machine`; `code`: the provenance its run started from)."""
+    return {"kip": kip.__version__, **report.machine(code)}
 
 
 def prepare_out(out: str, resume: bool, overwrite: bool) -> None:
@@ -302,6 +302,7 @@ def distill_run(
     last good checkpoint in place.
     """
     config.check()
+    code = report.provenance(allow_dirty=True)  # at the start: the tree may change while it runs
     ds = data.load(config.dataset, config.data_dir)
     n = len(ds.y_train)
     if config.val_size > n // 5:
@@ -348,7 +349,7 @@ def distill_run(
                                   lambda s: (s.params["images"], s.params["labels"]), init_idx, config.kernel,
                                   progress, log, hint="try a smaller --lr or a larger --reg",
                                   validation=val_idx)
-    metrics = run_metrics(history, int(state.step), ds, config_dict)
+    metrics = run_metrics(history, int(state.step), ds, config_dict, code)
     step, evals, seconds, final = metrics["steps"], history.evals, history.seconds, history.evals[-1]
     write_distilled(out, problem, np.asarray(state.params["images"]), np.asarray(state.params["labels"]),
                      np.asarray(init_images), init_idx, metrics,
@@ -400,9 +401,9 @@ def optimise_set(out: str, problem: Problem, config: Any, state: Any, history: l
                          clock=config.clock)
 
 
-def run_metrics(history: loop.History, step: int, ds: data.Dataset, config: dict, **extra) -> dict:
-    """The metrics.json of a distillation run (any method) that ended at `step`: the final and
-    initial test accuracy, timing, the options, the machine, the evaluations and the losses."""
+def run_metrics(history: loop.History, step: int, ds: data.Dataset, config: dict, code: dict | None = None, **extra) -> dict:
+    """The metrics.json of a distillation run (any method) that ended at `step`: the final and initial test
+    accuracy, timing, the options, the machine and code (`environment`), the evaluations and the losses."""
     final = history.evals[-1]
     if "val_accuracy" in final:  # the evaluation a choice rests on: the final one and the best, with its step
         best = max(history.evals, key=lambda e: e["val_accuracy"])
@@ -418,7 +419,7 @@ def run_metrics(history: loop.History, step: int, ds: data.Dataset, config: dict
         "seconds_per_step": history.seconds / step if step else None,
         "test_size": int(len(ds.y_test)),
         "config": config,
-        "environment": environment(),
+        "environment": environment(code),
         "evals": history.evals,
         "losses": history.losses,
     }

@@ -40,6 +40,20 @@ def test_distill_writes_all_outputs_and_learns(tmp_path):
     assert evaluated["environment"]["kip"] and "machine" not in evaluated["code"]
 
 
+def test_a_run_and_an_evaluation_name_the_code_they_started_from(tmp_path, monkeypatch):
+    """The tree may change while a run goes on (a commit, an edit): metrics.json and `kip evaluate
+    --out` stamp the code their process started from, not the tree's state when they write."""
+    from kip import report
+
+    stamps = iter(f"commit{i}" for i in range(100))  # each look at the tree sees a newer one
+    monkeypatch.setattr(report, "provenance", lambda allow_dirty=False, **_: {"commit": (s := next(stamps)), "stamp": s})
+    assert run_cli("distill", "--out", tmp_path / "run", *FAST) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["environment"]["commit"] == "commit0"
+    assert run_cli("evaluate", "--distilled", tmp_path / "run" / "distilled.npz", "--out", tmp_path / "eval.json") == 0
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    assert evaluated["environment"]["commit"] == evaluated["code"]["stamp"] != "commit0"
+
+
 def test_steps_zero_is_the_real_image_baseline(tmp_path):
     assert run_cli("distill", "--out", tmp_path, "--steps", "0", "--ipc", "3", "--no-progress") == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
