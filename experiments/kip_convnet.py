@@ -8,10 +8,12 @@ beside the published KIP-ConvNet kernel figures.
         --name kip_convnet_mnist_platt                                          # RFAD's Platt loss: 94.75 at 1/class
     python experiments/kip_convnet.py --data-dir ../shared/datasets --kernel convnet3 --precision float32 --ipc 1 \
         --target-batch 20 --steps 300 --eval-every 300 --eval exact rf --name kip_convnet_mnist_exact   # exact NTK, 14 min
+    python experiments/kip_convnet.py --data-dir ../shared/datasets --ipc 1 --steps 1000 --target-batch 500 --loss platt \
+        --val-size 5000 --name kip_convnet_mnist_60min_rf                       # a random-feature set, 5000 images held out
     python experiments/kip_convnet.py --data-dir ../shared/datasets --kernel convnet3 --precision float32 --ipc 1 \
         --steps 500 --target-batch 50 --loss platt --lr 0.003 0.01 0.03 --val-size 5000 --init-from runs/kip_convnet/RF_CELL \
-        --eval exact --name kip_convnet_mnist_finetune                          # fine-tune a random-feature set, exact NTK,
-                                                                                # the lr chosen on 5000 held-out training images
+        --eval exact --eval-every 500 --name kip_convnet_mnist_60min_finetune   # then fine-tuned under the exact NTK, the
+                                                                                # lr chosen on those held-out images
 
 Each cell is a `kip distill` run in runs/kip_convnet/ (reused when done, resumed when interrupted),
 one per distillation seed (--seeds: each its own real start and target batches; rows pool them,
