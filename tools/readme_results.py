@@ -333,8 +333,8 @@ ROWS = [
         "published {kip_fc_mnist_3seeds[rows][*][published]:.1f}", ("kip_fc_mnist_3seeds",),
         {"kip": lambda r: [over_seeds(row, "kip", "test_accuracy") for row in r("kip_fc_mnist_3seeds[rows]")]}),
     Row("KIP-FC1, CIFAR-10 (JPEG copy), 10 per class",
-        "{kip_fc_cifar10_jpeg_lossy[rows][0][kip][test_accuracy]:.2p} "
-        "({kip_fc_cifar10_jpeg_lossy[rows][0][kip][steps]} steps)",
+        "{kip_fc_cifar10_jpeg_lossy[rows][0][kip0][test_accuracy]:.2p} "
+        "({kip_fc_cifar10_jpeg_lossy[rows][0][kip0][steps]} steps)",
         "published {kip_fc_cifar10_jpeg_lossy[rows][0][published]:.1f} (original CIFAR-10)",
         ("kip_fc_cifar10_jpeg_lossy",)),
     Row("KIP step, FC1, MNIST, target batch 5000, 10 / 100 support, incl. batch sampling",
