@@ -11,7 +11,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from kip import InputError, data, distill, loop, parallel
+from kip import InputError, data, distill, loop, parallel, report
 from kip.run import (RunOptions, environment, make_evaluator, prepare, prepare_out, start_indices,
                      write_distilled)
 
@@ -32,6 +32,7 @@ class LabelSolveConfig(RunOptions):
 def label_solve_run(config: LabelSolveConfig, out: str, overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
     """Label Solve on a class-balanced real support set; writes the same files as KIP."""
     config.check()
+    code = report.provenance(allow_dirty=True)  # at the start: the tree may change while it runs
     options = config.kernel_options
     prepare_out(out, resume=False, overwrite=overwrite)
     elapsed = loop.stopwatch()
@@ -66,7 +67,7 @@ def label_solve_run(config: LabelSolveConfig, out: str, overwrite: bool = False,
         "cpu_seconds": spent["cpu"],  # this process's CPU time: see loop.CLOCKS
         "test_size": int(len(ds.y_test)),
         "config": dataclasses.asdict(config),
-        "environment": environment(),
+        "environment": environment(code),
     }
     write_distilled(out, problem, np.asarray(x_s), np.asarray(y_s), np.asarray(x_s), idx, metrics,
                      f"Label Solve {config.kernel} on {ds.name}, {config.ipc}/class: test acc {100 * after['test_accuracy']:.2f}%")

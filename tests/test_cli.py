@@ -41,17 +41,29 @@ def test_distill_writes_all_outputs_and_learns(tmp_path):
 
 
 def test_a_run_and_an_evaluation_name_the_code_they_started_from(tmp_path, monkeypatch):
-    """The tree may change while a run goes on (a commit, an edit): metrics.json and `kip evaluate
-    --out` stamp the code their process started from, not the tree's state when they write."""
-    from kip import report
+    """The tree may change while a run goes on (a commit, an edit): metrics.json (KIP, Label Solve)
+    and `kip evaluate --out` stamp the code their process started from, not the tree's state when
+    they write. Here every data set load stands for a commit made meanwhile."""
+    from kip import data, report
 
-    stamps = iter(f"commit{i}" for i in range(100))  # each look at the tree sees a newer one
-    monkeypatch.setattr(report, "provenance", lambda allow_dirty=False, **_: {"commit": (s := next(stamps)), "stamp": s})
-    assert run_cli("distill", "--out", tmp_path / "run", *FAST) == 0
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["environment"]["commit"] == "commit0"
+    commits = [0]
+    load = data.load
+
+    def load_then_commit(*args, **kwargs):
+        commits[0] += 1
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(data, "load", load_then_commit)
+    monkeypatch.setattr(report, "provenance", lambda allow_dirty=False, **_: {"commit": f"c{commits[0]}",
+                                                                             "stamp": f"c{commits[0]}"})
+    for command, out, flags in (("distill", "run", FAST), ("label-solve", "solved", ["--ipc", "2"])):
+        started = f"c{commits[0]}"
+        assert run_cli(command, "--out", tmp_path / out, *flags) == 0
+        assert json.loads((tmp_path / out / "metrics.json").read_text())["environment"]["commit"] == started, command
+    started = f"c{commits[0]}"
     assert run_cli("evaluate", "--distilled", tmp_path / "run" / "distilled.npz", "--out", tmp_path / "eval.json") == 0
     evaluated = json.loads((tmp_path / "eval.json").read_text())
-    assert evaluated["environment"]["commit"] == evaluated["code"]["stamp"] != "commit0"
+    assert evaluated["environment"]["commit"] == evaluated["code"]["stamp"] == started != f"c{commits[0]}"
 
 
 def test_steps_zero_is_the_real_image_baseline(tmp_path):
