@@ -352,6 +352,7 @@ def protocol_run(
     matched: train the finite network of the kernel the set was distilled with."""
     from kip.kernels import rf
 
+    code = report.provenance(allow_dirty=True)  # at the start: the tree may change while its networks train
     loaded = release.load_distilled_for(distilled, dataset, data_dir, recipe, zca_strength, layout)
     card = protocols.load(protocol)
     ipc = len(loaded.images) // loaded.dataset.num_classes
@@ -372,7 +373,7 @@ def protocol_run(
     result = evaluate_set(loaded.images, loaded.labels, loaded.dataset, loaded.preprocessing, p, loaded.sources, seed,
                           networks_per_subset, cache_dir, vectorize, progress, log)
     result.update(method="train", distilled=distilled, overrides=recorded, matched=bool(matched), kernel=loaded.kernel,
-                  preprocessing=loaded.note, seed=seed, environment=report.machine())
+                  preprocessing=loaded.note, seed=seed, environment=report.machine(code))
     return result
 
 
