@@ -51,6 +51,26 @@ def shared_datasets():
     return SHARED_DATASETS
 
 
+@pytest.fixture
+def commits_during_runs(monkeypatch):
+    """A git tree that moves while runs go on: every data set load stands for a commit made
+    meanwhile, and `kip.report.provenance` reports the latest as 'c<N>'. Returns the counter
+    ([N]): a writer that reads the tree late names a later commit than its run started from."""
+    from kip import data, report
+
+    commits = [0]
+    load = data.load
+
+    def load_then_commit(*args, **kwargs):
+        commits[0] += 1
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(data, "load", load_then_commit)
+    monkeypatch.setattr(report, "provenance", lambda allow_dirty=False, **_: {"commit": f"c{commits[0]}",
+                                                                             "stamp": f"c{commits[0]}"})
+    return commits
+
+
 def forced_devices_flags(devices: int) -> str:
     """XLA_FLAGS for a subprocess that sees `devices` host devices, keeping the suite's own flags."""
     return f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={devices}"

@@ -40,22 +40,11 @@ def test_distill_writes_all_outputs_and_learns(tmp_path):
     assert evaluated["environment"]["kip"] and "machine" not in evaluated["code"]
 
 
-def test_a_run_and_an_evaluation_name_the_code_they_started_from(tmp_path, monkeypatch):
+def test_a_run_and_an_evaluation_name_the_code_they_started_from(tmp_path, commits_during_runs):
     """The tree may change while a run goes on (a commit, an edit): metrics.json (KIP, Label Solve)
     and `kip evaluate --out` stamp the code their process started from, not the tree's state when
-    they write. Here every data set load stands for a commit made meanwhile."""
-    from kip import data, report
-
-    commits = [0]
-    load = data.load
-
-    def load_then_commit(*args, **kwargs):
-        commits[0] += 1
-        return load(*args, **kwargs)
-
-    monkeypatch.setattr(data, "load", load_then_commit)
-    monkeypatch.setattr(report, "provenance", lambda allow_dirty=False, **_: {"commit": f"c{commits[0]}",
-                                                                             "stamp": f"c{commits[0]}"})
+    they write."""
+    commits = commits_during_runs
     for command, out, flags in (("distill", "run", FAST), ("label-solve", "solved", ["--ipc", "2"])):
         started = f"c{commits[0]}"
         assert run_cli(command, "--out", tmp_path / out, *flags) == 0

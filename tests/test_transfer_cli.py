@@ -222,24 +222,13 @@ def test_train_networks_stable_resumes_without_training_anything_again(tmp_path,
     assert transfer.train_networks_stable(*args, lr_factors=(1.0, 1e-4), seeds=2, cache_dir=str(tmp_path)) == first
 
 
-def test_the_library_result_names_the_code_it_started_from(real_support, monkeypatch):
+def test_the_library_result_names_the_code_it_started_from(real_support, commits_during_runs):
     """`transfer.protocol_run` (what `kip evaluate --method train` and the zoo call) trains for
-    minutes to hours: its environment names the code it started from, not a commit made meanwhile
-    (here every data set load stands for one)."""
-    from kip import report, transfer
+    minutes to hours: its environment names the code it started from, not a commit made meanwhile."""
+    from kip import transfer
 
-    commits = [0]
-    load = data.load
-
-    def load_then_commit(*args, **kwargs):
-        commits[0] += 1
-        return load(*args, **kwargs)
-
-    monkeypatch.setattr(data, "load", load_then_commit)
-    monkeypatch.setattr(report, "provenance", lambda allow_dirty=False, **_: {"commit": f"c{commits[0]}",
-                                                                             "stamp": f"c{commits[0]}"})
     r = transfer.protocol_run(str(real_support), "digits", None, "kip",
                               dict(model="fc1", norm="none", width=16, steps=20, batch_size=20, lr=0.1, tune_lr=[0.1],
                                    tune_weight_decay=[0.001], val_size=100, networks=1, baseline_subsets=1),
                               progress=False, log=lambda _: None)
-    assert commits[0] >= 1 and r["environment"]["commit"] == "c0"
+    assert commits_during_runs[0] >= 1 and r["environment"]["commit"] == "c0"
