@@ -62,6 +62,29 @@ def _parse_distilled(arrays: dict, path: str, image_shape: tuple[int, ...], num_
     return images, labels, preprocess.Preprocessing.from_arrays(arrays)
 
 
+class StoredSet(NamedTuple):
+    """A distilled set as its file holds it."""
+
+    images: np.ndarray  # (n, H, W, C)
+    labels: np.ndarray  # (n, C)
+    preprocessing: preprocess.Preprocessing | None  # of the set's space; None when the file has none
+    sources: np.ndarray  # (n,) int64 training images the set started from; -1 where unknown
+    val_indices: np.ndarray | None  # training images its run held out for validation; None if none
+    kernel: str | None  # the kernel it was distilled with, when the file (or its metrics.json) says
+
+
+def read_set(path: str, image_shape: tuple[int, ...], num_classes: int, layout: str = "auto") -> StoredSet:
+    """`load_distilled` with what else the file records: the set's sources, its run's validation
+    images and its kernel."""
+    arrays = io.read_npz(path)
+    images, labels, prep = _parse_distilled(arrays, path, image_shape, num_classes, layout)
+    stored, val = arrays.get("initial_indices"), arrays.get("val_indices")
+    sources = np.asarray(stored, np.int64) if stored is not None and np.shape(stored) == (len(images),) \
+        else np.full(len(images), -1, np.int64)
+    kernel = str(arrays["kernel"]) if "kernel" in arrays else _kernel_beside(path)
+    return StoredSet(images, labels, prep, sources, None if val is None else np.asarray(val), kernel)
+
+
 class LoadedSet(NamedTuple):
     """A distilled set read for a data set, with the preprocessing of its space."""
 
@@ -80,12 +103,7 @@ def load_distilled_for(distilled: str, dataset: str, data_dir: str | None, recip
     that maps real images into the set's space: the file's own, or for a file without one the
     stated `recipe` (`preprocess.RECIPES`; default 'standardize') fitted on the training images."""
     ds = data.load(dataset, data_dir)
-    arrays = io.read_npz(distilled)
-    images, labels, prep = _parse_distilled(arrays, distilled, ds.image_shape, ds.num_classes, layout)
-    stored = arrays.get("initial_indices")
-    sources = np.asarray(stored, np.int64) if stored is not None and np.shape(stored) == (len(images),) \
-        else np.full(len(images), -1)
-    kernel = str(arrays["kernel"]) if "kernel" in arrays else _kernel_beside(distilled)
+    images, labels, prep, sources, _, kernel = read_set(distilled, ds.image_shape, ds.num_classes, layout)
     if prep is not None:
         if recipe is not None and recipe != prep.recipe:
             raise InputError(f"{distilled} records its own preprocessing ({prep.recipe}); --preprocess is for sets without one")

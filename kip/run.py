@@ -17,7 +17,7 @@ import optax
 import kip
 from kip import InputError, data, distill, io, kernels, krr, loop, parallel, plots, preprocess, report
 from kip.kernels import rf
-from kip.release import _parse_distilled, load_distilled_for
+from kip.release import StoredSet, load_distilled_for, read_set
 
 OUTPUT_FILES = ("distilled.npz", "metrics.json", "support.png", "curve.png", "checkpoint.npz")
 SNAPSHOTS = "snapshots"  # a folder of the sets evaluated during a run (--snapshots)
@@ -262,22 +262,18 @@ class DistillConfig(SteppedRunOptions):
             raise InputError(f"--val-size must be >= 0, got {self.val_size}")
 
 
-def _start_set(config: DistillConfig, ds: data.Dataset) -> tuple:
-    """The support set a fine-tuning run starts from (`config.init_from`): images, labels, the
-    training indices it was first drawn from (-1 where unknown), the preprocessing whose space
-    it lives in (the file's own; None for the authors' format, which `prepare` fits on train) and
-    the training indices its run held out for validation (None where it held out none)."""
-    arrays = io.read_npz(config.init_from)
-    images, labels, prep = _parse_distilled(arrays, config.init_from, ds.image_shape, ds.num_classes, "nhwc")
+def _start_set(config: DistillConfig, ds: data.Dataset) -> StoredSet:
+    """The set a fine-tuning run starts from (`config.init_from`), checked against this run; its
+    preprocessing is None for the authors' format (`prepare` then fits one on train)."""
+    start = read_set(config.init_from, ds.image_shape, ds.num_classes, "nhwc")
+    images, prep = start.images, start.preprocessing
     if len(images) != config.ipc * ds.num_classes:
         raise InputError(f"--init-from: {config.init_from} holds {len(images)} images; --ipc {config.ipc} needs "
                          f"{config.ipc * ds.num_classes} ({ds.num_classes} classes)")
     if prep is not None and (prep.zca is not None) != config.zca:
         raise InputError(f"--init-from: {config.init_from} lives in a {'ZCA-whitened' if prep.zca is not None else 'standardised'}"
                          f" space; run with{'' if prep.zca is not None else 'out'} --zca")
-    stored = arrays.get("initial_indices")
-    indices = np.asarray(stored) if stored is not None and np.shape(stored) == (len(images),) else np.full(len(images), -1)
-    return images, labels, indices, prep, arrays.get("val_indices")
+    return start
 
 
 def start_indices(seed: int, labels: np.ndarray, num_classes: int, ipc: int) -> np.ndarray:
@@ -309,19 +305,19 @@ def distill_run(
         raise InputError(f"--val-size must be at most a fifth of the {n} training images ({n // 5}), got {config.val_size}")
     start_set = _start_set(config, ds) if config.init_from else None
     key = jax.random.PRNGKey(config.seed)
-    init_idx = start_set[2] if start_set else start_indices(config.seed, ds.y_train, ds.num_classes, config.ipc)
+    init_idx = start_set.sources if start_set else start_indices(config.seed, ds.y_train, ds.num_classes, config.ipc)
     # held out of the targets, none of the set's sources; its own key: the start and the steps stay as without it
     val_idx = np.sort(data.validation_split(jax.random.fold_in(key, 7), n, config.val_size, np.asarray(init_idx))) \
         if config.val_size else None
-    if start_set and val_idx is not None and not np.array_equal(start_set[4], val_idx):  # else choices would see its targets
+    if start_set and val_idx is not None and not np.array_equal(start_set.val_indices, val_idx):  # else choices would see its targets
         raise InputError(f"--init-from: {config.init_from} was not distilled with this run's {config.val_size} training images "
                          "held out (its run's --val-size and --seed must be this run's): they would validate a set fitted to them")
     prepare_out(out, resume, overwrite)
     problem = prepare(ds, config.kernel_options, config.zca, config.precision, max_memory=config.max_memory,
-                      devices=config.devices, preprocessing=start_set[3] if start_set else None)
+                      devices=config.devices, preprocessing=start_set.preprocessing if start_set else None)
     run_key = jax.random.split(key)[1]
     if start_set:
-        init_images, init_labels = (jnp.asarray(a, problem.dtype) for a in start_set[:2])
+        init_images, init_labels = (jnp.asarray(a, problem.dtype) for a in (start_set.images, start_set.labels))
     else:
         init_images = problem.x_train[init_idx]
         init_labels = data.one_hot(ds.y_train[init_idx], ds.num_classes, dtype=problem.dtype)

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from kip import cli, data, preprocess, release
+from kip import cli, data, preprocess, release, run
 
 DS = data.digits()
 IDX = data.balanced_subset(jax.random.PRNGKey(0), DS.y_train, 10, 3)
@@ -92,3 +92,17 @@ def test_export_writes_channel_first_with_a_preprocessing_numpy_can_apply(tmp_pa
             z = (flat @ t["zca"]).reshape(len(z), 8, 8, 1).transpose(0, 3, 1, 2)
         assert str(t["recipe"]) == ("kip-zca" if zca else "standardize")
     np.testing.assert_allclose(z, prep.apply(DS.x_test).transpose(0, 3, 1, 2), rtol=1e-4, atol=1e-5)
+
+
+def test_read_set_returns_the_sources_and_held_out_images_our_files_record(tmp_path):
+    out = tmp_path / "ours"
+    assert cli.main(["distill", "--out", str(out), "--steps", "0", "--ipc", "2", "--val-size", "50", "--no-progress"]) == 0
+    stored = release.read_set(str(out / "distilled.npz"), DS.image_shape, 10)
+    np.testing.assert_array_equal(stored.sources, run.start_indices(0, DS.y_train, 10, 2))  # seed 0's start
+    assert stored.sources.dtype == np.int64 and stored.kernel == json.loads((out / "metrics.json").read_text())["config"]["kernel"]
+    val = stored.val_indices
+    assert len(np.unique(val)) == 50 and not np.isin(val, stored.sources).any()  # its sources are never held out
+    foreign_file(tmp_path / "theirs.npz", "standardize")
+    theirs = release.read_set(str(tmp_path / "theirs.npz"), DS.image_shape, 10)
+    assert np.all(theirs.sources == -1) and theirs.sources.dtype == np.int64
+    assert theirs.val_indices is None and theirs.kernel is None and theirs.preprocessing is None
