@@ -361,8 +361,8 @@ ROWS = [
         "the same with RFAD's recipe (Platt loss, learned labels): exact NTK {rf[platt][ntk]:.2p}, random features "
         "{rf[platt][wide]:+.2p} / {rf[platt][narrow]:+.2p} from the exact NNGP, which is {rf[platt][nngp_below]:.2p} "
         "below the NTK; random features of the *NTK* (the networks' per-example parameter gradients, a probe outside "
-        "the library) come within {rf[entk][ntk]:+.2p} of it, but at {rf[entk][s]:.2f} s per step, "
-        "{rf[entk][times_exact]:.0f}x the exact kernel's at this size (speed goal met at support {rf[big][support]} x "
+        "the library) come within {rf[entk][ntk]:+.2p} of it, at {rf[entk][s]:.2f} s per step, "
+        "{rf[entk][times_exact]:.1f}x the exact kernel's at this size (speed goal met at support {rf[big][support]} x "
         "{rf[big][target_batch]} against the float64 NTK only; accuracy goal met against the exact NNGP at support "
         "{rf[support]} x {rf[target_batch]}, not against the NTK)",
         "RFAD: 100-190x on GPU; goal 100x within 1 point", ("rf_speed", "rf_speed_tb500", "rf_speed_platt", "entk_probe"),
