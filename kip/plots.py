@@ -21,8 +21,40 @@ def _displayable(images: np.ndarray) -> np.ndarray:
     return x[..., 0] if x.shape[-1] == 1 else x
 
 
+def mosaic(tiles: list[list[np.ndarray | None]], gap: tuple[int, int] = (1, 1), group: int = 1,
+           group_gap: int = 0) -> tuple[np.ndarray, list[list[tuple[float, float]]]]:
+    """One image of a grid of equal-sized tiles (H, W) or (H, W, 3) with values in [0, 1]; None
+    leaves its place blank (white). Tiles are `gap` (rows, columns) pixels apart, with `group_gap`
+    more after every `group` columns. Returns the image and each tile's top-left corner (y, x).
+
+    One image in one axes instead of an axes per tile: matplotlib's cost is per axes, and a
+    50-per-class grid had 1,000 of them (seconds per figure, most of a quick run's time)."""
+    first = next(t for row in tiles for t in row if t is not None)
+    h, w = first.shape[:2]
+    cols = max(len(row) for row in tiles)
+    x0 = [c * (w + gap[1]) + (c // group) * group_gap for c in range(cols)]
+    canvas = np.ones((len(tiles) * (h + gap[0]) - gap[0], x0[-1] + w) + first.shape[2:])
+    corners = []
+    for r, row in enumerate(tiles):
+        y0 = r * (h + gap[0])
+        corners.append([(y0, x0[c]) for c in range(len(row))])
+        for c, tile in enumerate(row):
+            if tile is not None:
+                canvas[y0:y0 + h, x0[c]:x0[c] + w] = tile
+    return canvas, corners
+
+
+def _show(fig: Figure, canvas: np.ndarray):
+    """The canvas in one frameless axes filling the figure; returns the axes (pixel coordinates)."""
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(canvas, cmap="gray" if canvas.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.axis("off")
+    return ax
+
+
 def support_grid(path: str, distilled: np.ndarray, labels: np.ndarray, initial: np.ndarray, title: str) -> None:
-    """Rows: classes (by argmax of the label); columns: initial | distilled image pairs.
+    """Rows: classes (by argmax of the label); columns: initial | distilled image pairs, each
+    distilled image under its learned label weight of its class.
 
     distilled, initial: (n, H, W, C) in the same order; labels (n, C).
     """
@@ -30,19 +62,22 @@ def support_grid(path: str, distilled: np.ndarray, labels: np.ndarray, initial: 
     num_classes = labels.shape[1]
     per_class = min(MAX_PER_CLASS_SHOWN, max(np.bincount(classes, minlength=num_classes).max(), 1))
     shown_d, shown_i = _displayable(distilled), _displayable(initial)
-    cmap = "gray" if shown_d.ndim == 3 else None
+    members = [np.flatnonzero(classes == c)[:per_class] for c in range(num_classes)]
+    tiles = [[t for i in m for t in (shown_i[i], shown_d[i])] or [None] for m in members]
+    h, w = shown_d.shape[1:3]
+    label_room = max(2, h // 2)  # above each row: the label weights
+    canvas, corners = mosaic(tiles, gap=(label_room, 1), group=2, group_gap=max(2, w // 4))
+    canvas = np.concatenate([np.ones((label_room,) + canvas.shape[1:]), canvas])  # room for the first row's labels
     fig = Figure(figsize=(1.0 * 2 * per_class, 1.05 * num_classes))
-    axes = fig.subplots(num_classes, 2 * per_class, squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for c in range(num_classes):
-        members = np.flatnonzero(classes == c)[:per_class]
-        for j, i in enumerate(members):
-            axes[c, 2 * j].imshow(shown_i[i], cmap=cmap)
-            axes[c, 2 * j + 1].imshow(shown_d[i], cmap=cmap)
-            axes[c, 2 * j + 1].set_title(f"{labels[i, c]:+.2f}", fontsize=6, pad=1)
-        axes[c, 0].text(-0.3, 0.5, str(c), transform=axes[c, 0].transAxes, ha="right", va="center")
-    fig.suptitle(f"{title}\n(pairs: initial real image | distilled; number: learned label weight of its class)", fontsize=8)
+    ax = _show(fig, canvas)
+    for c, m in enumerate(members):
+        y0 = corners[c][0][0] + label_room
+        ax.text(-w / 4, y0 + h / 2, str(c), ha="right", va="center")
+        for j, i in enumerate(m):
+            _, x0 = corners[c][2 * j + 1]
+            ax.text(x0 + w / 2, y0 - 0.5, f"{labels[i, c]:+.2f}", ha="center", va="bottom", fontsize=6)
+    fig.suptitle(f"{title}\n(pairs: initial real image | distilled; number: learned label weight of its class)",
+                 fontsize=8, y=1.0, va="bottom")
     io.save_figure(path, fig)
 
 
@@ -50,18 +85,20 @@ def set_rows(path: str, sets: dict[str, tuple[np.ndarray, np.ndarray]], title: s
     """One row per named set: its images (n, H, W, C) ordered by the class of their labels (n, C)
     (argmax), at most `max_shown` of them; each image scaled on its own range."""
     cols = min(max_shown, max(len(images) for images, _ in sets.values()))
-    fig = Figure(figsize=(0.75 * cols + 1.6, 0.8 * len(sets) + 0.5))
-    axes = fig.subplots(len(sets), cols, squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for r, (name, (images, labels)) in enumerate(sets.items()):
+    rows = []
+    for images, labels in sets.values():
         order = np.argsort(np.argmax(labels, axis=1), kind="stable")[:cols]
-        shown = _displayable(np.asarray(images)[order])
-        for j, image in enumerate(shown):
-            axes[r, j].imshow(image, cmap="gray" if image.ndim == 2 else None)
-        axes[r, 0].text(-0.15, 0.5, name, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=1.5 / (0.75 * cols + 1.6), wspace=0.05, hspace=0.1)
+        rows.append(list(_displayable(np.asarray(images)[order])))
+    gray = [r and r[0].ndim == 2 for r in rows]
+    if any(gray) and not all(gray):  # one canvas: grey sets shown in RGB beside colour ones
+        rows = [[np.repeat(t[..., None], 3, -1) if t.ndim == 2 else t for t in r] for r in rows]
+    h, w = rows[0][0].shape[:2]
+    canvas, corners = mosaic(rows, gap=(max(1, h // 8), max(1, w // 16)))
+    fig = Figure(figsize=(0.75 * cols + 1.6, 0.8 * len(sets) + 0.5))
+    ax = _show(fig, canvas)
+    for (name, _), row in zip(sets.items(), corners):
+        ax.text(-w / 8, row[0][0] + h / 2, name, ha="right", va="center", fontsize=8)
+    fig.suptitle(title, fontsize=9, y=1.0, va="bottom")
     io.save_figure(path, fig)
 
 
