@@ -131,6 +131,7 @@ def outputs(model: nn.Module, variables: dict, init_variables: dict | None, x: A
     return (out, new_state) if mutable else out
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))  # eager, flax runs its initialisers op by op: ~1 s a network on CPU
 def init_state(model: nn.Module, config: TrainConfig, key: Array, example: Array, lr: Array | None = None,
                weight_decay: Array | None = None) -> NetState:
     """A freshly initialised network and its optimizer state, for inputs shaped like `example`."""
@@ -143,11 +144,9 @@ def init_state(model: nn.Module, config: TrainConfig, key: Array, example: Array
 
 def init(model: nn.Module, config: TrainConfig, key: Array, example: Array) -> tuple[dict, optax.OptState]:
     """Initial flax variables and optimizer state of one network, for inputs shaped like `example`."""
-    state = _init_state(model, config, key, example)
+    state = init_state(model, config, key, example)
     return state.variables, state.opt_state
 
-
-_init_state = jax.jit(init_state, static_argnums=(0, 1))
 
 
 def step(model: nn.Module, config: TrainConfig, state: NetState, batch: Batch, weights: Array,
