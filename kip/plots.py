@@ -22,13 +22,13 @@ def _displayable(images: np.ndarray) -> np.ndarray:
 
 
 def mosaic(tiles: list[list[np.ndarray | None]], gap: tuple[int, int] = (1, 1), group: int = 1,
-           group_gap: int = 0) -> tuple[np.ndarray, list[list[tuple[float, float]]]]:
+           group_gap: int = 0) -> tuple[np.ndarray, list[list[tuple[int, int]]]]:
     """One image of a grid of equal-sized tiles (H, W) or (H, W, 3) with values in [0, 1]; None
     leaves its place blank (white). Tiles are `gap` (rows, columns) pixels apart, with `group_gap`
     more after every `group` columns. Returns the image and each tile's top-left corner (y, x).
 
     One image in one axes instead of an axes per tile: matplotlib's cost is per axes, and a
-    50-per-class grid had 1,000 of them (seconds per figure, most of a quick run's time)."""
+    support grid of 10 classes had 200 of them (4 s a figure, half of a quick run's time)."""
     first = next(t for row in tiles for t in row if t is not None)
     h, w = first.shape[:2]
     cols = max(len(row) for row in tiles)

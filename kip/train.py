@@ -148,7 +148,6 @@ def init(model: nn.Module, config: TrainConfig, key: Array, example: Array) -> t
     return state.variables, state.opt_state
 
 
-
 def step(model: nn.Module, config: TrainConfig, state: NetState, batch: Batch, weights: Array,
          key: Array) -> tuple[NetState, dict]:
     """One optimisation step on a batch (images (b, ...), targets (b, C)) whose examples count
