@@ -165,6 +165,25 @@ def make_step(
     return step
 
 
+def make_adam_step(
+    kernel_fn: krr.KernelMatrixFn,
+    target_batch: int,
+    reg: float = krr.DEFAULT_REG,
+    learn_labels: bool = False,
+    loss: str = "mse",
+    mesh: Mesh | None = None,
+) -> Callable[[KipState, tuple[TrainData, Array]], tuple[KipState, dict]]:
+    """`make_step` with Adam at an lr passed in: `(state, (train, lr)) -> (state, metrics)`. The lr
+    is an argument of the compiled program, not a constant in it, so runs at other lrs (a sweep's)
+    reuse the program; the optimiser state is `optax.adam`'s, as `init_state` makes it."""
+
+    def step(state: KipState, train_and_lr: tuple[TrainData, Array]) -> tuple[KipState, dict]:
+        train, lr = train_and_lr
+        return make_step(kernel_fn, optax.adam(lr), target_batch, reg, learn_labels, loss, mesh)(state, train)
+
+    return step
+
+
 def make_multi_step(step: Callable, num_steps: int) -> Callable[[KipState, TrainData], tuple[KipState, dict]]:
     """`num_steps` steps in one jitted call (lax.scan); metrics come back stacked."""
 

@@ -85,6 +85,43 @@ def resume(path: str, template: Any, config: dict, out: str) -> tuple[Any, Histo
     return state, History(meta["losses"], meta["evals"], meta["seconds"])
 
 
+# Steps one compiled call of `fused_steps` can take (longer chunks are split into calls of at most this);
+# its per-step metrics are kept in buffers of this length.
+FUSED_CAPACITY = 1024
+
+
+def fused_steps(step: Callable[..., tuple[Any, dict]], capacity: int = FUSED_CAPACITY
+                ) -> Callable[..., tuple[Any, dict]]:
+    """`run(state, *args, num_steps) -> (state, metrics)`: `num_steps` steps of `step(state, *args)
+    -> (state, metrics)` fused in compiled calls, the metrics stacked ((num_steps, ...) numpy arrays).
+
+    The step count is an argument of the compiled program (a `fori_loop`), not its shape, so
+    chunks of any length (a resumed run's first, a run's last, another `eval_every`) reuse one
+    program; compiling a method's step is most of a short run's time."""
+
+    @jax.jit
+    def run_at_most(state, args, num_steps):
+        shapes = jax.eval_shape(step, state, *args)[1]
+        buffers = jax.tree_util.tree_map(lambda m: jnp.zeros((capacity, *m.shape), m.dtype), shapes)
+
+        def body(i, carry):
+            state, buffers = carry
+            state, metrics = step(state, *args)
+            return state, jax.tree_util.tree_map(lambda b, m: b.at[i].set(m), buffers, metrics)
+
+        return jax.lax.fori_loop(0, num_steps, body, (state, buffers))
+
+    def run(state, *args, num_steps: int):
+        pieces = []
+        for start in range(0, num_steps, capacity):
+            n = min(capacity, num_steps - start)
+            state, buffers = run_at_most(state, args, n)
+            pieces.append(jax.tree_util.tree_map(lambda b: np.asarray(b)[:n], buffers))
+        return state, jax.tree_util.tree_map(lambda *p: np.concatenate(p), *pieces)
+
+    return run
+
+
 def optimise(
     state: Any,
     make_chunk: Callable[[int], Callable[[Any], tuple[Any, dict]]],

@@ -138,13 +138,15 @@ def make_evaluator(problem: Problem, reg: float, block_size: int,
                                              data.one_hot(y, ds.num_classes, dtype=problem.dtype))
 
     @jax.jit
-    def metrics(images, support_labels, x_test, weights, labels, targets):
-        return krr.test_metrics(problem.kernel_fn, images, support_labels, x_test, labels, targets, reg, block_size,
-                                mesh, weights)
+    def metrics(kernel_key, images, support_labels, x_test, weights, labels, targets):
+        return krr.test_metrics(rf.with_key(problem.kernel_fn, kernel_key), images, support_labels, x_test, labels,
+                                targets, reg, block_size, mesh, weights)
+
+    kernel_key = parallel.replicate(mesh, rf.key_of(problem.kernel_fn))  # an argument: seeds share the program
 
     def evaluate(images, support_labels) -> dict:
         support = parallel.replicate(mesh, (jnp.asarray(images, problem.dtype), jnp.asarray(support_labels)))
-        acc, mse = metrics(*support, x_eval, weights, labels, targets)
+        acc, mse = metrics(kernel_key, *support, x_eval, weights, labels, targets)
         return {"test_accuracy": float(acc), "test_mse": float(mse)}
 
     return evaluate
@@ -333,15 +335,16 @@ def distill_run(
                                problem.layer.kernel_fn if problem.layer else None)
     config_dict = dataclasses.asdict(config)
     state, history = resumed(out, state, config_dict, resume, log)
-    state, train = parallel.replicate(problem.mesh, (state, train))
+    lr = jnp.asarray(config.lr, problem.dtype)
+    state, train, lr = parallel.replicate(problem.mesh, (state, train, lr))
 
     log(f"kip distill: {ds.name} ({len(ds.y_train)} train / {len(ds.y_test)} test, {ds.num_classes} classes), "
         f"kernel {config.kernel}, {config.ipc} images/class, target batch {target_batch}, "
         f"{config.precision}, {environment()['device']}")
     log(f"kip distill: {parallel.describe(problem.mesh)}; the target batch is split between them")
-    step_fn = distill.make_step(problem.kernel_fn, optimizer, target_batch, config.reg, config.learn_labels,
-                                config.loss, problem.mesh)
-    state, history = optimise_set(out, problem, config, state, history, step_fn, train, config.steps,
+    step_fn = distill.make_adam_step(problem.kernel_fn, target_batch, config.reg, config.learn_labels, config.loss,
+                                     problem.mesh)
+    state, history = optimise_set(out, problem, config, state, history, step_fn, (train, lr), config.steps,
                                   lambda s: (s.params["images"], s.params["labels"]), init_idx, config.kernel,
                                   progress, log, hint="try a smaller --lr or a larger --reg",
                                   validation=val_idx)
@@ -373,8 +376,8 @@ def optimise_set(out: str, problem: Problem, config: Any, state: Any, history: l
                  step_data: Any, steps: int, set_of: Callable, init_idx, kernel: str, progress: bool,
                  log: Callable[[str], None], hint: str = "try a smaller --lr", validation: np.ndarray | None = None,
                  extras_of: Callable[[Any], dict] | None = None) -> tuple[Any, loop.History]:
-    """`loop.optimise` of a distillation run (any method): `steps` of `step_fn(state, train=step_data)`
-    fused as `distill.make_multi_step` does, the set `set_of(state)` -> (images, labels) judged by
+    """`loop.optimise` of a distillation run (any method): `steps` of `step_fn(state, step_data)`
+    fused by `loop.fused_steps`, the set `set_of(state)` -> (images, labels) judged by
     KRR every `config.eval_every` steps (on the test set, and on the training rows `validation` as
     'val_accuracy' / 'val_mse'), checkpoints in OUT every `config.checkpoint_every` (with
     `config.snapshots`, the set at each as well, with what the method learns beside it:
@@ -391,7 +394,8 @@ def optimise_set(out: str, problem: Problem, config: Any, state: Any, history: l
     checkpoint = lambda s, h: loop.save_checkpoint(ckpt_path, s, config_dict, h)
     if config.snapshots:
         checkpoint = keeping_snapshots(checkpoint, out, problem, init_idx, kernel, set_of, extras_of)
-    return loop.optimise(state, lambda n: functools.partial(distill.make_multi_step(step_fn, n), train=step_data), steps,
+    fused = loop.fused_steps(step_fn)  # one compiled program for every chunk length
+    return loop.optimise(state, lambda n: lambda s: fused(s, step_data, num_steps=n), steps,
                          config.eval_every, lambda s: evaluate(*set_of(s)), checkpoint, history, ckpt_path, progress,
                          log, hint=hint, checkpoint_every=config.checkpoint_every, max_seconds=config.max_seconds,
                          clock=config.clock)

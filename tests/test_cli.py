@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from kip import cli, distill
+from kip import cli, distill, loop
 
 FAST = ["--steps", "20", "--eval-every", "5", "--ipc", "2", "--no-progress"]
 
@@ -65,24 +65,24 @@ def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, monkeypatch):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     assert run_cli("distill", "--out", whole, "--learn-labels", *FAST) == 0
 
-    real = distill.make_multi_step
+    real = loop.fused_steps
     calls = {"n": 0}
 
-    def interrupting(step, n):
-        runner = real(step, n)
+    def interrupting(step):
+        runner = real(step)
 
-        def run(state, train):
+        def run(state, *args, num_steps):
             calls["n"] += 1
             if calls["n"] == 3:  # Ctrl-C during the third chunk
                 raise KeyboardInterrupt
-            return runner(state, train)
+            return runner(state, *args, num_steps=num_steps)
 
         return run
 
-    monkeypatch.setattr(distill, "make_multi_step", interrupting)
+    monkeypatch.setattr(loop, "fused_steps", interrupting)
     assert run_cli("distill", "--out", broken, "--learn-labels", *FAST) == 130
     assert not (broken / "distilled.npz").exists()
-    monkeypatch.setattr(distill, "make_multi_step", real)
+    monkeypatch.setattr(loop, "fused_steps", real)
     assert run_cli("distill", "--out", broken, "--learn-labels", "--resume", *FAST) == 0
     with np.load(whole / "distilled.npz") as a, np.load(broken / "distilled.npz") as b:
         np.testing.assert_array_equal(a["images"], b["images"])

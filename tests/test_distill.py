@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from kip import data, distill, kernels
+from kip import data, distill, kernels, loop
 from kip.kernels import engine, stax
 
 
@@ -72,6 +72,57 @@ def test_kip_steps_reduce_loss_and_sample_balanced(precision):
     assert state.params["images"].dtype == precision
     assert float(after) < 0.7 * float(before)
     np.testing.assert_array_equal(state.params["labels"], train.targets[init])  # not learned
+
+
+def test_fused_steps_of_any_length_equal_the_scanned_steps_from_one_compiled_program():
+    x, labels = toy(n_train=120)
+    layer = kernels.fc(1, num_classes=3)
+    train = distill.train_data(x, labels, 3, jnp.float64, layer.kernel_fn)
+    opt = optax.adam(0.04)
+    init = data.balanced_subset(jax.random.PRNGKey(0), labels, 3, 2)
+    state = distill.init_state(train.images[init], train.targets[init], opt, jax.random.PRNGKey(1))
+    step = distill.make_step(functools.partial(layer.kernel_fn, get="ntk"), opt, target_batch=30, learn_labels=True)
+    traces = []
+
+    def counted(s, t):
+        traces.append(1)  # runs when the step is traced, not when a compiled program runs
+        return step(s, t)
+
+    scanned, scanned_metrics = distill.make_multi_step(step, 9)(state, train)
+    fused = loop.fused_steps(counted, capacity=4)
+    mid, first = fused(state, train, num_steps=2)
+    traced_once = len(traces)
+    end, rest = fused(mid, train, num_steps=7)  # 4 + 3: longer than the capacity, split in two calls
+    assert len(traces) == traced_once  # every length reused the one program
+    assert first["loss"].shape == (2,) and rest["loss"].shape == (7,)
+    np.testing.assert_array_equal(np.concatenate([first["loss"], rest["loss"]]), scanned_metrics["loss"])
+    for a, b in zip(jax.tree_util.tree_leaves(end), jax.tree_util.tree_leaves(scanned)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_adam_step_with_its_lr_as_an_argument_equals_the_step_with_the_lr_built_in():
+    x, labels = toy(n_train=120)
+    layer = kernels.fc(1, num_classes=3)
+    train = distill.train_data(x, labels, 3, jnp.float64, layer.kernel_fn)
+    kfn = functools.partial(layer.kernel_fn, get="ntk")
+    init = data.balanced_subset(jax.random.PRNGKey(0), labels, 3, 2)
+    state = distill.init_state(train.images[init], train.targets[init], optax.adam(0.1), jax.random.PRNGKey(1), "platt")
+    traces = []
+
+    def counted(s, t):
+        traces.append(1)
+        return distill.make_adam_step(kfn, 30, learn_labels=True, loss="platt")(s, t)
+
+    fused = loop.fused_steps(counted)
+    for lr in (0.01, 0.04):
+        built_in = distill.make_multi_step(distill.make_step(kfn, optax.adam(lr), 30, learn_labels=True, loss="platt"), 3)
+        expected, _ = built_in(state, train)
+        got, _ = fused(state, (train, jnp.asarray(lr, jnp.float64)), num_steps=3)
+        for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected)):
+            np.testing.assert_array_equal(a, b)
+        assert got.params["images"].dtype == jnp.float64
+        traced = len(traces) if lr == 0.01 else traced
+    assert len(traces) == traced  # the second lr ran the first's program
 
 
 def test_balanced_sample_is_balanced_distinct_and_uniform():

@@ -53,6 +53,19 @@ def test_resample_draws_fresh_networks_and_fixed_keeps_them():
     assert rf.for_step(exact, key) is exact
 
 
+def test_a_kernel_with_its_key_passed_in_draws_the_networks_of_that_key():
+    x = _images(4)
+    fixed = kernels.random_features("fc1", 2, 16, jax.random.PRNGKey(0), resample=False)
+    other = kernels.random_features("fc1", 2, 16, jax.random.PRNGKey(3), resample=False)
+    # the key as a compiled program's argument (as KIP's evaluation passes it): the same kernel as built with it
+    matrix = jax.jit(lambda key, x: rf.with_key(fixed, key)(x))
+    np.testing.assert_array_equal(matrix(rf.key_of(fixed), x), fixed(x))
+    np.testing.assert_array_equal(matrix(rf.key_of(other), x), other(x))
+    assert not np.allclose(other(x), fixed(x))
+    exact = kernels.preset("fc1").kernel_fn
+    assert rf.key_of(exact) is None and rf.with_key(exact, None) is exact
+
+
 def test_bad_sizes_are_input_errors():
     with pytest.raises(ValueError, match="n_models must be at least 1"):
         kernels.random_features("convnet3", 0, 16)

@@ -110,6 +110,17 @@ def for_step(kernel_fn, key: Array):
     return kernel_fn.resampled(key) if isinstance(kernel_fn, RandomFeatures) else kernel_fn
 
 
+def key_of(kernel_fn) -> Array | None:
+    """The key a `RandomFeatures` kernel draws its networks from (None for an exact kernel): passed
+    into a compiled program as an argument with `with_key`, it keeps the program seed-independent."""
+    return kernel_fn.key if isinstance(kernel_fn, RandomFeatures) else None
+
+
+def with_key(kernel_fn, key: Array | None):
+    """`kernel_fn` drawing its networks from `key` (a `RandomFeatures`; any other kernel as it is)."""
+    return dataclasses.replace(kernel_fn, key=key) if isinstance(kernel_fn, RandomFeatures) else kernel_fn
+
+
 def parse(name: str) -> str | None:
     """'rf-convnet3' -> 'convnet3'; None for an exact kernel's name."""
     return name[len(PREFIX):] if name.startswith(PREFIX) else None
