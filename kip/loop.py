@@ -112,6 +112,8 @@ def fused_steps(step: Callable[..., tuple[Any, dict]], capacity: int = FUSED_CAP
         return jax.lax.fori_loop(0, num_steps, body, (state, buffers))
 
     def run(state, *args, num_steps: int):
+        if num_steps < 1:
+            raise ValueError(f"fused_steps: num_steps must be at least 1, got {num_steps}")
         pieces = []
         for start in range(0, num_steps, capacity):
             n = min(capacity, num_steps - start)

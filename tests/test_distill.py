@@ -98,6 +98,8 @@ def test_fused_steps_of_any_length_equal_the_scanned_steps_from_one_compiled_pro
     np.testing.assert_array_equal(np.concatenate([first["loss"], rest["loss"]]), scanned_metrics["loss"])
     for a, b in zip(jax.tree_util.tree_leaves(end), jax.tree_util.tree_leaves(scanned)):
         np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="at least 1"):
+        fused(state, train, num_steps=0)
 
 
 def test_adam_step_with_its_lr_as_an_argument_equals_the_step_with_the_lr_built_in():
