@@ -77,6 +77,7 @@ def _distill(args, run) -> None:
         args.snapshots = bool(args.snapshots)
         args.clock = args.clock or "wall"
         args.eval_every = 100 if args.eval_every is None else args.eval_every
+        args.val_size = args.val_size or 0
         method_run.method_run(_config(method_run.MethodConfig, args), out, resume=bool(args.resume),
                               overwrite=args.overwrite, progress=progress)
     if args.eval_protocol:

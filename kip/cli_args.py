@@ -20,7 +20,7 @@ DISTILL_OPTIONS = {
     "steps": _STEPPED, "lr": _STEPPED, "eval_every": _STEPPED, "checkpoint_every": _STEPPED, "resume": _STEPPED,
     "snapshots": _STEPPED, "max_seconds": _STEPPED, "clock": _STEPPED,
     "target_batch": ("kip",), "learn_labels": ("kip", "frepo"), "loss": ("kip",), "get": ("kip",), "rf_resample": ("kip",),
-    "init_from": ("kip",), "val_size": ("kip",), "zca": ("kip", "label-solve"), "target_size": ("label-solve",),
+    "init_from": ("kip",), "val_size": ("kip", "dc", "dsa", "dm", "dd", "frepo"), "zca": ("kip", "label-solve"), "target_size": ("label-solve",),
     "width": NETWORKED, "real_batch": ("dc", "dsa", "dm", "dd", "frepo"), "init": NETWORKED, "outer_loop": ("dc", "dsa"), "inner_loop": ("dc", "dsa"),
     "strategy": ("dsa", "dm", "mtt"), "expert_dir": ("mtt",), "syn_steps": ("mtt",), "expert_epochs": ("mtt",),
     "max_start_epoch": ("mtt",), "batch_syn": ("mtt",), "lr_lr": ("mtt",), "unroll": ("dd",), "unroll_epochs": ("dd",), "net_init": ("dd",), "pool_size": ("frepo",), "max_age": ("frepo",),
@@ -122,6 +122,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--clock", default=None, metavar="{wall,cpu}",
                    help="how --max-seconds and the snapshots' seconds are counted: elapsed time, or this process's "
                         "CPU time, which other jobs on the machine barely change (default: wall)")
+    p.add_argument("--val-size", type=int, default=None,
+                   help="kip, dc / dsa / dm / dd / frepo: training images held out of the real data the run reads (none "
+                        "of the set's sources) and judged by KRR at every evaluation, to choose an lr or a step count on "
+                        "(metrics.json: val_accuracy, best_val; default: 0)")
     p.add_argument("--eval-protocol", default=None, metavar="NAME",
                    help="also train the finite networks of this protocol (kip protocols) on the result, beside random "
                         "real subsets; recorded in metrics.json under 'protocol'")
@@ -144,9 +148,6 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--init-from", default=None, metavar="FILE",
                    help="start from this distilled set (images and labels, e.g. a random-feature run's distilled.npz) "
                         "instead of real images: fine-tuning under another kernel")
-    g.add_argument("--val-size", type=int, default=None,
-                   help="training images held out of the targets (none of the set's sources) and judged at every "
-                        "evaluation, to choose an lr or a step count on (metrics.json: val_accuracy, best_val; default: 0)")
     g = p.add_argument_group("--method label-solve")
     g.add_argument("--target-size", type=int, default=None, help="training images to fit (default: all)")
     g = p.add_argument_group("--method dc / dsa / dm / dd / mtt / frepo (the networks: the dc protocol's ConvNet; frepo: without its norm)")

@@ -224,3 +224,14 @@ def validation_split(key: jax.Array, n: int, size: int = DEFAULT_VAL_SIZE, exclu
     if exclude is not None and len(exclude):
         order = order[~np.isin(order, np.asarray(exclude))]
     return order[:size]
+
+
+def run_validation_rows(seed: int, n: int, size: int, sources: np.ndarray) -> np.ndarray | None:
+    """The sorted (size,) training rows a distillation run of `seed` holds out of the real data it
+    reads and judges its set on (`--val-size`; None for 0): none of its `sources`, drawn with a key
+    of their own, so the run's start and steps stay as without them."""
+    if not size:
+        return None
+    if size > n // 5:
+        raise InputError(f"--val-size must be at most a fifth of the {n} training images ({n // 5}), got {size}")
+    return np.sort(validation_split(jax.random.fold_in(jax.random.PRNGKey(seed), 7), n, size, np.asarray(sources)))

@@ -79,6 +79,9 @@ class MethodConfig(run.SteppedRunOptions):
             value = getattr(self, name)
             if value is not None and not (value > 0 and np.isfinite(value)):
                 raise InputError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+        if self.method == "mtt" and self.val_size:
+            raise InputError("--val-size applies to --method kip / dc / dsa / dm / dd / frepo only: MTT's experts "
+                             "trained on every training image, the held-out ones too")
         if self.method == "mtt" and not self.expert_dir:
             raise InputError("--method mtt needs --expert-dir: a folder of expert trajectories (kip trajectories)")
         if self.net_init is not None and self.net_init not in unrolled.INITS:
@@ -211,14 +214,16 @@ def method_run(
     config.check()
     code = report.provenance(allow_dirty=True)  # at the start: the tree may change while it runs
     ds = data.load(config.dataset, config.data_dir)
-    settings = config.settings(ds.name, ds.num_classes, int(data.class_table(ds.y_train, ds.num_classes)[1].min()))
+    real_idx = run.start_indices(config.seed, ds.y_train, ds.num_classes, config.ipc)  # class-sorted
+    val_idx = data.run_validation_rows(config.seed, len(ds.y_train), config.val_size, real_idx)
+    rows = np.arange(len(ds.y_train)) if val_idx is None else np.setdiff1d(np.arange(len(ds.y_train)), val_idx)  # read
+    settings = config.settings(ds.name, ds.num_classes, int(data.class_table(ds.y_train[rows], ds.num_classes)[1].min()))
     settings.check()
     networks(config.width, ds.num_classes, im2col=False)[0].check_input_shape(ds.image_shape)
     run.prepare_out(out, resume, overwrite)
     problem = run.prepare(ds, config.kernel_options, zca=False, precision=config.precision, max_memory=config.max_memory,
                           devices=config.devices)
     init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    real_idx = run.start_indices(config.seed, ds.y_train, ds.num_classes, config.ipc)  # class-sorted
     x_train = jnp.asarray(problem.x_train, jnp.float32)
     if config.init == "real":
         init_idx, init_images = real_idx, x_train[real_idx]
@@ -228,8 +233,8 @@ def method_run(
     labels = data.one_hot(np.repeat(np.arange(ds.num_classes), config.ipc), ds.num_classes, dtype=jnp.float32)
     method, model, width = prepare_method(config, settings, init_images, labels, run_key, ds.num_classes)
     state = method.state
-    step_data = method.data if method.data is not None else distill.train_data(x_train, ds.y_train, ds.num_classes,
-                                                                                jnp.float32)
+    step_data = method.data if method.data is not None else distill.train_data(x_train[rows], ds.y_train[rows],
+                                                                                ds.num_classes, jnp.float32)
     config_dict = dataclasses.asdict(config)
     state, history = run.resumed(out, state, config_dict, resume, log)
     name = display_name(config.method)
@@ -247,14 +252,14 @@ def method_run(
 
     state, history = run.optimise_set(out, problem, config, state, history, method.step, step_data, config.iterations,
                                       lambda s: (s.params["images"], to_problem(method.labels(s))), init_idx,
-                                      kernel_name, progress, log, extras_of=extras_of)
+                                      kernel_name, progress, log, validation=val_idx, extras_of=extras_of)
     step, final = int(state.step), history.evals[-1]
     metrics = run.run_metrics(history, step, ds, config_dict, code, method=config.method, settings=method.record)
     images = np.asarray(state.params["images"])
     title = f"{name} on {ds.name}, {config.ipc}/class, {step} iterations: KRR ({config.kernel}) test acc {100 * final['test_accuracy']:.2f}%"
     run.write_distilled(out, problem, images, np.asarray(to_problem(method.labels(state))), np.asarray(init_images),
                         init_idx, metrics, title, kernel=kernel_name, method=np.array(config.method),
-                        **extras_of(state))
+                        **extras_of(state), **({} if val_idx is None else {"val_indices": val_idx}))
     plots.learning_curve(os.path.join(out, "curve.png"), history.losses, history.evals,
                          f"{name} on {ds.name}, {config.ipc} images/class", loss_label=method.loss_label)
     log(f"KRR ({config.kernel}) test accuracy {100 * final['test_accuracy']:.2f}% (initial: "

@@ -217,9 +217,14 @@ class SteppedRunOptions(RunOptions):
     snapshots: bool = False  # also keep the set of every checkpoint (see `snapshot_path`)
     max_seconds: float | None = None  # stop once the steps took this long (an equal-compute budget)
     clock: str = "wall"  # how those seconds (and the snapshots' seconds) are counted: loop.CLOCKS
+    # training images held out of the real data the run reads (none of the set's sources) and judged
+    # by KRR at every evaluation: what a learning rate or a step count is chosen on, never the test set (0: none)
+    val_size: int = 0
 
     def check(self) -> None:
         super().check()
+        if self.val_size < 0:
+            raise InputError(f"--val-size must be >= 0, got {self.val_size}")
         for name in ("eval_every", "checkpoint_every"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -242,9 +247,6 @@ class DistillConfig(SteppedRunOptions):
     loss: str = "mse"
     init_from: str | None = None  # a distilled .npz to start from instead of real images (fine-tuning)
     get: str = "ntk"  # an exact kernel's NTK or NNGP (random features estimate the NNGP whatever this says)
-    # training images held out of the targets (none of the set's sources) and judged by KRR at every
-    # evaluation: what a learning rate or a step count is chosen on, never the test set (0: none)
-    val_size: int = 0
 
     @property
     def kernel_options(self) -> KernelOptions:
@@ -260,8 +262,6 @@ class DistillConfig(SteppedRunOptions):
             raise InputError(f"--steps must be >= 0, got {self.steps}")
         if not (self.lr > 0 and np.isfinite(self.lr)):
             raise InputError(f"--lr must be a positive number, got {self.lr}")
-        if self.val_size < 0:
-            raise InputError(f"--val-size must be >= 0, got {self.val_size}")
 
 
 def _start_set(config: DistillConfig, ds: data.Dataset) -> StoredSet:
@@ -303,14 +303,10 @@ def distill_run(
     code = report.provenance(allow_dirty=True)  # at the start: the tree may change while it runs
     ds = data.load(config.dataset, config.data_dir)
     n = len(ds.y_train)
-    if config.val_size > n // 5:
-        raise InputError(f"--val-size must be at most a fifth of the {n} training images ({n // 5}), got {config.val_size}")
     start_set = _start_set(config, ds) if config.init_from else None
     key = jax.random.PRNGKey(config.seed)
     init_idx = start_set.sources if start_set else start_indices(config.seed, ds.y_train, ds.num_classes, config.ipc)
-    # held out of the targets, none of the set's sources; its own key: the start and the steps stay as without it
-    val_idx = np.sort(data.validation_split(jax.random.fold_in(key, 7), n, config.val_size, np.asarray(init_idx))) \
-        if config.val_size else None
+    val_idx = data.run_validation_rows(config.seed, n, config.val_size, init_idx)
     if start_set and val_idx is not None and not np.array_equal(start_set.val_indices, val_idx):  # else choices would see its targets
         raise InputError(f"--init-from: {config.init_from} was not distilled with this run's {config.val_size} training images "
                          "held out (its run's --val-size and --seed must be this run's): they would validate a set fitted to them")

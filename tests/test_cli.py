@@ -258,4 +258,6 @@ def test_val_size_holds_rows_out_of_the_targets_and_judges_the_set_on_them(tmp_p
     assert metrics["best_val"] == {"step": best["step"], "val_accuracy": best["val_accuracy"], "test_accuracy": best["test_accuracy"]}
     assert run_cli("distill", "--out", tmp_path / "big", "--val-size", "100000", *FAST) == 2
     assert not (tmp_path / "big").exists()
-    assert run_cli("distill", "--method", "dc", "--out", tmp_path / "dc", "--val-size", "10", *FAST) == 2
+    assert run_cli("distill", "--method", "mtt", "--expert-dir", tmp_path, "--out", tmp_path / "mtt", "--val-size", "10",
+                   *FAST) == 2  # MTT's experts saw every training image
+    assert not (tmp_path / "mtt").exists()

@@ -167,6 +167,36 @@ def test_a_run_resumes_to_the_uninterrupted_result(tmp_path, method, periods):
     assert str(arrays["kernel"]) == "convnet3" and arrays["labels"].shape == (10, 10)
 
 
+def test_val_size_holds_rows_out_of_the_real_data_a_method_reads(tmp_path, monkeypatch):
+    """--val-size with a network method: that many training rows, none of the set's sources, leave
+    the real data its steps draw from (the rows given to `distill.train_data`), are named in
+    distilled.npz and judge the set (val_accuracy, best_val); the start is the run's without them."""
+    from kip import data, distill
+
+    seen = []
+    train_data = distill.train_data
+    monkeypatch.setattr(distill, "train_data", lambda images, labels, *a, **k: seen.append(np.asarray(images))
+                        or train_data(images, labels, *a, **k))
+    held, plain = str(tmp_path / "held"), str(tmp_path / "plain")
+    assert cli.main(RUN + ["--method", "dm", "--steps", "2", "--eval-every", "1", "--val-size", "150", "--out", held]) == 0
+    assert cli.main(RUN + ["--method", "dm", "--steps", "0", "--out", plain]) == 0
+    ds = data.load("digits")
+    arrays, start = io.read_npz(os.path.join(held, "distilled.npz")), io.read_npz(os.path.join(plain, "distilled.npz"))
+    val = arrays["val_indices"]
+    assert len(np.unique(val)) == 150 and not np.isin(arrays["initial_indices"], val).any()
+    np.testing.assert_array_equal(arrays["initial_indices"], start["initial_indices"])
+    assert len(seen[0]) == len(ds.y_train) - 150 and len(seen[1]) == len(ds.y_train)
+    from kip import preprocess
+
+    x = preprocess.fit(ds.x_train, "standardize").apply(ds.x_train)
+    kept = np.setdiff1d(np.arange(len(ds.y_train)), val)  # the rows read are exactly the others, in order
+    np.testing.assert_allclose(seen[0], x[kept], rtol=1e-6, atol=1e-6)
+    metrics = json.load(open(os.path.join(held, "metrics.json")))
+    assert [e["step"] for e in metrics["evals"]] == [0, 1, 2] and all(0 <= e["val_accuracy"] <= 1 for e in metrics["evals"])
+    best = max(metrics["evals"], key=lambda e: e["val_accuracy"])
+    assert metrics["best_val"]["step"] == best["step"] and metrics["val_accuracy"] == metrics["evals"][-1]["val_accuracy"]
+
+
 def test_zero_steps_keep_the_real_images_they_start_from(tmp_path):
     out = str(tmp_path / "zero")
     assert cli.main(RUN + ["--method", "dsa", "--steps", "0", "--out", out]) == 0
