@@ -216,8 +216,10 @@ def method_run(
     ds = data.load(config.dataset, config.data_dir)
     real_idx = run.start_indices(config.seed, ds.y_train, ds.num_classes, config.ipc)  # class-sorted
     val_idx = data.run_validation_rows(config.seed, len(ds.y_train), config.val_size, real_idx)
-    rows = np.arange(len(ds.y_train)) if val_idx is None else np.setdiff1d(np.arange(len(ds.y_train)), val_idx)  # read
-    settings = config.settings(ds.name, ds.num_classes, int(data.class_table(ds.y_train[rows], ds.num_classes)[1].min()))
+    # the rows the method reads (None: all of them, without copying the training set)
+    rows = None if val_idx is None else np.setdiff1d(np.arange(len(ds.y_train)), val_idx)
+    y_read = ds.y_train if rows is None else ds.y_train[rows]
+    settings = config.settings(ds.name, ds.num_classes, int(data.class_table(y_read, ds.num_classes)[1].min()))
     settings.check()
     networks(config.width, ds.num_classes, im2col=False)[0].check_input_shape(ds.image_shape)
     run.prepare_out(out, resume, overwrite)
@@ -233,8 +235,8 @@ def method_run(
     labels = data.one_hot(np.repeat(np.arange(ds.num_classes), config.ipc), ds.num_classes, dtype=jnp.float32)
     method, model, width = prepare_method(config, settings, init_images, labels, run_key, ds.num_classes)
     state = method.state
-    step_data = method.data if method.data is not None else distill.train_data(x_train[rows], ds.y_train[rows],
-                                                                                ds.num_classes, jnp.float32)
+    step_data = method.data if method.data is not None else distill.train_data(
+        x_train if rows is None else x_train[rows], y_read, ds.num_classes, jnp.float32)
     config_dict = dataclasses.asdict(config)
     state, history = run.resumed(out, state, config_dict, resume, log)
     name = display_name(config.method)
