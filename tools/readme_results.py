@@ -382,8 +382,9 @@ ROWS = [
         "published KIP-ConvNet 96.5 / 99.1 (exact kernel, to convergence)",
         ("kip_convnet_mnist", "kip_convnet_mnist_platt"),
         {"minutes": lambda r: [minutes(s) for s in r("kip_convnet_mnist[rows][*][kip][seconds]")]}),
-    Row("KIP with `rf-convnet3` (4 x 128), MSE loss, MNIST, 1 per class, 3 distillation seeds (KRR, mean ± std)",
-        "{seeds[rf]:.2p} under the 8 x 256 estimate, {seeds[exact]:.2p} under the exact ConvNet3 NTK "
+    Row("KIP with `rf-convnet3` (4 x 128), MSE loss, MNIST, 1 per class, 3 distillation seeds (KRR, mean ± std; "
+        "rf: the 8 x 256 estimate)",
+        "{seeds[rf]:.2p} (rf), {seeds[exact]:.2p} under the exact ConvNet3 NTK "
         "({kip_convnet_mnist_ipc1_3seeds[rows][0][seeds][0][kip][steps]} steps per seed, {seeds[minutes]:.0f} min "
         "each on CPU); their real starts {seeds[start_rf]:.2p} / {seeds[start_exact]:.2p}",
         "published KIP-ConvNet 96.5 (exact kernel, to convergence)", ("kip_convnet_mnist_ipc1_3seeds",),
