@@ -385,8 +385,8 @@ ROWS = [
     Row("KIP with `rf-convnet3` (4 x 128), MSE loss, MNIST, 1 per class, 3 distillation seeds (KRR, mean ± std; "
         "rf: the 8 x 256 estimate)",
         "{seeds[rf]:.2p} (rf), {seeds[exact]:.2p} under the exact ConvNet3 NTK "
-        "({kip_convnet_mnist_ipc1_3seeds[rows][0][seeds][0][kip][steps]} steps per seed, {seeds[minutes]:.0f} min "
-        "each on CPU); their real starts {seeds[start_rf]:.2p} / {seeds[start_exact]:.2p}",
+        "({kip_convnet_mnist_ipc1_3seeds[rows][0][seeds][*][kip][steps]} steps, {seeds[minutes]:.0f} min a seed on "
+        "average on CPU); their real starts {seeds[start_rf]:.2p} / {seeds[start_exact]:.2p}",
         "published KIP-ConvNet 96.5 (exact kernel, to convergence)", ("kip_convnet_mnist_ipc1_3seeds",),
         {"seeds": lambda r: {
             **{k: mean_std(r(f"kip_convnet_mnist_ipc1_3seeds[rows][0][seeds][*][evals][{k}][test_accuracy]"))
