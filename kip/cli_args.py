@@ -24,6 +24,7 @@ DISTILL_OPTIONS = {
     "width": NETWORKED, "real_batch": ("dc", "dsa", "dm", "dd", "frepo"), "init": NETWORKED, "outer_loop": ("dc", "dsa"), "inner_loop": ("dc", "dsa"),
     "strategy": ("dsa", "dm", "mtt"), "expert_dir": ("mtt",), "syn_steps": ("mtt",), "expert_epochs": ("mtt",),
     "max_start_epoch": ("mtt",), "batch_syn": ("mtt",), "lr_lr": ("mtt",), "unroll": ("dd",), "unroll_epochs": ("dd",), "net_init": ("dd",), "pool_size": ("frepo",), "max_age": ("frepo",),
+    "lr_decay_steps": ("frepo",),
 }
 KIP_DEFAULTS = {"steps": 1000, "lr": 0.04, "eval_every": 100, "resume": False, "target_batch": 5000, "learn_labels": False,
                 "loss": "mse", "get": "ntk", "rf_resample": True, "zca": False, "snapshots": False, "clock": "wall",
@@ -179,6 +180,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--pool-size", type=int, default=None, help="frepo: networks in the model pool (default: 10)")
     g.add_argument("--max-age", type=int, default=None, help="frepo: steps a pool network trains before it is "
                                                              "re-initialised (default: 100)")
+    g.add_argument("--lr-decay-steps", type=int, default=None, metavar="N",
+                   help="frepo: cosine decay of the image lr to 0.1 x over N steps, as FRePo's (default: constant, "
+                        "so a run extends on resume; with --max-seconds set N to the steps the budget reaches)")
     g.add_argument("--fixed-labels", dest="learn_labels", action="store_false", default=None,
                    help="frepo: keep the one-hot labels (default: learned)")
 

@@ -32,6 +32,7 @@ REAL_BATCH = 100  # real images per class per step (FRePo: 1024 drawn from the w
 NET_BATCH = 500  # synthetic images per network step (all of them where fewer)
 ITERATIONS = 5000
 RIDGE = 1e-6  # relative to tr(K)/n, as kip.krr
+DECAY_FLOOR = 0.1  # FRePo's cosine decay of the image lr ends at this fraction of it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,10 +70,13 @@ def initial_labels(num_classes: int, ipc: int) -> Array:
     return (one_hot - 1 / num_classes) / jnp.sqrt(num_classes / 10)
 
 
-def image_optimizer(lr: float = IMAGE_LR) -> optax.GradientTransformation:
-    """LAMB on the images and labels (FRePo: its cosine decay to 0.1 x over the run is not applied here,
-    so that a run can be extended on resume)."""
-    return optax.lamb(lr)
+def image_optimizer(lr: float = IMAGE_LR, decay_steps: int | None = None) -> optax.GradientTransformation:
+    """LAMB on the images and labels. decay_steps None: a constant lr (the default, so that a run can be
+    extended on resume); else FRePo's cosine decay from lr to DECAY_FLOOR x lr over decay_steps steps,
+    held there after. The schedule reads the optimiser's own step count, which a checkpoint keeps."""
+    if decay_steps is None:
+        return optax.lamb(lr)
+    return optax.lamb(optax.cosine_decay_schedule(lr, decay_steps, alpha=DECAY_FLOOR))
 
 
 def net_config(settings: Settings) -> train.TrainConfig:

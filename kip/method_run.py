@@ -28,7 +28,7 @@ METHOD_OPTIONS = {"real_batch": ("dc", "dsa", "dm", "dd", "frepo"), "outer_loop"
                   "strategy": ("dsa", "dm", "mtt"), "expert_dir": ("mtt",), "syn_steps": ("mtt",), "expert_epochs": ("mtt",),
                   "max_start_epoch": ("mtt",), "batch_syn": ("mtt",), "lr_lr": ("mtt",),
                   "unroll": ("dd",), "unroll_epochs": ("dd",), "net_init": ("dd",), "pool_size": ("frepo",), "max_age": ("frepo",),
-                  "learn_labels": ("frepo",)}
+                  "learn_labels": ("frepo",), "lr_decay_steps": ("frepo",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +56,7 @@ class MethodConfig(run.SteppedRunOptions):
     pool_size: int | None = None  # FRePo: networks in the pool (default: frepo.POOL_SIZE)
     max_age: int | None = None  # FRePo: steps before a network is re-initialised (default: frepo.MAX_AGE)
     learn_labels: bool | None = None  # FRePo: learn the labels (default: True)
+    lr_decay_steps: int | None = None  # FRePo: cosine decay of the image lr over these steps (default: none)
     init: str = "real"
 
     def check(self) -> None:
@@ -69,7 +70,7 @@ class MethodConfig(run.SteppedRunOptions):
                 raise InputError(f"--{name.replace('_', '-')} applies to --method {' / '.join(methods)} only "
                                  f"(this is --method {self.method})")
         for name in ("real_batch", "outer_loop", "inner_loop", "width", "unroll", "unroll_epochs", "pool_size", "max_age",
-                     "syn_steps", "expert_epochs", "max_start_epoch", "batch_syn"):
+                     "syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "lr_decay_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -162,7 +163,8 @@ def prepare_method(config: MethodConfig, settings, images: jax.Array, labels: ja
     if config.method == "frepo":
         # FRePo's networks: no normalisation (its default), first-order (lax's convolutions)
         model, embed, width = networks(config.width, num_classes, im2col=False, norm="none")
-        optimizer = frepo.image_optimizer(config.image_lr)
+        optimizer = frepo.image_optimizer(config.image_lr, config.lr_decay_steps)
+        record["lr_decay_steps"] = config.lr_decay_steps
         state = frepo.init_state(model, settings, images, frepo.initial_labels(num_classes, config.ipc), optimizer, key)
         step = frepo.make_step(settings, model, embed, optimizer)
         method = Method(state, step, lambda s: s.params["labels"], record, f"{name} feature-regression loss")

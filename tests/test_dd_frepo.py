@@ -140,6 +140,21 @@ def test_frepo_steps_lower_the_loss_and_renew_old_networks():
     assert not np.allclose(np.asarray(state.params["labels"]), np.asarray(frepo.initial_labels(3, 1)))  # learned
 
 
+def test_frepo_cosine_decay_scales_each_lamb_update_by_the_closed_form():
+    # LAMB's update is linear in its lr given the same moments, so the decayed optimiser's update over
+    # the constant one's is the schedule: 0.1 + 0.9 * (1 + cos(pi t / N)) / 2 up to N, then 0.1
+    decay_steps, lr = 4, 0.01
+    decayed, constant = frepo.image_optimizer(lr, decay_steps), frepo.image_optimizer(lr)
+    params = {"images": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4)}
+    s_decayed, s_constant = decayed.init(params), constant.init(params)
+    for t in range(7):
+        grads = {"images": jnp.sin(params["images"] * (t + 1))}
+        u_decayed, s_decayed = decayed.update(grads, s_decayed, params)
+        u_constant, s_constant = constant.update(grads, s_constant, params)
+        want = 0.1 + 0.9 * (1 + np.cos(np.pi * min(t, decay_steps) / decay_steps)) / 2
+        np.testing.assert_allclose(np.asarray(u_decayed["images"]), want * np.asarray(u_constant["images"]), rtol=1e-5)
+
+
 def test_frepo_features_are_the_pool_network_without_its_head():
     model, _, _, start = _frepo_problem()
     variables = model.init(jax.random.PRNGKey(5), start)
@@ -165,7 +180,8 @@ def _arrays(out):
 @pytest.mark.parametrize("method", [pytest.param("dd", marks=pytest.mark.slow), "frepo"])
 def test_a_dd_or_frepo_run_resumes_to_the_uninterrupted_result(tmp_path, method):
     whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
-    extra = ["--unroll-epochs", "2"] if method == "dd" else ["--pool-size", "2", "--max-age", "2"]
+    # FRePo's with its cosine lr decay: the schedule's step count must come back from the checkpoint
+    extra = ["--unroll-epochs", "2"] if method == "dd" else ["--pool-size", "2", "--max-age", "2", "--lr-decay-steps", "3"]
     assert cli.main(RUN + extra + ["--method", method, "--steps", "4", "--eval-every", "4", "--out", whole]) == 0
     assert cli.main(RUN + extra + ["--method", method, "--steps", "2", "--eval-every", "2", "--out", split]) == 0
     assert cli.main(RUN + extra + ["--method", method, "--steps", "4", "--eval-every", "2", "--out", split, "--resume"]) == 0
@@ -186,6 +202,8 @@ def test_a_dd_or_frepo_run_resumes_to_the_uninterrupted_result(tmp_path, method)
     (["--method", "dm", "--fixed-labels"], "--learn-labels applies to --method kip / frepo"),
     (["--method", "dd", "--ipc", "3", "--unroll", "2"], "--unroll must divide"),
     (["--method", "frepo", "--max-age", "0"], "--max-age must be at least 1"),
+    (["--method", "frepo", "--lr-decay-steps", "0"], "--lr-decay-steps must be at least 1"),
+    (["--method", "dm", "--lr-decay-steps", "10"], "--lr-decay-steps applies to --method frepo"),
 ])
 def test_bad_dd_or_frepo_options_exit_2_with_one_line(tmp_path, capsys, argv, message):
     out = str(tmp_path / "bad")
