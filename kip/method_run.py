@@ -244,9 +244,10 @@ def method_run(
     name = display_name(config.method)
     unused = ("method", "ipc", "num_classes") + (("outer_loop", "inner_loop", "net_lr", "net_batch") if config.method == "dm" else ())
     described = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(settings).items() if k not in unused and v is not None)
+    decay = f" (cosine decay to {frepo.DECAY_FLOOR:g}x over {config.lr_decay_steps} steps)" if config.lr_decay_steps else ""
     log(f"kip distill --method {config.method}: {ds.name}, {config.ipc} images/class ({config.init} start), "
-        f"{config.iterations} iterations, network {model.__class__.__name__} width {width}, image lr {config.image_lr}, "
-        f"{described}; KRR evaluation with {config.kernel}")
+        f"{config.iterations} iterations, network {model.__class__.__name__} width {width}, image lr {config.image_lr}"
+        f"{decay}, {described}; KRR evaluation with {config.kernel}")
     to_problem = lambda y: jnp.asarray(y, problem.dtype)
     kernel_name = protocols.load(NETWORK_CARD).model
 
