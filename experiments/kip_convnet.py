@@ -73,6 +73,9 @@ def main() -> None:
                         help="Adam learning rate (default: %(default)s, the authors'); several: a run each, the one with "
                              "the best final validation accuracy reported (needs --val-size)")
     parser.add_argument("--seeds", type=int, default=1, help="distillation seeds per size and lr (each its own real start)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the seeds are FIRST .. FIRST + N - 1: seeds can run in separate processes (one per core), "
+                             "and a later call naming all of them pools their finished cells (default: %(default)s)")
     parser.add_argument("--val-size", type=int, default=0,
                         help="training images held out of KIP's targets (none of the set's sources), on which an lr is chosen")
     parser.add_argument("--init-from", default=None, metavar="RUN",
@@ -109,6 +112,9 @@ def main() -> None:
         parser.error("--init-from: give one --ipc value (that of the run it starts from)")
     if args.seeds < 1 or (args.init_from and args.seeds != 1):
         parser.error("--seeds: at least 1, and 1 with --init-from (every seed would fine-tune the same set)")
+    if args.first_seed < 0:
+        parser.error(f"--first-seed must be >= 0, got {args.first_seed}")
+    seed_range = range(args.first_seed, args.first_seed + args.seeds)
     init_from = os.path.join(args.init_from, "distilled.npz") if args.init_from else None
 
     if len(args.lr) > 1 and not args.val_size:
@@ -154,7 +160,7 @@ def main() -> None:
                 "evals": evals, "real_images": baseline}
 
     try:
-        runs = table.run_rows(table.grid(ipc=args.ipc, lr=args.lr, seed=range(args.seeds)), cells_of, args.runs_dir,
+        runs = table.run_rows(table.grid(ipc=args.ipc, lr=args.lr, seed=seed_range), cells_of, args.runs_dir,
                               evaluations, progress=not args.no_progress, overwrite=args.overwrite)
     except InputError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
@@ -208,7 +214,7 @@ f'{args.rf_models} random ConvNet3s of width {args.rf_width} drawn afresh every 
 learned labels, {args.loss} loss, Adam {', '.join(f'{lr:g}' for lr in args.lr)}{' (the final validation accuracy chose)' if len(args.lr) > 1 else ''},{f' fine-tuning {init_from},' if init_from else ''}
 ridge 1e-6 x tr(K)/n, {'ZCA' if args.zca else 'standardised'} inputs.{validation_note}
 Test accuracy of KRR on the full test set ({rows[0]['seeds'][0]['kip']['test_size']} images), mean ± std over
-the distillation seeds where there are several (each its own real start and target batches; the
+the distillation seeds{f" (here seed{'s' * (len(seed_range) > 1)} {', '.join(map(str, seed_range))})" if args.first_seed else ''} where there are several (each its own real start and target batches; the
 validation accuracies that choose an lr are their means). Published: Nguyen et al.,
 arXiv 2107.13034, Table 1 (exact ConvNet kernels, hundreds of accelerators, to convergence).
 Runs (distilled sets, curves) in {args.runs_dir}/.
