@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from kip import data, distill, kernels, knn, krr, method_run, models, optim, preprocess, scores, train, unrolled
+from kip import data, distill, frepo, kernels, knn, krr, method_run, models, optim, preprocess, scores, train, unrolled
 from kip.kernels import rf
 from kip.release import LAYOUTS
 
@@ -181,7 +181,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--max-age", type=int, default=None, help="frepo: steps a pool network trains before it is "
                                                              "re-initialised (default: 100)")
     g.add_argument("--lr-decay-steps", type=int, default=None, metavar="N",
-                   help="frepo: cosine decay of the image lr to 0.1x over N steps, as FRePo's (default: constant, "
+                   help=f"frepo: cosine decay of the image lr to {frepo.DECAY_FLOOR:g}x over N steps, as FRePo's (default: constant, "
                         "so a run extends on resume; with --max-seconds set N to the steps the budget reaches)")
     g.add_argument("--fixed-labels", dest="learn_labels", action="store_false", default=None,
                    help="frepo: keep the one-hot labels (default: learned)")
