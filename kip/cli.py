@@ -15,16 +15,13 @@ from kip import entry
 
 entry.configure()  # an entry point: before numpy and scipy load (OpenBLAS reads its threads once)
 
-from kip import InputError, TrainingDiverged, cli_args, data, knn, krr  # noqa: E402
+from kip import InputError, TrainingDiverged, cli_args, data, knn, krr, method_run  # noqa: E402
 from kip.kernels import rf  # noqa: E402
 
 
 def _refuse_foreign(args, table: dict[str, tuple[str, ...]]) -> None:
     """One line for an option given that the chosen --method does not use (`table`: option -> methods)."""
-    for name, methods in table.items():
-        if getattr(args, name) is not None and args.method not in methods:
-            raise InputError(f"--{name.replace('_', '-')} applies to --method {' / '.join(methods)} only "
-                             f"(this is --method {args.method})")
+    method_run.refuse_foreign(args.method, vars(args), table)
 
 
 def _check_evaluate_options(args) -> None:
@@ -71,8 +68,6 @@ def _distill(args, run) -> None:
         args.zca = bool(args.zca)
         label_solve.label_solve_run(_config(label_solve.LabelSolveConfig, args), out, overwrite=args.overwrite)
     else:
-        from kip import method_run
-
         args.init = args.init or "real"
         args.snapshots = bool(args.snapshots)
         args.clock = args.clock or "wall"

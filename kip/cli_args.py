@@ -13,18 +13,16 @@ from kip.release import LAYOUTS
 DEFAULT_RUNS_DIR = "runs"
 KERNEL_COMMANDS = ("distill", "label-solve", "sweep")
 DISTILL_METHODS = ("kip", "label-solve") + method_run.METHODS
-NETWORKED = ("dc", "dsa", "dm", "dd", "mtt", "frepo")  # kip.method_run
+NETWORKED = method_run.METHODS  # the methods that distil with finite networks
 _STEPPED = ("kip",) + NETWORKED
-# `kip distill` options that belong to some methods only (default None: given or not is known), and their defaults
+# `kip distill` options that belong to some methods only (default None: given or not is known): the options of
+# every stepped run, KIP's own, then method_run's table (whose FRePo `learn_labels` KIP shares)
 DISTILL_OPTIONS = {
-    "steps": _STEPPED, "lr": _STEPPED, "eval_every": _STEPPED, "checkpoint_every": _STEPPED, "resume": _STEPPED,
-    "snapshots": _STEPPED, "max_seconds": _STEPPED, "clock": _STEPPED,
-    "target_batch": ("kip",), "learn_labels": ("kip", "frepo"), "loss": ("kip",), "get": ("kip",), "rf_resample": ("kip",),
-    "init_from": ("kip",), "val_size": ("kip", "dc", "dsa", "dm", "dd", "frepo"), "zca": ("kip", "label-solve"), "target_size": ("label-solve",),
-    "width": NETWORKED, "real_batch": ("dc", "dsa", "dm", "dd", "frepo"), "init": NETWORKED, "outer_loop": ("dc", "dsa"), "inner_loop": ("dc", "dsa"),
-    "strategy": ("dsa", "dm", "mtt"), "expert_dir": ("mtt",), "syn_steps": ("mtt",), "expert_epochs": ("mtt",),
-    "max_start_epoch": ("mtt",), "batch_syn": ("mtt",), "lr_lr": ("mtt",), "unroll": ("dd",), "unroll_epochs": ("dd",), "net_init": ("dd",), "pool_size": ("frepo",), "max_age": ("frepo",),
-    "lr_decay_steps": ("frepo",),
+    **dict.fromkeys(("steps", "lr", "eval_every", "checkpoint_every", "resume", "snapshots", "max_seconds", "clock"), _STEPPED),
+    **dict.fromkeys(("target_batch", "loss", "get", "rf_resample", "init_from"), ("kip",)),
+    "val_size": ("kip",) + method_run.VAL_SIZE_METHODS, "zca": ("kip", "label-solve"), "target_size": ("label-solve",),
+    "width": NETWORKED, "init": NETWORKED,
+    **{name: ("kip",) * (name == "learn_labels") + methods for name, methods in method_run.METHOD_OPTIONS.items()},
 }
 KIP_DEFAULTS = {"steps": 1000, "lr": 0.04, "eval_every": 100, "resume": False, "target_batch": 5000, "learn_labels": False,
                 "loss": "mse", "get": "ntk", "rf_resample": True, "zca": False, "snapshots": False, "clock": "wall",

@@ -29,6 +29,16 @@ METHOD_OPTIONS = {"real_batch": ("dc", "dsa", "dm", "dd", "frepo"), "outer_loop"
                   "max_start_epoch": ("mtt",), "batch_syn": ("mtt",), "lr_lr": ("mtt",),
                   "unroll": ("dd",), "unroll_epochs": ("dd",), "net_init": ("dd",), "pool_size": ("frepo",), "max_age": ("frepo",),
                   "learn_labels": ("frepo",), "lr_decay_steps": ("frepo",)}
+# --val-size holds training rows out of what these read; MTT's experts have seen every one
+VAL_SIZE_METHODS = tuple(m for m in METHODS if m != "mtt")
+
+
+def refuse_foreign(method: str, given: dict[str, object], table: dict[str, tuple[str, ...]]) -> None:
+    """One line for an option given (not None in `given`) that `method` does not use (`table`: option -> methods)."""
+    for name, methods in table.items():
+        if given.get(name) is not None and method not in methods:
+            raise InputError(f"--{name.replace('_', '-')} applies to --method {' / '.join(methods)} only "
+                             f"(this is --method {method})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,10 +75,7 @@ class MethodConfig(run.SteppedRunOptions):
             raise InputError(f"--method must be one of {', '.join(METHODS)} here, got {self.method!r}")
         if self.init not in INITS:
             raise InputError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
-        for name, methods in METHOD_OPTIONS.items():
-            if getattr(self, name) is not None and self.method not in methods:
-                raise InputError(f"--{name.replace('_', '-')} applies to --method {' / '.join(methods)} only "
-                                 f"(this is --method {self.method})")
+        refuse_foreign(self.method, {name: getattr(self, name) for name in METHOD_OPTIONS}, METHOD_OPTIONS)
         for name in ("real_batch", "outer_loop", "inner_loop", "width", "unroll", "unroll_epochs", "pool_size", "max_age",
                      "syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "lr_decay_steps"):
             value = getattr(self, name)
@@ -80,7 +87,7 @@ class MethodConfig(run.SteppedRunOptions):
             value = getattr(self, name)
             if value is not None and not (value > 0 and np.isfinite(value)):
                 raise InputError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
-        if self.method == "mtt" and self.val_size:
+        if self.method not in VAL_SIZE_METHODS and self.val_size:
             raise InputError("--val-size applies to --method kip / dc / dsa / dm / dd / frepo only: MTT's experts "
                              "trained on every training image, the held-out ones too")
         if self.method == "mtt" and not self.expert_dir:

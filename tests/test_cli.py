@@ -1,5 +1,6 @@
 """The command line end to end on the embedded digits: outputs, resume, NaN stop, bad input."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -211,6 +212,24 @@ def test_label_solve_improves_on_one_hot_labels(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["target_size"] == 1437
     assert metrics["test_accuracy"] > metrics["initial_test_accuracy"]
+
+
+def test_every_method_option_the_cli_accepts_is_one_its_config_reads():
+    """`kip distill`'s table of per-method options and the configs they fill agree: an option the CLI lets a
+    method take is a field of that method's config (`resume` is the run's, not the config's), and the options
+    MethodConfig.check refuses for a method are the ones the CLI refuses for it."""
+    from kip import cli_args, label_solve, method_run, run
+
+    def fields(config):
+        return {f.name for f in dataclasses.fields(config)} | {"resume"}
+
+    reads = {"kip": fields(run.DistillConfig), "label-solve": fields(label_solve.LabelSolveConfig),
+             **{m: fields(method_run.MethodConfig) for m in method_run.METHODS}}
+    assert set(cli_args.DISTILL_METHODS) == set(reads)
+    for name, methods in cli_args.DISTILL_OPTIONS.items():
+        assert methods and all(name in reads[m] for m in methods), name
+    for name, methods in method_run.METHOD_OPTIONS.items():
+        assert set(cli_args.DISTILL_OPTIONS[name]) & set(method_run.METHODS) == set(methods), name
 
 
 def test_console_script_help():
