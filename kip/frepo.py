@@ -151,7 +151,9 @@ def make_step(settings: Settings, model: nn.Module, embed: nn.Module,
         net = jax.tree_util.tree_map(lambda a: a[i], state.pool)
         idx = data.per_class_sample(real_key, real.class_table, real.class_counts, settings.real_batch).reshape(-1)
         embed_params = jax.eval_shape(embed.init, jax.random.PRNGKey(0), state.params["images"][:1])["params"]
-        features = lambda x: embed.apply(head_free(net.variables, embed_params), x, train=True)
+        # as FRePo's nn_feat_fn: train=False, so a batch norm reads its running statistics and every image's
+        # features are its own (not its batch's)
+        features = lambda x: embed.apply(head_free(net.variables, embed_params), x, train=False)
         (loss, accuracy), grads = jax.value_and_grad(frepo_loss, argnums=1, has_aux=True)(
             features, state.params, real.images[idx], real.targets[idx].astype(state.params["images"].dtype),
             settings.learn_labels)
@@ -161,8 +163,10 @@ def make_step(settings: Settings, model: nn.Module, embed: nn.Module,
         def train_net(net):
             pick = jax.random.permutation(net_key, n)[:batch]
             syn = jax.lax.stop_gradient(params)
-            return train.step(model, config, net, (syn["images"][pick], syn["labels"][pick]),
-                              jnp.ones(batch, syn["images"].dtype), jax.random.fold_in(net_key, 1))[0]
+            trained = train.step(model, config, net, (syn["images"][pick], syn["labels"][pick]),
+                                 jnp.ones(batch, syn["images"].dtype), jax.random.fold_in(net_key, 1))[0]
+            # the pool keeps its dtypes (flax's batch-norm statistics start float32 whatever the images)
+            return jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), trained, net)
 
         renew = lambda net: train.init_state(model, config, init_key, params["images"][:1])
         old = state.ages[i] > settings.max_age  # as FRePo: after max_age + 1 steps

@@ -28,7 +28,10 @@ METHOD_OPTIONS = {"real_batch": ("dc", "dsa", "dm", "dd", "frepo"), "outer_loop"
                   "strategy": ("dsa", "dm", "mtt"), "expert_dir": ("mtt",), "syn_steps": ("mtt",), "expert_epochs": ("mtt",),
                   "max_start_epoch": ("mtt",), "batch_syn": ("mtt",), "lr_lr": ("mtt",),
                   "unroll": ("dd",), "unroll_epochs": ("dd",), "net_init": ("dd",), "pool_size": ("frepo",), "max_age": ("frepo",),
-                  "learn_labels": ("frepo",), "lr_decay_steps": ("frepo",)}
+                  "learn_labels": ("frepo",), "lr_decay_steps": ("frepo",), "pool_net": ("frepo",)}
+# FRePo's pool: 'dc', the methods' ConvNet3 without norm (constant width); 'frepo', FRePo's own Conv
+POOL_NETS = ("dc", "frepo")
+FREPO_WIDTH = 128
 # --val-size holds training rows out of what these read; MTT's experts have seen every one
 VAL_SIZE_METHODS = tuple(m for m in METHODS if m != "mtt")
 
@@ -67,6 +70,7 @@ class MethodConfig(run.SteppedRunOptions):
     max_age: int | None = None  # FRePo: steps before a network is re-initialised (default: frepo.MAX_AGE)
     learn_labels: bool | None = None  # FRePo: learn the labels (default: True)
     lr_decay_steps: int | None = None  # FRePo: cosine decay of the image lr over these steps (default: none)
+    pool_net: str | None = None  # FRePo: its pool's networks, one of POOL_NETS (default: 'dc')
     init: str = "real"
 
     def check(self) -> None:
@@ -92,6 +96,8 @@ class MethodConfig(run.SteppedRunOptions):
                              "trained on every training image, the held-out ones too")
         if self.method == "mtt" and not self.expert_dir:
             raise InputError("--method mtt needs --expert-dir: a folder of expert trajectories (kip trajectories)")
+        if self.pool_net is not None and self.pool_net not in POOL_NETS:
+            raise InputError(f"--pool-net must be one of {', '.join(POOL_NETS)}, got {self.pool_net!r}")
         if self.net_init is not None and self.net_init not in unrolled.INITS:
             raise InputError(f"--net-init must be one of {', '.join(unrolled.INITS)}, got {self.net_init!r}")
 
@@ -143,6 +149,16 @@ def networks(width: int | None, num_classes: int, im2col: bool | None = None,
             protocols.network(p, num_classes, width, norm, head=False), width or p.width)
 
 
+def frepo_conv(width: int | None, num_classes: int) -> tuple[models.Network, models.Network, int]:
+    """FRePo's own distillation network (its `Conv`, normalization='batch'), its embedding and width:
+    3 blocks of width, 2 x width, 4 x width channels (default width FREPO_WIDTH), a batch norm before
+    the 2nd and 3rd, flax's default (lecun) initialisation, MNIST's first conv padded to 32 x 32."""
+    width = width or FREPO_WIDTH
+    build = lambda head: models.build("convnet3", num_classes, width, norm="batch", weight_init="lecun", pad_to=32,
+                                      growth=2, head=head)
+    return build(True), build(False), width
+
+
 def display_name(method: str) -> str:
     """How the papers spell a method: DC, DSA, DM, DD, MTT, FRePo."""
     return "FRePo" if method == "frepo" else method.upper()
@@ -168,10 +184,13 @@ def prepare_method(config: MethodConfig, settings, images: jax.Array, labels: ja
     name = display_name(config.method)
     record = {"iterations": config.iterations, "image_lr": config.image_lr, **dataclasses.asdict(settings)}
     if config.method == "frepo":
-        # FRePo's networks: no normalisation (its default), first-order (lax's convolutions)
-        model, embed, width = networks(config.width, num_classes, im2col=False, norm="none")
+        # first-order: lax's convolutions
+        if config.pool_net == "frepo":
+            model, embed, width = frepo_conv(config.width, num_classes)
+        else:  # the methods' network without normalisation (FRePo's default norm)
+            model, embed, width = networks(config.width, num_classes, im2col=False, norm="none")
         optimizer = frepo.image_optimizer(config.image_lr, config.lr_decay_steps)
-        record["lr_decay_steps"] = config.lr_decay_steps
+        record.update(lr_decay_steps=config.lr_decay_steps, pool_net=config.pool_net or "dc")
         state = frepo.init_state(model, settings, images, frepo.initial_labels(num_classes, config.ipc), optimizer, key)
         step = frepo.make_step(settings, model, embed, optimizer)
         method = Method(state, step, lambda s: s.params["labels"], record, f"{name} feature-regression loss")
@@ -251,9 +270,10 @@ def method_run(
     name = display_name(config.method)
     unused = ("method", "ipc", "num_classes") + (("outer_loop", "inner_loop", "net_lr", "net_batch") if config.method == "dm" else ())
     described = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(settings).items() if k not in unused and v is not None)
+    net_note = " x 1, 2, 4 with batch norm (FRePo's Conv)" if config.pool_net == "frepo" else ""
     decay = f" (cosine decay to {frepo.DECAY_FLOOR:g}x over {config.lr_decay_steps} steps)" if config.lr_decay_steps else ""
     log(f"kip distill --method {config.method}: {ds.name}, {config.ipc} images/class ({config.init} start), "
-        f"{config.iterations} iterations, network {model.__class__.__name__} width {width}, image lr {config.image_lr}"
+        f"{config.iterations} iterations, network {model.__class__.__name__} width {width}{net_note}, image lr {config.image_lr}"
         f"{decay}, {described}; KRR evaluation with {config.kernel}")
     to_problem = lambda y: jnp.asarray(y, problem.dtype)
     kernel_name = protocols.load(NETWORK_CARD).model

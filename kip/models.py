@@ -23,7 +23,7 @@ from kip.kernels.presets import KIP_B_STD, KIP_W_STD, MYRTLE_BLOCKS
 
 Array = jax.Array
 PARAMETERIZATIONS = ("standard", "ntk")
-NORMS = ("none", "instance")
+NORMS = ("none", "instance", "batch")
 # W_std / b_std normals; PyTorch's default U(+-1/sqrt(fan_in)) (DC/DSA/DM networks); flax's default
 # (lecun_normal: a normal truncated at 2 std, variance 1/fan_in; zero biases: FRePo's networks)
 INITS = ("normal", "torch", "lecun")
@@ -255,6 +255,8 @@ class ConvNet(_ConvNetwork):
     `norm='instance'`, width 128, `pad_to=32` and weight_init 'torch' is the DC / DSA evaluation ConvNet.
     pad_to: the first conv pads smaller images up to pad_to x pad_to (DC: 28x28 MNIST -> 32x32).
     growth: the i-th of the 3 pooled blocks has width * growth**i channels (FRePo's Conv: 2).
+    norm 'batch': FRePo's Conv (with growth 2, lecun init, pad_to 32): a BatchNorm before the 2nd and 3rd
+    pooled blocks, batch statistics with train=True, running averages otherwise.
     (n, H, W, C) -> (n, num_classes); H, W >= 8."""
 
     stem: bool = True
@@ -269,6 +271,10 @@ class ConvNet(_ConvNetwork):
         if self.stem:
             x = self.conv_relu(x, first)
         for i in range(3):
+            if self.norm == "batch" and i > 0:
+                # FRePo's Conv: batch norm on each pooled block's input but the first; flax momentum 0.1
+                # as FRePo passes it (the running statistics keep 0.1 of the old, 0.9 of each batch's)
+                x = nn.BatchNorm(use_running_average=not train, momentum=0.1, epsilon=1e-5, param_dtype=self.param_dtype)(x)
             x = avg_pool(self.conv_relu(x, first if i == 0 and not self.stem else None, self.width * self.growth**i))
         return self.readout(x.reshape(x.shape[0], -1))
 
@@ -371,7 +377,8 @@ def build(
 
     width: hidden units / channels (ResNet-18: of its first stage); None is the preset's
     default, `DEFAULT_WIDTHS` or 1024.
-    norm: 'instance' puts an instance norm after each conv (KIP conv nets only; the DC/DSA protocol).
+    norm: 'instance' puts an instance norm after each conv (KIP conv nets only; the DC/DSA protocol);
+    'batch' a batch norm before each pooled block but the first (the ConvNets only; FRePo's Conv).
     head: False drops the output layer: the network maps to the (n, D) features it would read.
     weight_init: 'normal' (W_std, b_std) or 'torch' (PyTorch's default uniform initialisation).
     pad_to: ConvNets only: the first conv pads smaller images up to pad_to x pad_to.
@@ -406,6 +413,8 @@ def build(
             raise InputError(f"im2col applies to the KIP conv nets only, not {name}")
         kwargs["im2col"] = True
     if norm != "none":
+        if norm == "batch" and not name.startswith("convnet"):
+            raise InputError(f"--norm batch applies to the ConvNets only, not {name}")
         if name.startswith("fc") or name == "resnet18":
             raise InputError(f"--norm {norm} applies to the KIP conv nets only, not {name}")
         kwargs["norm"] = norm

@@ -140,6 +140,26 @@ def test_frepo_steps_lower_the_loss_and_renew_old_networks():
     assert not np.allclose(np.asarray(state.params["labels"]), np.asarray(frepo.initial_labels(3, 1)))  # learned
 
 
+def test_frepo_pool_networks_with_batch_norm_keep_their_running_statistics_in_the_pool():
+    # FRePo's Conv in the pool: the network a step trains updates its running statistics (train mode),
+    # a renewed one starts from the initial ones (mean 0), and the features read them
+    _, data, settings, start = _frepo_problem(pool_size=2, max_age=3)
+    model = models.build("convnet3", 3, 4, norm="batch", weight_init="lecun", growth=2, param_dtype=jnp.float64)
+    optimizer = frepo.image_optimizer(0.05)
+    state = frepo.init_state(model, settings, start, frepo.initial_labels(3, 1), optimizer, jax.random.PRNGKey(4))
+    mean = lambda s: np.asarray(s.pool.variables["batch_stats"]["BatchNorm_0"]["mean"])  # (pool, channels)
+    assert not mean(state).any()
+    step = jax.jit(frepo.make_step(settings, model.clone(), model.clone(head=False), optimizer))
+    for _ in range(8):
+        before = state
+        state, metrics = step(state, data)
+        assert np.isfinite(float(metrics["loss"]))
+        changed = np.flatnonzero(np.any(mean(state) != mean(before), axis=1))
+        assert len(changed) == 1  # one member per step
+        i = changed[0]
+        assert (int(state.ages[i]) == 0) == (not mean(state)[i].any())  # renewed <=> initial statistics
+
+
 def test_frepo_cosine_decay_scales_each_lamb_update_by_the_closed_form():
     # LAMB's update is linear in its lr given the same moments, so the decayed optimiser's update over
     # the constant one's is the schedule: 0.1 + 0.9 * (1 + cos(pi t / N)) / 2 up to N, then 0.1
@@ -177,11 +197,14 @@ def _arrays(out):
 
 
 # DD's resume is the shared loop's (tests/test_matching.py, FRePo here): slow, for completeness
-@pytest.mark.parametrize("method", [pytest.param("dd", marks=pytest.mark.slow), "frepo"])
+@pytest.mark.parametrize("method", [pytest.param("dd", marks=pytest.mark.slow), "frepo", "frepo-conv"])
 def test_a_dd_or_frepo_run_resumes_to_the_uninterrupted_result(tmp_path, method):
     whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
-    # FRePo's with its cosine lr decay: the schedule's step count must come back from the checkpoint
+    # FRePo's with its cosine lr decay: the schedule's step count must come back from the checkpoint; with
+    # its own Conv, the pool's batch-norm statistics too
     extra = ["--unroll-epochs", "2"] if method == "dd" else ["--pool-size", "2", "--max-age", "2", "--lr-decay-steps", "3"]
+    if method == "frepo-conv":
+        method, extra = "frepo", extra + ["--pool-net", "frepo", "--width", "4"]
     assert cli.main(RUN + extra + ["--method", method, "--steps", "4", "--eval-every", "4", "--out", whole]) == 0
     assert cli.main(RUN + extra + ["--method", method, "--steps", "2", "--eval-every", "2", "--out", split]) == 0
     assert cli.main(RUN + extra + ["--method", method, "--steps", "4", "--eval-every", "2", "--out", split, "--resume"]) == 0
@@ -204,6 +227,8 @@ def test_a_dd_or_frepo_run_resumes_to_the_uninterrupted_result(tmp_path, method)
     (["--method", "frepo", "--max-age", "0"], "--max-age must be at least 1"),
     (["--method", "frepo", "--lr-decay-steps", "0"], "--lr-decay-steps must be at least 1"),
     (["--method", "dm", "--lr-decay-steps", "10"], "--lr-decay-steps applies to --method frepo"),
+    (["--method", "dc", "--pool-net", "frepo"], "--pool-net applies to --method frepo"),
+    (["--method", "frepo", "--pool-net", "resnet"], "--pool-net must be one of dc, frepo"),
 ])
 def test_bad_dd_or_frepo_options_exit_2_with_one_line(tmp_path, capsys, argv, message):
     out = str(tmp_path / "bad")

@@ -165,7 +165,8 @@ def test_conv_derivatives_equal_lax_convolution(channels, kernel, strides, size)
         (dict(name="fc1", parameterization="mup"), "parameterization"),
         (dict(name="fc1", norm="instance"), "conv nets only"),
         (dict(name="resnet18", norm="instance"), "conv nets only"),
-        (dict(name="convnet", norm="batch"), "norm must be"),
+        (dict(name="convnet", norm="group"), "norm must be"),
+        (dict(name="myrtle5", norm="batch"), "ConvNets only"),
         (dict(name="convnet", width=0), "at least 1"),
     ],
 )
@@ -224,3 +225,39 @@ def test_resnet_block_uses_batch_statistics_in_train_mode_only():
                        mutable=["intermediates"])[1]["intermediates"]["Conv_0"]["__call__"][0]
     np.testing.assert_allclose(state["batch_stats"]["BatchNorm_0"]["mean"], 0.1 * conv.mean(axis=(0, 1, 2)),
                                rtol=1e-4, atol=1e-7)
+
+
+def test_frepo_conv_has_its_layout_parameter_count_and_batch_norm_momentum():
+    # FRePo's Conv (normalization='batch', width 128) on MNIST: the first conv pads 28 -> 32 (3 a side),
+    # blocks of 128, 256, 512 channels pooled to 16, 8, 4, a BatchNorm on the 2nd and 3rd blocks' inputs
+    from kip import method_run
+
+    model, embed, width = method_run.frepo_conv(None, 10)
+    x = jax.random.normal(jax.random.PRNGKey(0), (6, 28, 28, 1))
+    variables = model.init(jax.random.PRNGKey(1), x)
+    params = variables["params"]
+    conv = lambda c_in, c_out: 9 * c_in * c_out + c_out
+    assert width == 128 and sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(params)) == (
+        conv(1, 128) + 2 * 128 + conv(128, 256) + 2 * 256 + conv(256, 512) + 4 * 4 * 512 * 10 + 10)
+    assert [params[f"BatchNorm_{i}"]["scale"].shape for i in (0, 1)] == [(128,), (256,)]
+    features = embed.apply(frepo_head_free(variables, embed), x)
+    assert features.shape == (6, 4 * 4 * 512)
+    # train mode: batch statistics (an image's output depends on its batch), and the running mean keeps
+    # 0.1 of the old (FRePo's flax momentum 0.1): from 0, one batch gives 0.9 m, the same batch again 0.99 m
+    out, state = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    out_pair, _ = model.apply(variables, x[:2], train=True, mutable=["batch_stats"])
+    assert not np.allclose(out[:2], out_pair, atol=1e-4)
+    _, state2 = model.apply({**variables, **state}, x, train=True, mutable=["batch_stats"])
+    m1, m2 = (np.asarray(s["batch_stats"]["BatchNorm_0"]["mean"]) for s in (state, state2))
+    np.testing.assert_allclose(m2, 1.1 * m1, rtol=1e-4, atol=1e-7)
+    # eval mode (FRePo's features): running statistics, so an image's features are its own
+    trained = {**variables, **state2}
+    np.testing.assert_allclose(embed.apply(frepo_head_free(trained, embed), x)[:2],
+                               embed.apply(frepo_head_free(trained, embed), x[:2]), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(embed.apply(frepo_head_free(trained, embed), x), features, atol=1e-4)
+
+
+def frepo_head_free(variables, embed):
+    from kip import frepo
+
+    return frepo.head_free(variables, embed.init(jax.random.PRNGKey(0), jnp.ones((1, 28, 28, 1)))["params"])
