@@ -184,8 +184,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--fixed-labels", dest="learn_labels", action="store_false", default=None,
                    help="frepo: keep the one-hot labels (default: learned)")
     g.add_argument("--pool-net", default=None,
-                   help=f"frepo: the pool's networks, one of {', '.join(method_run.POOL_NETS)}: 'dc', the methods' ConvNet3 without norm at --width; 'frepo', FRePo's "
-                        "own Conv: --width x 1, 2, 4 channels (default 128) with batch norm (default: dc)")
+                   help=f"frepo: the pool's networks, one of {', '.join(method_run.POOL_NETS)}: 'dc', the methods' "
+                        "ConvNet3 without norm at --width; 'frepo', FRePo's own Conv: --width x 1, 2, 4 channels "
+                        "(default 128) with batch norm (default: dc)")
 
     p = sub.add_parser("trajectories", help="record expert trajectories for --method mtt: ConvNets trained on the "
                                             "real data, parameters after every epoch (resumable)")
