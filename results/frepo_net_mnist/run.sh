@@ -20,7 +20,7 @@ seed() {  # $1: distillation seed; $2: core
   # subsets under the same protocol, trained once and then read from the cache)
   taskset -c $2 kip evaluate --distilled $out/distilled.npz --dataset mnist --data-dir ../shared/datasets --method train \
     --protocol frepo --networks 2 --baseline-subsets 3 --cache-dir runs/networks --no-progress \
-    --out results/frepo_net_mnist/frepo_protocol$suffix.json
+    --out results/frepo_net_mnist/frepo_protocol${suffix//-/_}.json
 }
 seed 0 1
 seed 1 1 & seed 2 0 & wait
