@@ -33,12 +33,13 @@ import numpy as np
 
 from kip import InputError, cells, io, label_solve, method_run, plots, protocols, report, run, table, trajectories, transfer
 
-ALL = ("kip-rf", "kip-exact", "label-solve", "dc", "dsa", "dm", "dd", "mtt", "frepo", "frepo-lr")
+ALL = ("kip-rf", "kip-exact", "label-solve", "dc", "dsa", "dm", "dd", "mtt", "frepo", "frepo-lr", "frepo-net")
 NAMES = {"kip-rf": "KIP (random features)", "kip-exact": "KIP (exact kernel)", "label-solve": "Label Solve",
          "dc": "DC", "dsa": "DSA", "dm": "DM", "dd": "DD", "mtt": "MTT", "frepo": "FRePo",
-         "frepo-lr": "FRePo (image lr on validation)"}
+         "frepo-lr": "FRePo (image lr on validation)", "frepo-net": "FRePo (own network)"}
 # a row that runs another method at other settings: the method it runs
-RUNS_AS = {"frepo-lr": "frepo"}
+RUNS_AS = {"frepo-lr": "frepo", "frepo-net": "frepo"}
+FREPO_ROWS = ("frepo", "frepo-lr", "frepo-net")
 # FRePo's image lr for short budgets, chosen on a validation split (results/frepo_lr_mnist.md: 3e-4,
 # its paper's, 3e-3 and 3e-2, 6 CPU-minutes each at 1 per class): its paper's lr is set for 500k steps
 FREPO_SHORT_LR = 3e-3
@@ -56,6 +57,9 @@ CPU_METHODS = {
     "mtt": (dict(syn_steps=20, expert_epochs=2, max_start_epoch=4, lr=100.0), 10),
     "frepo": (dict(width=64), 20),
     "frepo-lr": (dict(width=64, lr=FREPO_SHORT_LR), 20),
+    # FRePo's own distillation network (width x 1, 2, 4 channels, batch norm) at width 32: at its paper's
+    # width 128 a step takes ~4 CPU-s here, ~300 steps in 20 minutes (results/frepo_net_mnist.md)
+    "frepo-net": (dict(width=32, pool_net="frepo", lr=FREPO_SHORT_LR), 20),
 }
 # at 10 per class DC's loops (10 matching steps, 50 inner epochs) take a minute per iteration here
 CPU_SIZE_METHODS = {10: {"dc": (dict(width=64, real_batch=64, outer_loop=10, inner_loop=10), 1),
@@ -68,6 +72,7 @@ QUICK_METHODS = {
     "mtt": (dict(syn_steps=2, expert_epochs=1, max_start_epoch=1, lr=10.0), 2),
     "frepo": (dict(width=8, real_batch=8, pool_size=2, max_age=4), 2),
     "frepo-lr": (dict(width=8, real_batch=8, pool_size=2, max_age=4, lr=FREPO_SHORT_LR), 2),
+    "frepo-net": (dict(width=8, real_batch=8, pool_size=2, max_age=4, lr=FREPO_SHORT_LR, pool_net="frepo"), 2),
 }
 # the card's lr grid shifted down: at width 128 for 1000 steps lr 0.1 diverged and 0.01, the card's
 # lowest, was best on validation for KIP's set (a best choice at the grid's edge)
@@ -90,22 +95,22 @@ MODES = {
                 # the final sets of the methods that learn labels also under their own evaluation (their
                 # labels, MSE): FRePo's Conv at its width; KIP's and Label Solve's finite ConvNet3 (the
                 # kernel's network) at width 128 for 1000 steps, lr chosen on validation (CPU)
-                own={**{k: ("frepo", dict(networks=2, baseline_subsets=3)) for k in ("frepo", "frepo-lr")}, "mtt": MTT_OWN,
+                own={**{k: ("frepo", dict(networks=2, baseline_subsets=3)) for k in FREPO_ROWS}, "mtt": MTT_OWN,
                      **{k: ("kip", _KIP_OWN_CPU) for k in KERNEL_LABEL_METHODS}},
                 # at 10 per class the kip card's lr grid trains 4 x (2 + 3) networks of 100 images per set
                 # (~10 CPU-minutes each here, ~3 CPU-hours per method): FRePo's and MTT's only
-                own_sizes={10: ("frepo", "frepo-lr", "mtt")}),
+                own_sizes={10: (*FREPO_ROWS, "mtt")}),
     "gpu": dict(dataset="mnist", protocol="dsa", clock="wall", evaluation=dict(networks=10),
                 size_evaluation={k: dict(baseline_subsets=5) for k in (1, 10)},
                 krr=dict(kernel="convnet3"), sizes={1: (3, (2, 6, 20)), 10: (3, (20,))},
                 experts=dict(experts=20, epochs=30), methods={**{m: (dict(o, width=128) if "width" in o else o, c)
                                                                   for m, (o, c) in CPU_METHODS.items()}},
-                size_methods={}, own={"frepo": ("frepo", {}), "frepo-lr": ("frepo", {}), "mtt": MTT_OWN, **{k: ("kip", dict(model="convnet3"))
+                size_methods={}, own={**{k: ("frepo", {}) for k in FREPO_ROWS}, "mtt": MTT_OWN, **{k: ("kip", dict(model="convnet3"))
                                                                   for k in KERNEL_LABEL_METHODS}}),
     "quick": dict(dataset="digits", protocol="dsa", clock="cpu", evaluation=dict(networks=1, width=8, epochs=20),
                   size_evaluation={1: dict(baseline_subsets=2)}, krr=dict(kernel="fc1"), sizes={1: (1, (0.05, 0.15))},
                   experts=dict(experts=1, epochs=2, width=8), methods=QUICK_METHODS, size_methods={},
-                  own={**{k: ("frepo", dict(networks=1, baseline_subsets=1, width=8, steps=20)) for k in ("frepo", "frepo-lr")},
+                  own={**{k: ("frepo", dict(networks=1, baseline_subsets=1, width=8, steps=20)) for k in FREPO_ROWS},
                        "mtt": MTT_OWN}),
 }
 
