@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                 options = run.KernelOptions(args.kernel, args.rf_models, args.rf_width, seed=args.seed)
                 result = run.evaluate_run(args.distilled, args.dataset, args.data_dir, options, args.preprocess,
                                           args.precision, args.reg, args.block_size, max_memory=args.max_memory,
-                                          devices=args.devices, zca_strength=args.zca_strength, layout=args.layout)
+                                          devices=args.devices, zca_strength=args.zca_strength, layout=args.layout,
+                                          hard_labels=bool(args.hard_labels))
             elif args.method == "slapknn":
                 from kip import transfer
 

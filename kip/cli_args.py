@@ -316,7 +316,7 @@ def _add_release_args(p: argparse.ArgumentParser) -> None:
 # `kip evaluate` options that belong to some methods only (default None: given or not is known)
 EVALUATE_OPTIONS = {
     "kernel": ("krr",), "rf_models": ("krr",), "rf_width": ("krr",), "devices": ("krr",), "precision": ("krr",),
-    "reg": ("krr",), "block_size": ("krr",), "max_memory": ("krr",),
+    "reg": ("krr",), "block_size": ("krr",), "max_memory": ("krr",), "hard_labels": ("krr",),
     "protocol": ("train",), "matched": ("train",), "model": ("train",), "width": ("train",), "norm": ("train",),
     "epochs": ("train",), "steps": ("train",), "networks": ("train",), "networks_per_subset": ("train",),
     "baseline_subsets": ("train",), "lr": ("train",), "weight_decay": ("train",), "label_scale": ("train",),
@@ -336,6 +336,9 @@ def _add_evaluate_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reg", type=float, default=None, help=f"ridge, times tr(K)/n (default: {krr.DEFAULT_REG})")
     g.add_argument("--block-size", type=int, default=None, help=f"test rows per kernel block (default: {krr.DEFAULT_BLOCK})")
     g.add_argument("--max-memory", type=_size, default=None, metavar="SIZE", help="see kip distill")
+    g.add_argument("--hard-labels", action="store_const", const=True, default=None,
+                   help="regress on one-hot labels (the argmax of each of the set's label rows) in place of its own: "
+                        "how much of its accuracy its images carry without its learned labels")
     g = p.add_argument_group("--method train: finite networks under a protocol card (kip protocols), with overrides "
                              "that are recorded in the result")
     g.add_argument("--protocol", default=None, help="a protocol name (kip protocols) or a .toml card (default: kip)")

@@ -474,14 +474,18 @@ def evaluate_run(
     devices: int | None = None,
     zca_strength: float = preprocess.ZCA_STRENGTH,
     layout: str = "auto",
+    hard_labels: bool = False,
 ) -> dict:
     """KRR test accuracy of a distilled set under a kernel (a name, or `KernelOptions` for
     random features), the test set split over `devices` devices (None: all). The file's own
-    preprocessing is re-applied to the test set; for a file without one, the stated `recipe`."""
+    preprocessing is re-applied to the test set; for a file without one, the stated `recipe`.
+    `hard_labels`: centred one-hot rows of the argmax of the set's labels in place of its own."""
     options = KernelOptions.of(kernel)
     check_kernel(options)
     loaded = load_distilled_for(distilled, dataset, data_dir, recipe, zca_strength, layout)
     ds, images, labels = loaded.dataset, loaded.images, loaded.labels
+    if hard_labels:
+        labels = np.asarray(data.one_hot(np.argmax(labels, axis=1), ds.num_classes))
     problem = prepare(ds, options, precision=precision, preprocessing=loaded.preprocessing, max_memory=max_memory,
                       devices=devices)
     log(f"kip evaluate: {parallel.describe(problem.mesh)}; the test set is split between them")
@@ -489,8 +493,8 @@ def evaluate_run(
     kernel = options.name
     if rf.parse(kernel):
         result.update(rf_models=options.rf_models, rf_width=options.rf_width, rf_seed=options.seed)
-    result.update(support_size=int(len(images)), kernel=kernel, dataset=ds.name, test_size=int(len(ds.y_test)),
-                  preprocessing=loaded.note, devices=problem.mesh.size)
-    log(f"{distilled}: {len(images)} images, kernel {kernel}, {ds.name} test accuracy "
+    result.update(support_size=int(len(images)), labels="hard" if hard_labels else "set", kernel=kernel, dataset=ds.name,
+                  test_size=int(len(ds.y_test)), preprocessing=loaded.note, devices=problem.mesh.size)
+    log(f"{distilled}: {len(images)} images{' (hard labels)' * hard_labels}, kernel {kernel}, {ds.name} test accuracy "
         f"{100 * result['test_accuracy']:.2f}%, test mse {result['test_mse']:.5f}")
     return result

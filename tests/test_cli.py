@@ -117,6 +117,7 @@ def test_nan_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_path, capsys
         (["evaluate", "--distilled", "{tmp}/missing.npz"], "no such file"),
         (["evaluate", "--distilled", "{tmp}/wrongshape.npz"], "images are"),
         (["evaluate", "--distilled", "{tmp}/wronglabels.npz"], "labels"),
+        (["evaluate", "--distilled", "{tmp}/tenimages.npz", "--method", "train", "--hard-labels"], "--hard-labels"),
         (["label-solve", "--ipc", "1000"], "class 0 has only"),
         (["label-solve", "--target-size", "0"], "--target-size must be at least 1"),
         (["label-solve", "--reg", "-1"], "--reg must be >= 0"),
@@ -212,6 +213,25 @@ def test_label_solve_improves_on_one_hot_labels(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["target_size"] == 1437
     assert metrics["test_accuracy"] > metrics["initial_test_accuracy"]
+
+
+def test_hard_labels_regress_on_the_one_hot_rows_of_the_set_s_argmax(tmp_path):
+    """`kip evaluate --hard-labels` on a Label Solve set (real images, solved labels) equals the plain
+    evaluation of a copy whose labels numpy replaced by centred one-hot rows of their argmax, and
+    differs from the set's own labels."""
+    assert run_cli("label-solve", "--out", tmp_path / "ls", "--ipc", "2") == 0
+    solved = dict(np.load(tmp_path / "ls" / "distilled.npz"))
+    hard = np.eye(10)[np.argmax(solved["labels"], axis=1)] - 0.1
+    np.savez(tmp_path / "copy.npz", **{**solved, "labels": hard})
+    results = {}
+    for name, path, extra in (("own", tmp_path / "ls" / "distilled.npz", ()), ("flag", tmp_path / "ls" / "distilled.npz",
+                              ("--hard-labels",)), ("copy", tmp_path / "copy.npz", ())):
+        assert run_cli("evaluate", "--distilled", path, *extra, "--out", tmp_path / f"{name}.json") == 0
+        results[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert results["flag"]["test_mse"] == pytest.approx(results["copy"]["test_mse"], rel=1e-9)
+    assert results["flag"]["test_accuracy"] == results["copy"]["test_accuracy"]
+    assert results["flag"]["labels"] == "hard" and results["own"]["labels"] == "set"
+    assert results["own"]["test_mse"] != pytest.approx(results["flag"]["test_mse"], rel=1e-3)
 
 
 def test_every_method_option_the_cli_accepts_is_one_its_config_reads():
