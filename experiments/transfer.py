@@ -5,6 +5,7 @@ KIP-ConvNet -> ConvNet transfer, RFAD's kernel-aligned recipe, DC's evaluation).
     python experiments/transfer.py runs/transfer_sets --data-dir ../shared/datasets     # every */distilled.npz below
     python experiments/transfer.py runs/transfer_sets --data-dir ../shared/datasets --protocols rfad dc
     python experiments/transfer.py --quick        # digits: distils 1 and 5 per class, tiny networks, a smoke run
+    python experiments/transfer.py runs/more_sets --merge results/transfer_mnist.json   # new sets beside the table's rows
 
 Configuration only: each mode names the protocols and their overrides (a CPU runs width-128
 networks where the papers use 1024, and says so); `kip.transfer.evaluate_set` trains the
@@ -15,7 +16,9 @@ the finite ConvNet3) unless the protocol's card names a network of its own (dc, 
 `NAME-seedK` are grouped as distillation seeds of NAME (mean ± std over them). The validation
 split of every set of one size excludes all of those sets' source images, so their random
 subsets share one split and are trained once; it also excludes the start images of distillation
-seeds 0-2 of that size, so adding a seed's set later changes no split. Writes results/transfer_<dataset>.{md,json}.
+seeds 0-2 of that size, so adding a seed's set later changes no split. `--merge` puts the rows of
+earlier results of this script beside the ones judged now (each row names the commit that judged it),
+so a table grows by its new sets without judging the old ones again. Writes results/transfer_<dataset>.{md,json}.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import re
 
 import numpy as np
 
-from kip import cells, io, protocols, release, report, run, table, transfer
+from kip import InputError, cells, io, protocols, release, report, run, table, transfer
 
 SEEDS = 3  # distillation seeds a headline cell uses (0, 1, 2)
 
@@ -84,26 +87,58 @@ def pct(summary: dict | None) -> str:
 COLUMNS = table.shown(("setting", "setting"), ("images/class", "ipc"), ("distillation seeds", "seeds"),
                       ("KRR (own kernel)", "krr"), ("protocol: network", "network"), ("set", "set"),
                       ("random real, same protocol", "random"), ("set - random", "difference"),
-                      ("set, validation", "validation"), ("published", "published"))
+                      ("set, validation", "validation"), ("published", "published"), ("judged at", "judged_at"))
+BEST = " (best on validation)"  # the setting of a size and protocol whose networks did best on validation
+
+
+def row_key(row: dict) -> tuple:
+    """What a row judges: one distillation seed of one setting under one protocol."""
+    return row["setting"], row["distillation_seed"], row["ipc"], row["protocol"]
+
+
+def merged_rows(paths: list[str], mode: str, judged_now: set[tuple]) -> tuple[list[dict], list[dict]]:
+    """(the rows of earlier results files of this script, each with the commit that judged it,
+    leaving out those judged now; a record per file: its command, commit and rows kept)."""
+    rows, sources = [], []
+    for path in paths:
+        try:
+            earlier = io.read_json(path)
+        except (OSError, ValueError) as e:
+            raise InputError(f"--merge {path}: not a readable results file ({e})") from None
+        if earlier.get("mode") != mode or not isinstance(earlier.get("rows"), list):
+            raise InputError(f"--merge {path}: not a {mode}-mode results file of transfer.py")
+        stamp = earlier.get("provenance", {}).get("stamp", "unknown")
+        kept = [{**r, "judged_at": r.get("judged_at", stamp)} for r in earlier["rows"] if row_key(r) not in judged_now]
+        rows += kept
+        sources.append({"file": path, "command": earlier.get("command"), "commit": stamp, "rows": len(kept),
+                        "replaced": len(earlier["rows"]) - len(kept)})
+    return rows, sources
 
 
 def render(rows: list[dict]) -> str:
     """One line per setting x protocol: distillation seeds pooled (each seed's networks' mean)."""
+    groups = table.groups(rows, lambda r: (r["setting"], r["ipc"], r["protocol"]), lambda k: (k[1], k[2], k[0]))
+    vals = {key: np.mean([np.mean(r["set"]["val_accuracies"]) for r in rs]) for key, rs in groups}
+    rivals: dict[tuple, list] = {}  # (size, protocol) -> its settings' (validation accuracy, setting)
+    for (setting, ipc, protocol), val in vals.items():
+        rivals.setdefault((ipc, protocol), []).append((-1.0 if np.isnan(val) else val, setting))
     out = []
-    for (setting, ipc, protocol), rs in table.groups(rows, lambda r: (r["setting"], r["ipc"], r["protocol"]),
-                                                     lambda k: (k[1], k[2], k[0])):
+    for (setting, ipc, protocol), rs in groups:
         m, s = report.mean_std([r["set"]["mean"] for r in rs])
         krr = [r["krr"] for r in rs if r["krr"] is not None]
-        val = np.mean([np.mean(r["set"]["val_accuracies"]) for r in rs])
+        val, others = vals[setting, ipc, protocol], rivals[ipc, protocol]
         card = rs[0]["card"]
         net_text = f"{card['model']} w{card['width']}, lr {rs[0]['train_config']['lr']:g}" + (", matched" if rs[0]["matched"] else "")
-        out.append({"setting": setting, "ipc": ipc, "seeds": len(rs), "krr": "-" if not krr else f"{100 * np.mean(krr):.1f}",
+        chosen = len(others) > 1 and not np.isnan(val) and max(others)[1] == setting
+        out.append({"setting": setting + (BEST if chosen else ""), "ipc": ipc, "seeds": len(rs),
+                    "krr": "-" if not krr else f"{100 * np.mean(krr):.1f}",
                     "network": f"{protocol}: {net_text}",
                     "set": f"**{100 * m:.1f} ± {100 * s:.1f}**" if len(rs) > 1 else f"**{pct(rs[0]['set'])}**",
                     "random": pct(rs[0]["random"]),
                     "difference": f"{100 * report.mean_std([r['difference'] for r in rs])[0]:+.1f}",
                     "validation": "-" if np.isnan(val) else f"{100 * val:.1f}",
-                    "published": "; ".join(f"{x['method']} {x['accuracy']}" for x in rs[0]["published"]) or "-"})
+                    "published": "; ".join(f"{x['method']} {x['accuracy']}" for x in rs[0]["published"]) or "-",
+                    "judged_at": ", ".join(sorted({r["judged_at"] for r in rs}))})
     return table.markdown(COLUMNS, out)
 
 
@@ -112,15 +147,22 @@ def main() -> None:
         parser.add_argument("dirs", nargs="*", help="folders searched (recursively) for distilled.npz files")
         parser.add_argument("--protocols", nargs="+", default=None, help="a subset of the mode's protocols")
         parser.add_argument("--name", default=None, help="results file name (default: transfer_<dataset>)")
+        parser.add_argument("--merge", nargs="+", default=[], metavar="JSON",
+                            help="earlier results of this script (.json) whose rows join the table (a set and protocol "
+                                 "judged now replaces its merged row); without folders, the merged rows alone")
 
     args, mode, runs_dir = report.experiment_args(__doc__, "transfer", "width 1024, the cards' network counts",
                                                   "digits, KIP-FC sets made here, tiny networks", extra=extra)
     m = MODES[mode]
+    try:
+        merged_rows(args.merge, mode, set())  # a bad file stops here, before any set is made or judged
+    except InputError as e:
+        raise SystemExit(f"transfer.py: error: {e}") from None
     chosen = {k: v for k, v in m["protocols"].items() if args.protocols is None or k in args.protocols}
     data_dir = None if m["dataset"] == "digits" else args.data_dir
     paths = quick_sets(runs_dir, args.overwrite) if mode == "quick" else sorted(
         p for d in args.dirs for p in glob.glob(os.path.join(d, "**", "distilled.npz"), recursive=True))
-    if not paths:
+    if not paths and (args.dirs or not args.merge):
         raise SystemExit(f"transfer.py: error: no distilled.npz under {', '.join(args.dirs) or '(no folders given)'}")
     loaded = {p: release.load_distilled_for(p, m["dataset"], data_dir) for p in paths}
     by_size: dict[int, list[np.ndarray]] = {}
@@ -154,10 +196,18 @@ def main() -> None:
                                   cache_dir=cache_dir, progress=not args.no_progress,
                                   val_exclude=np.concatenate(by_size[ipc]))
         return {**r, "setting": setting, "distillation_seed": dseed, "krr": krr, "kernel": s.kernel,
-                "matched": spec["matched"], "overrides": recorded, "preprocessing": s.note}
+                "matched": spec["matched"], "overrides": recorded, "preprocessing": s.note,
+                "judged_at": args.provenance["stamp"]}
 
     # no runs here (the sets are given, or made by quick_sets): every trained network is in the networks cache
-    rows = table.run_rows(table.grid(path=list(loaded), protocol=list(chosen)), lambda point: {}, runs_dir, judged)
+    points = table.grid(path=list(loaded), protocol=list(chosen)) if loaded else []
+    judged_now = {(*setting_of(p["path"]), len(loaded[p["path"]].images) // loaded[p["path"]].dataset.num_classes,
+                   p["protocol"]) for p in points}
+    try:
+        earlier, sources = merged_rows(args.merge, mode, judged_now)
+    except InputError as e:
+        raise SystemExit(f"transfer.py: error: {e}") from None
+    rows = table.run_rows(points, lambda point: {}, runs_dir, judged) + earlier
     ds_name = rows[0]["dataset"]
     body = render(rows) + f"""
 
@@ -180,7 +230,11 @@ augmentation), which apply to every row:
                 + (f"; networks per set by size: {spec['networks_by_ipc']}" if spec.get("networks_by_ipc") else "")
                 + ("; lr = the card's rate for the size x card width / width (the NTK of a standard-parameterisation "
                    "network grows linearly with width)" if spec.get("lr_times_width_ratio") else "")
-                for name, spec in chosen.items()) + "\n" + (
+                for name, spec in chosen.items()) + "\n" + "".join(
+        f"\nRows from {x['file']} ({x['rows']} rows; judged at {x['commit']} by `{x['command']}`"
+        + (f"; {x['replaced']} of its rows judged again here" if x["replaced"] else "") + ")" for x in sources) + (
+        f"\n\n\"{BEST.strip(' ()')}\": per size and protocol, the setting whose networks reached the highest mean "
+        "accuracy on the validation split (protocols that report the final network have none).\n") + (
         "\nSmoke run (--quick): tiny networks, few steps; it checks the pipeline, not the method.\n" if mode == "quick" else "")
     name = args.name or f"transfer_{ds_name}" + ("_quick" if mode == "quick" else "")
     report.write_results(name, f"Distilled sets on {ds_name} trained into finite networks under named protocols", body,

@@ -195,3 +195,37 @@ def test_kip_convnet_refuses_to_choose_an_lr_without_a_validation_split(tmp_path
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": ROOT})
     assert proc.returncode == 2 and "several --lr values need --val-size" in proc.stderr, proc.stderr
     assert not (tmp_path / "runs").exists() and not list(tmp_path.glob("*.md"))
+
+
+def test_transfer_merge_keeps_earlier_rows_beside_new_ones_and_marks_the_best_on_validation(tmp_path):
+    """`transfer.py --merge`: an earlier table's rows (here the quick run's, renamed as if other sets)
+    join the sets judged now, each naming the commit that judged it; a set judged again replaces its
+    merged row; the setting best on validation per size is marked; a file that is not a results file
+    of this script is refused in one line before anything runs."""
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "transfer.py"), "--quick", "--no-progress", "--protocols", "rfad",
+           "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"), "--allow-dirty"]
+    run = lambda *extra: subprocess.run([*cmd, *extra], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                                        env={**os.environ, "PYTHONPATH": ROOT})
+    assert run().returncode == 0
+    first = json.loads((tmp_path / "results" / "transfer_digits_quick.json").read_text())
+    earlier = {**first, "provenance": {"stamp": "abc1234"}, "rows": [
+        {**{k: v for k, v in r.items() if k != "judged_at"}, "setting": "earlier-" + r["setting"],
+         "set": {**r["set"], "val_accuracies": [v + 0.5 for v in r["set"]["val_accuracies"]]}} for r in first["rows"]]}
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    again = run("--merge", str(tmp_path / "earlier.json"), str(tmp_path / "results" / "transfer_digits_quick.json"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    merged = json.loads((tmp_path / "results" / "transfer_digits_quick.json").read_text())["rows"]
+    # the quick sets are judged again (their merged rows replaced, not doubled), the renamed rows kept as they were
+    assert sorted(r["setting"] for r in merged) == sorted([r["setting"] for r in first["rows"]] + [r["setting"] for r in earlier["rows"]])
+    assert [r["set"] for r in merged if r["setting"].startswith("earlier-")] == [r["set"] for r in earlier["rows"]]
+    assert [r["set"] for r in merged if not r["setting"].startswith("earlier-")] == [r["set"] for r in first["rows"]]
+    text = (tmp_path / "results" / "transfer_digits_quick.md").read_text()
+    for ipc in (1, 5):  # the renamed rows' validation accuracies are 0.5 above: they are the best per size
+        assert re.search(rf"\| earlier-digits-fc1-ipc{ipc} \(best on validation\) \| {ipc} \| .* \| abc1234 \|", text), text
+        assert f"| digits-fc1-ipc{ipc} | {ipc} |" in text
+    assert "Rows from " + str(tmp_path / "earlier.json") + " (2 rows; judged at abc1234" in text
+    assert "2 of its rows judged again here" in text
+    (tmp_path / "bad.json").write_text(json.dumps({"mode": "cpu", "rows": []}))
+    bad = run("--merge", str(tmp_path / "bad.json"))
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [
+        f"transfer.py: error: --merge {tmp_path / 'bad.json'}: not a quick-mode results file of transfer.py"], bad.stderr
