@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from kip import report
@@ -229,3 +230,28 @@ def test_transfer_merge_keeps_earlier_rows_beside_new_ones_and_marks_the_best_on
     bad = run("--merge", str(tmp_path / "bad.json"))
     assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [
         f"transfer.py: error: --merge {tmp_path / 'bad.json'}: not a quick-mode results file of transfer.py"], bad.stderr
+
+
+def test_label_information_matches_the_run_s_own_evaluations_and_counts_labels(tmp_path):
+    """label_information.py's quick run: its KRR of the set with its own labels and of the real images
+    the set started from equal what the distilling run measured itself (metrics.json, another code
+    path); the label statistics by hand on a small case."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "label_information.py"), "--quick", "--no-progress",
+                           "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"), "--allow-dirty"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads((tmp_path / "results" / "label_information_digits_quick.json").read_text())["rows"][0]
+    metrics = json.loads((tmp_path / "runs" / "digits-fc1-ipc1-learn" / "metrics.json").read_text())
+    assert row["own_labels"] == pytest.approx(metrics["test_accuracy"], abs=1e-9)
+    assert row["real_start"] == pytest.approx(metrics["initial_test_accuracy"], abs=1e-9)
+    assert 0.1 < row["hard_labels"] <= 1 and row["labels"]["rows"] == 10
+    # the label statistics, by hand from the set's file
+    kept = np.load(tmp_path / "runs" / "digits-fc1-ipc1-learn" / "distilled.npz")
+    from kip import data
+
+    true, labels = data.load("digits").y_train[kept["initial_indices"]], kept["labels"]
+    on_class = np.abs(labels[np.arange(10), true])
+    assert row["labels"]["argmax_is_source_class"] == int(sum(np.argmax(labels[i]) == true[i] for i in range(10)))
+    assert row["labels"]["classes_covered"] == len(set(np.argmax(labels, 1)))
+    assert row["labels"]["max_abs_label"] == pytest.approx(float(np.abs(labels).max()))
+    assert row["labels"]["off_class_mass"] == pytest.approx(float(np.mean(1 - on_class / np.abs(labels).sum(1))))
