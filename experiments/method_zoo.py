@@ -6,6 +6,7 @@ finite networks beside same-protocol random real subsets, and by KRR under one c
 
     python experiments/method_zoo.py --data-dir ../shared/datasets        # CPU: MNIST, the budgets above
     python experiments/method_zoo.py --data-dir ../shared/datasets --ipc 1 --methods frepo mtt
+    python experiments/method_zoo.py --data-dir ../shared/datasets --ipc 1 --methods dm --seeds 1 --first-seed 1   # seed 1 alone
     python experiments/method_zoo.py --gpu --data-dir ../shared/datasets  # the same table at the papers' widths
     python experiments/method_zoo.py --gpu --dataset cifar10              # CIFAR-10 (TFDS) beside its published figures
     python experiments/method_zoo.py --quick                              # digits, seconds-long budgets
@@ -271,6 +272,9 @@ def main() -> None:
         parser.add_argument("--methods", nargs="+", default=list(ALL), choices=ALL)
         parser.add_argument("--ipc", type=int, nargs="+", default=None, help="a subset of the mode's sizes")
         parser.add_argument("--seeds", type=int, default=None, help="seeds per size (default: the mode's)")
+        parser.add_argument("--first-seed", type=int, default=0,
+                            help="the seeds FIRST .. FIRST + seeds - 1: one seed's cells in a process of its own (one per "
+                                 "core); a later --kept-only call pools them")
         parser.add_argument("--dataset", default=None,
                             help="the data set (default: the mode's, mnist; --quick: digits only): e.g. --gpu --dataset "
                                  "cifar10 (TFDS) or cifar10_jpeg_lossy (DATA_DIR/cifar10_jpeg_lossy.npz) for CIFAR-10 "
@@ -286,6 +290,8 @@ def main() -> None:
     args, mode, runs_dir = report.experiment_args(__doc__, "method_zoo", "the papers' widths, more seeds and networks",
                                                   "digits, seconds-long budgets", extra=extra)
     m = MODES[mode]
+    if args.first_seed < 0:
+        raise SystemExit(f"method_zoo.py: error: --first-seed must be >= 0, got {args.first_seed}")
     if args.dataset is not None and args.dataset != m["dataset"]:
         if mode == "quick":
             raise SystemExit(f"method_zoo.py: error: --quick runs the embedded digits, not --dataset {args.dataset}")
@@ -298,7 +304,7 @@ def main() -> None:
     cells_dir = args.cells_dir or os.path.join(args.results_dir, f"{name}_cells")
     planned = [(ipc, method, seed, tuple(60.0 * x for x in minutes))
                for ipc, (seeds, minutes) in m["sizes"].items() if not args.ipc or ipc in args.ipc
-               for method in args.methods for seed in range(args.seeds or seeds)]
+               for method in args.methods for seed in range(args.first_seed, args.first_seed + (args.seeds or seeds))]
 
     def cell_of(ipc: int, method: str, seed: int, budgets: tuple[float, ...]) -> tuple[str, object]:
         """(the kept cell's folder, its run's config)."""

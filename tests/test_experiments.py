@@ -142,6 +142,10 @@ def test_method_zoo_quick_then_again_from_its_kept_cells_alone(tmp_path):
     assert third.stdout.count("not kept: left out") == 4 and not (tmp_path / "runs").exists()
     kept = json.loads((tmp_path / "results" / "method_zoo_digits_quick.json").read_text())["rows"]
     assert [(r["method"], r["seed"], r["set"]) for r in kept] == [(r["method"], r["seed"], r["set"]) for r in rows]
+    # --first-seed 1: seed 1's cells alone (none kept: each named, seed 0's rows not read)
+    alone = subprocess.run([*cmd[:-7], "--kept-only", "--seeds", "1", "--first-seed", "1", "--methods", "mtt", "frepo"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": ROOT})
+    assert alone.returncode != 0 and alone.stdout.count("not kept: left out") == 2 and "seed 0" not in alone.stdout, alone.stdout
     # a kept cell not judged yet: named and left out, no network trained
     os.remove(tmp_path / "cells" / "frepo-ipc1-seed0" / "judged.json")
     networks = sorted(os.listdir(tmp_path / "networks"))
@@ -168,26 +172,28 @@ def test_method_zoo_names_every_cifar10_gpu_cell_and_refuses_another_quick_datas
                                         env={**os.environ, "PYTHONPATH": ROOT})
     gpu = run("--gpu", "--dataset", "cifar10_jpeg_lossy", "--kept-only")
     assert gpu.returncode != 0 and "nothing to report" in gpu.stderr, gpu.stderr[-3000:]
-    assert gpu.stdout.count("not kept: left out") == 10 * (3 + 3), gpu.stdout  # 10 rows, 3 seeds at 1 and at 10
+    assert gpu.stdout.count("not kept: left out") == 11 * (3 + 3), gpu.stdout  # 11 rows, 3 seeds at 1 and at 10
     assert "== MTT, 10/class, seed 2" in gpu.stdout and not (tmp_path / "runs").exists()
     quick = run("--quick", "--dataset", "mnist")
     assert quick.returncode != 0 and "--quick runs the embedded digits" in quick.stderr, quick.stderr
 
 
-def test_method_zoo_on_cpu_judges_own_protocols_at_10_per_class_for_frepo_and_mtt_only():
+def test_method_zoo_on_cpu_judges_own_protocols_at_10_per_class_for_frepo_rows_and_mtt_only():
     """At 1 per class every method with an own protocol gets it; at 10 (CPU) only FRePo (both
     rows) and MTT, and the table's words say so."""
     code = ("import method_zoo as z; m = z.MODES['cpu']; "
             "print([(k, i) for k in z.ALL for i in (1, 10) if z.owned(m, k, i)]); print(z.own_words(m)); "
-            "c = z.config_for('frepo-lr', *m['methods']['frepo-lr'], m, None, 1, 0, 60.0, 'x'); print(c.method, c.lr, c.width)")
+            "c = z.config_for('frepo-lr', *m['methods']['frepo-lr'], m, None, 1, 0, 60.0, 'x'); print(c.method, c.lr, c.width); "
+            "c = z.config_for('frepo-net', *m['methods']['frepo-net'], m, None, 1, 0, 60.0, 'x'); print(c.method, c.pool_net, c.width)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "experiments")])})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    owned, words, variant = proc.stdout.strip().splitlines()
+    owned, words, variant, own_net = proc.stdout.strip().splitlines()
     assert variant == "frepo 0.003 64"  # the validated-lr row runs FRePo itself, at the zoo's width
+    assert own_net == "frepo frepo 32"  # FRePo's own network, narrower on CPU
     assert owned == str([("kip-rf", 1), ("kip-exact", 1), ("label-solve", 1), ("mtt", 1), ("mtt", 10),
-                         ("frepo", 1), ("frepo", 10), ("frepo-lr", 1), ("frepo-lr", 10)])
-    assert words.endswith("; at 10 per class: frepo, frepo-lr, mtt only"), words
+                         ("frepo", 1), ("frepo", 10), ("frepo-lr", 1), ("frepo-lr", 10), ("frepo-net", 1), ("frepo-net", 10)])
+    assert words.endswith("; at 10 per class: frepo, frepo-lr, frepo-net, mtt only"), words
 
 
 def test_kip_convnet_refuses_to_choose_an_lr_without_a_validation_split(tmp_path):
