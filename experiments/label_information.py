@@ -7,7 +7,7 @@ real subsets under a hard-label protocol, however well it does with its labels.
     python experiments/label_information.py runs/kip_convnet_60min_seeds --data-dir ../shared/datasets
     python experiments/label_information.py --quick     # digits: one KIP-FC set with learned labels, a smoke run
 
-Configuration only: the sets are every */distilled.npz below the folders (a set that does not record the
+Configuration only: the sets are the .npz files named and every */distilled.npz below the folders (a set that does not record the
 training images it started from is refused); `kip.run`'s KRR evaluator judges all three label choices
 of a set on one kernel and one test set. Writes results/label_information_<dataset>.{md,json}.
 """
@@ -59,6 +59,15 @@ def judge(path: str, m: dict, data_dir: str | None) -> dict:
             "labels": label_statistics(np.asarray(s.labels), true), "kernel_of_set": s.kernel, "ipc": len(true) // ds.num_classes}
 
 
+def set_name(path: str) -> str:
+    """A run's folder name for its distilled.npz; 'CELL step-N' for a kept snapshot CELL/snapshots/step-N.npz."""
+    folder, file = os.path.split(os.path.abspath(path))
+    if file == "distilled.npz":
+        return os.path.basename(folder)
+    cell = os.path.dirname(folder) if os.path.basename(folder) == "snapshots" else folder
+    return f"{os.path.basename(cell)} {file.removesuffix('.npz')}"
+
+
 def quick_sets(runs_dir: str, overwrite: bool) -> list[str]:
     out = os.path.join(runs_dir, "digits-fc1-ipc1-learn")
     cells.distill_cell(run.DistillConfig(ipc=1, steps=50, learn_labels=True), out, overwrite=overwrite)
@@ -73,21 +82,21 @@ COLUMNS = table.shown(("set", "name"), ("images/class", "ipc"), ("KRR, own label
 
 def main() -> None:
     def extra(parser):
-        parser.add_argument("dirs", nargs="*", help="folders searched (recursively) for distilled.npz files")
+        parser.add_argument("dirs", nargs="*", help="folders searched (recursively) for distilled.npz files, or .npz sets")
 
     args, mode, runs_dir = report.experiment_args(__doc__, "label_information", "the exact ConvNet3 NTK",
                                                   "digits, one KIP-FC set made here", extra=extra)
     m = MODES[mode]
     data_dir = None if m["dataset"] == "digits" else args.data_dir
-    paths = quick_sets(runs_dir, args.overwrite) if mode == "quick" else sorted(
-        p for d in args.dirs for p in glob.glob(os.path.join(d, "**", "distilled.npz"), recursive=True))
+    paths = quick_sets(runs_dir, args.overwrite) if mode == "quick" else [
+        p for d in args.dirs for p in ([d] if d.endswith(".npz") else
+                                       sorted(glob.glob(os.path.join(d, "**", "distilled.npz"), recursive=True)))]
     if not paths:
         raise SystemExit(f"label_information.py: error: no distilled.npz under {', '.join(args.dirs) or '(no folders given)'}")
     rows = []
     for path in paths:
         print(f"== {path}")
-        rows.append({"path": path, "name": os.path.basename(os.path.dirname(os.path.abspath(path))),
-                     **judge(path, m, data_dir)})
+        rows.append({"path": path, "name": set_name(path), **judge(path, m, data_dir)})
         print(f"   own labels {100 * rows[-1]['own_labels']:.2f}%, hard {100 * rows[-1]['hard_labels']:.2f}%, "
               f"real start {100 * rows[-1]['real_start']:.2f}%")
     shown = [{"name": r["name"], "ipc": r["ipc"], "own": f"{100 * r['own_labels']:.1f}", "hard": f"**{100 * r['hard_labels']:.1f}**",
