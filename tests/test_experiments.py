@@ -20,7 +20,7 @@ QUICK = [
     # two distillation seeds pooled: mean ± std for KIP, the real starts, Label Solve and the uniform subsets
     ("kip_fc.py", [], "kip_fc_digits_quick.md",
      r"\| fc1 \| 10 \| - \| \*\*\d+\.\d\d ± \d+\.\d\d\*\* \| 2 \| 200 \| \d+ \| \d+\.\d\d ± \d+\.\d\d \| \d+\.\d\d ± \d+\.\d\d \| \d+\.\d\d ± "),
-    ("transfer.py", ["--no-progress"], "transfer_digits_quick.md", r"\| digits-fc1-ipc5 \| 5 \| 1 \| \d+\.\d \| dc"),
+    # transfer.py: its own test below (its quick run, then again with --merge)
     ("protocol_baselines.py", ["--no-progress"], "protocol_baselines_digits_quick.md", r"\| dc \| 5 \| "),
     ("data_diet.py", ["--no-progress"], "data_diet_digits_quick.md", r"\| 50% \("),
     ("data_budget.py", ["--no-progress"], "data_budget_digits_quick.md", r"\| 200 \| - \| \d+\.\d+ \| "),  # KIP up to 10
@@ -204,16 +204,22 @@ def test_kip_convnet_refuses_to_choose_an_lr_without_a_validation_split(tmp_path
     assert not (tmp_path / "runs").exists() and not list(tmp_path.glob("*.md"))
 
 
-def test_transfer_merge_keeps_earlier_rows_beside_new_ones_and_marks_the_best_on_validation(tmp_path):
-    """`transfer.py --merge`: an earlier table's rows (here the quick run's, renamed as if other sets)
-    join the sets judged now, each naming the commit that judged it; a set judged again replaces its
-    merged row; the setting best on validation per size is marked; a file that is not a results file
-    of this script is refused in one line before anything runs."""
-    cmd = [sys.executable, os.path.join(ROOT, "experiments", "transfer.py"), "--quick", "--no-progress", "--protocols", "rfad",
+def test_transfer_quick_then_merge_keeps_earlier_rows_beside_new_ones_and_marks_the_best_on_validation(tmp_path):
+    """transfer.py's quick run (both protocols: a real table), then `--merge`: an earlier table's rows
+    (here the quick run's, renamed as if other sets) join the sets judged now, each naming the commit
+    that judged it; a set judged again replaces its merged row (its networks from the cache); the
+    setting best on validation per size is marked; a file that is not a results file of this script
+    is refused in one line before anything runs."""
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "transfer.py"), "--quick", "--no-progress",
            "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"), "--allow-dirty"]
     run = lambda *extra: subprocess.run([*cmd, *extra], cwd=tmp_path, capture_output=True, text=True, timeout=900,
                                         env={**os.environ, "PYTHONPATH": ROOT})
-    assert run().returncode == 0
+    proc = run()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (tmp_path / "results" / "transfer_digits_quick.md").read_text()
+    assert text.startswith("# ") and f"commit {report.provenance(allow_dirty=True)['stamp']};" in text
+    line = next((ln for ln in text.splitlines() if re.match(r"\| digits-fc1-ipc5 \| 5 \| 1 \| \d+\.\d \| dc", ln)), None)
+    assert line is not None and max(float(v) for v in re.findall(r"\b(\d{1,3}\.\d)\b", line.split("|", 5)[-1])) > 20.0, text
     first = json.loads((tmp_path / "results" / "transfer_digits_quick.json").read_text())
     earlier = {**first, "provenance": {"stamp": "abc1234"}, "rows": [
         {**{k: v for k, v in r.items() if k != "judged_at"}, "setting": "earlier-" + r["setting"],
@@ -224,14 +230,15 @@ def test_transfer_merge_keeps_earlier_rows_beside_new_ones_and_marks_the_best_on
     merged = json.loads((tmp_path / "results" / "transfer_digits_quick.json").read_text())["rows"]
     # the quick sets are judged again (their merged rows replaced, not doubled), the renamed rows kept as they were
     assert sorted(r["setting"] for r in merged) == sorted([r["setting"] for r in first["rows"]] + [r["setting"] for r in earlier["rows"]])
-    assert [r["set"] for r in merged if r["setting"].startswith("earlier-")] == [r["set"] for r in earlier["rows"]]
-    assert [r["set"] for r in merged if not r["setting"].startswith("earlier-")] == [r["set"] for r in first["rows"]]
+    accuracies = lambda rows: [r["set"]["test_accuracies"] for r in rows]  # (dc's validation accuracies are NaN)
+    assert accuracies(r for r in merged if r["setting"].startswith("earlier-")) == accuracies(earlier["rows"])
+    assert accuracies(r for r in merged if not r["setting"].startswith("earlier-")) == accuracies(first["rows"])
     text = (tmp_path / "results" / "transfer_digits_quick.md").read_text()
     for ipc in (1, 5):  # the renamed rows' validation accuracies are 0.5 above: they are the best per size
         assert re.search(rf"\| earlier-digits-fc1-ipc{ipc} \(best on validation\) \| {ipc} \| .* \| abc1234 \|", text), text
         assert f"| digits-fc1-ipc{ipc} | {ipc} |" in text
-    assert "Rows from " + str(tmp_path / "earlier.json") + " (2 rows; judged at abc1234" in text
-    assert "2 of its rows judged again here" in text
+    assert "Rows from " + str(tmp_path / "earlier.json") + " (4 rows; judged at abc1234" in text
+    assert "4 of its rows judged again here" in text
     (tmp_path / "bad.json").write_text(json.dumps({"mode": "cpu", "rows": []}))
     bad = run("--merge", str(tmp_path / "bad.json"))
     assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [
