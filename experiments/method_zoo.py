@@ -392,12 +392,14 @@ def main() -> None:
                           full=next(((r["random"]["mean"], r["random"]["std"]) for r in rows
                                      if r["ipc"] == min(x["ipc"] for x in rows)), None),
                           reference="random real subsets")
-    # what each method's final set looks like (the smallest size, seed 0), below the real images it started from
+    # what each method's final set looks like (the smallest size, its first seed: 0 unless --first-seed), below
+    # the real images it started from
     ipc0, final = min(r["ipc"] for r in rows), max(r["minutes"] for r in rows)
-    shown = [r for r in rows if r["ipc"] == ipc0 and r["seed"] == 0 and r["minutes"] == final]
-    # every run of a seed starts from the same real images: the first kept start of seed 0 shows them
-    start_sets = [p for p in (run.snapshot_path(os.path.join(cells_dir, f"{r['method']}-ipc{ipc0}-seed0"), 0) for r in shown)
-              if os.path.exists(p)]
+    seed0 = min(r["seed"] for r in rows if r["ipc"] == ipc0)
+    shown = [r for r in rows if r["ipc"] == ipc0 and r["seed"] == seed0 and r["minutes"] == final]
+    # every run of a seed starts from the same real images: the first kept start of that seed shows them
+    start_sets = [p for p in (run.snapshot_path(os.path.join(cells_dir, f"{r['method']}-ipc{ipc0}-seed{seed0}"), 0)
+                              for r in shown) if os.path.exists(p)]
 
     def images_and_labels(path: str) -> tuple[np.ndarray, np.ndarray]:
         f = io.read_npz(path)
@@ -405,9 +407,10 @@ def main() -> None:
 
     sets = {"real start": images_and_labels(start_sets[0]) if start_sets else None}
     sets.update({NAMES[r["method"]]: images_and_labels(r["path"]) for r in shown})
-    plots.set_rows(os.path.join(args.results_dir, f"{name}_sets.png"), {k: v for k, v in sets.items() if v is not None},
-                   f"{ds_name}, {ipc0} image(s) per class after {final:g} {'CPU-' if m['clock'] == 'cpu' else ''}"
-                   "minutes of distillation (seed 0)")
+    if len(sets) > 1:  # no final reading at the smallest size (budgets not reached): no picture
+        plots.set_rows(os.path.join(args.results_dir, f"{name}_sets.png"), {k: v for k, v in sets.items() if v is not None},
+                       f"{ds_name}, {ipc0} image(s) per class after {final:g} {'CPU-' if m['clock'] == 'cpu' else ''}"
+                       f"minutes of distillation (seed {seed0})")
     expert_note = "no MTT row" if experts is None else (
         f"MTT's experts: {m['experts']['experts']} ConvNets x {m['experts']['epochs']} epochs (width "
         f"{m['experts'].get('width', 128)}), {sum(experts['seconds']) / 60:.1f} minutes of training on this machine ("
