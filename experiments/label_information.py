@@ -46,7 +46,8 @@ def label_statistics(labels: np.ndarray, true: np.ndarray) -> dict:
 
 
 def judge(path: str, m: dict, data_dir: str | None) -> dict:
-    """One set's KRR test accuracy with its labels, with hard labels, and of its real starts."""
+    """One set's KRR test accuracy with its labels, with hard labels, with its sources' classes, and of its
+    real starts (the images it started from, with their classes)."""
     s = release.load_distilled_for(path, m["dataset"], data_dir)
     if np.any(s.sources < 0):
         raise SystemExit(f"label_information.py: error: {path} does not record the training images it started from")
@@ -56,8 +57,10 @@ def judge(path: str, m: dict, data_dir: str | None) -> dict:
     true = ds.y_train[s.sources]
     hard = data.one_hot(np.argmax(s.labels, 1), ds.num_classes, dtype=problem.dtype)
     accuracy = lambda images, labels: float(evaluate(images, labels)["test_accuracy"])
+    by_source = data.one_hot(true, ds.num_classes, dtype=problem.dtype)
     return {"own_labels": accuracy(s.images, s.labels), "hard_labels": accuracy(s.images, hard),
-            "real_start": accuracy(problem.x_train[s.sources], data.one_hot(true, ds.num_classes, dtype=problem.dtype)),
+            "source_labels": accuracy(s.images, by_source),
+            "real_start": accuracy(problem.x_train[s.sources], by_source),
             "labels": label_statistics(np.asarray(s.labels), true), "kernel_of_set": s.kernel, "ipc": len(true) // ds.num_classes}
 
 
@@ -77,7 +80,7 @@ def quick_sets(runs_dir: str, overwrite: bool) -> list[str]:
 
 
 COLUMNS = table.shown(("set", "name"), ("images/class", "ipc"), ("KRR, own labels", "own"),
-                      ("KRR, hard labels (argmax)", "hard"), ("KRR, real start images", "start"),
+                      ("KRR, hard labels (argmax)", "hard"), ("KRR, source classes", "source"), ("KRR, real start images", "start"),
                       ("hard - real start", "gain"), ("argmax = source class", "argmax"), ("classes covered", "covered"),
                       ("max abs label", "max"), ("off-class label mass", "off"))
 
@@ -102,6 +105,7 @@ def main() -> None:
         print(f"   own labels {100 * rows[-1]['own_labels']:.2f}%, hard {100 * rows[-1]['hard_labels']:.2f}%, "
               f"real start {100 * rows[-1]['real_start']:.2f}%")
     shown = [{"name": r["name"], "ipc": r["ipc"], "own": f"{100 * r['own_labels']:.1f}", "hard": f"**{100 * r['hard_labels']:.1f}**",
+              "source": f"{100 * r['source_labels']:.1f}",
               "start": f"{100 * r['real_start']:.1f}", "gain": f"{100 * (r['hard_labels'] - r['real_start']):+.1f}",
               "argmax": f"{r['labels']['argmax_is_source_class']} / {r['labels']['rows']}",
               "covered": f"{r['labels']['classes_covered']} / {r['labels']['classes']}",
@@ -113,7 +117,8 @@ def main() -> None:
 {m['dataset']} test accuracy (%) of kernel ridge regression (ridge {krr.DEFAULT_REG:g} x tr(K)/n) under
 {kernel}, one kernel for every set and column: from each set's images with its own labels ("own labels"),
 with centred one-hot rows of their argmax ("hard labels": what a hard-label protocol such as `dc` trains
-on), and from the real training images it started from with their true labels ("real start": a
+on), with one-hot rows of the classes of the images each started from ("source classes": the same where
+every argmax is still its source's class), and from the real training images it started from with their true labels ("real start": a
 class-balanced random real subset). "hard - real start": what the distilled images carry without their
 labels. Labels: how many rows' argmax is still the class of the image the row started from, how many
 classes the argmaxes cover, the largest |label|, and the mean share of a row's absolute label mass off

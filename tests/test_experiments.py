@@ -258,6 +258,8 @@ def test_label_information_matches_the_run_s_own_evaluations_and_counts_labels(t
     assert row["own_labels"] == pytest.approx(metrics["test_accuracy"], abs=1e-9)
     assert row["real_start"] == pytest.approx(metrics["initial_test_accuracy"], abs=1e-9)
     assert 0.1 < row["hard_labels"] <= 1 and row["labels"]["rows"] == 10
+    # this set's every argmax is still its source's class: its hard labels are its sources' classes
+    assert row["labels"]["argmax_is_source_class"] == 10 and row["source_labels"] == row["hard_labels"]
     # the label statistics, by hand from the set's file
     kept = np.load(tmp_path / "runs" / "digits-fc1-ipc1-learn" / "distilled.npz")
     from kip import data
