@@ -55,7 +55,7 @@ def judge(path: str, m: dict, data_dir: str | None) -> dict:
     problem = run.prepare(ds, m["kernel"], preprocessing=s.preprocessing)
     evaluate = run.make_evaluator(problem, krr.DEFAULT_REG, krr.DEFAULT_BLOCK)
     true = ds.y_train[s.sources]
-    hard = data.one_hot(np.argmax(s.labels, 1), ds.num_classes, dtype=problem.dtype)
+    hard = data.hard_labels(s.labels, ds.num_classes, dtype=problem.dtype)
     accuracy = lambda images, labels: float(evaluate(images, labels)["test_accuracy"])
     by_source = data.one_hot(true, ds.num_classes, dtype=problem.dtype)
     return {"own_labels": accuracy(s.images, s.labels), "hard_labels": accuracy(s.images, hard),

@@ -161,6 +161,11 @@ def one_hot(labels, num_classes: int, centred: bool = True, dtype=jnp.float32) -
     return y - 1.0 / num_classes if centred else y
 
 
+def hard_labels(label_rows, num_classes: int, centred: bool = True, dtype=jnp.float32) -> jax.Array:
+    """A set's label rows (n, C) -> one-hot rows (n, C) of their argmax (what hard-label protocols train on)."""
+    return one_hot(np.argmax(np.asarray(label_rows), axis=1), num_classes, centred, dtype)
+
+
 def class_table(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices of each class, padded: ((C, max_count) int32, (C,) counts)."""
     labels = np.asarray(labels)

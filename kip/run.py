@@ -485,7 +485,7 @@ def evaluate_run(
     loaded = load_distilled_for(distilled, dataset, data_dir, recipe, zca_strength, layout)
     ds, images, labels = loaded.dataset, loaded.images, loaded.labels
     if hard_labels:
-        labels = np.asarray(data.one_hot(np.argmax(labels, axis=1), ds.num_classes))
+        labels = np.asarray(data.hard_labels(labels, ds.num_classes))
     problem = prepare(ds, options, precision=precision, preprocessing=loaded.preprocessing, max_memory=max_memory,
                       devices=devices)
     log(f"kip evaluate: {parallel.describe(problem.mesh)}; the test set is split between them")

@@ -197,7 +197,7 @@ def targets_for(p: protocols.Protocol, labels: np.ndarray, num_classes: int) -> 
     """The protocol's training targets from a set's label rows (n, C): one-hot of the argmax
     for hard labels, the rows themselves otherwise."""
     if p.labels == "hard":
-        return np.asarray(data.one_hot(np.argmax(labels, axis=1), num_classes, centred=False))
+        return np.asarray(data.hard_labels(labels, num_classes, centred=False))
     return np.asarray(labels, np.float32)
 
 
