@@ -96,17 +96,24 @@ def row_key(row: dict) -> tuple:
     return row["setting"], row["distillation_seed"], row["ipc"], row["protocol"]
 
 
-def merged_rows(paths: list[str], mode: str, judged_now: set[tuple]) -> tuple[list[dict], list[dict]]:
-    """(the rows of earlier results files of this script, each with the commit that judged it,
-    leaving out those judged now; a record per file: its command, commit and rows kept)."""
-    rows, sources = [], []
+def read_merged(paths: list[str], mode: str) -> dict[str, dict]:
+    """The earlier results files of this script (path -> its JSON); InputError for one that is not."""
+    files = {}
     for path in paths:
         try:
-            earlier = io.read_json(path)
+            files[path] = io.read_json(path)
         except (OSError, ValueError) as e:
             raise InputError(f"--merge {path}: not a readable results file ({e})") from None
-        if earlier.get("mode") != mode or not isinstance(earlier.get("rows"), list):
+        if files[path].get("mode") != mode or not isinstance(files[path].get("rows"), list):
             raise InputError(f"--merge {path}: not a {mode}-mode results file of transfer.py")
+    return files
+
+
+def merged_rows(files: dict[str, dict], judged_now: set[tuple]) -> tuple[list[dict], list[dict]]:
+    """(the rows of earlier results files (`read_merged`), each with the commit that judged it,
+    leaving out those judged now; a record per file: its command, commit and rows kept)."""
+    rows, sources = [], []
+    for path, earlier in files.items():
         stamp = earlier.get("provenance", {}).get("stamp", "unknown")
         kept = [{**r, "judged_at": r.get("judged_at", stamp)} for r in earlier["rows"] if row_key(r) not in judged_now]
         rows += kept
@@ -155,7 +162,7 @@ def main() -> None:
                                                   "digits, KIP-FC sets made here, tiny networks", extra=extra)
     m = MODES[mode]
     try:
-        merged_rows(args.merge, mode, set())  # a bad file stops here, before any set is made or judged
+        merged = read_merged(args.merge, mode)  # a bad file stops here, before any set is made or judged
     except InputError as e:
         raise SystemExit(f"transfer.py: error: {e}") from None
     chosen = {k: v for k, v in m["protocols"].items() if args.protocols is None or k in args.protocols}
@@ -203,10 +210,7 @@ def main() -> None:
     points = table.grid(path=list(loaded), protocol=list(chosen)) if loaded else []
     judged_now = {(*setting_of(p["path"]), len(loaded[p["path"]].images) // loaded[p["path"]].dataset.num_classes,
                    p["protocol"]) for p in points}
-    try:
-        earlier, sources = merged_rows(args.merge, mode, judged_now)
-    except InputError as e:
-        raise SystemExit(f"transfer.py: error: {e}") from None
+    earlier, sources = merged_rows(merged, judged_now)
     rows = table.run_rows(points, lambda point: {}, runs_dir, judged) + earlier
     ds_name = rows[0]["dataset"]
     body = render(rows) + f"""
