@@ -3,6 +3,7 @@ class, KRR test accuracy on the full test set, beside the published figures.
 
     python experiments/kip_fc.py --data-dir ../shared/datasets                  # MNIST, full
     python experiments/kip_fc.py --data-dir ../shared/datasets --ipc 1 10 --steps 4000 10000 --seeds 3
+    python experiments/kip_fc.py --data-dir ../shared/datasets --ipc 50 --seeds 1 --first-seed 2  # seed 2 alone
     python experiments/kip_fc.py --data-dir ../shared/datasets --dataset cifar10_jpeg_lossy --ipc 10
     python experiments/kip_fc.py --quick                                         # digits, seconds
 
@@ -43,6 +44,8 @@ def main() -> None:
                         help="KIP steps: one for all, one per --ipc value, or one per (--kernel, --ipc) pair, kernel-major")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1],
                         help="distillation seeds (each its own real start): one for all, or one per --ipc value")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the first seed's number (seeds K, K+1, ...): one process per core, sharing --runs-dir")
     parser.add_argument("--target-batch", type=int, default=5000)
     parser.add_argument("--kernel", nargs="+", default=["fc1"], help="one row group per kernel")
     parser.add_argument("--zca", action="store_true")
@@ -70,7 +73,10 @@ def main() -> None:
                      args.steps * len(args.kernel) if len(args.steps) == len(args.ipc) else args.steps))
     if len(args.seeds) not in (1, len(args.ipc)) or min(args.seeds) < 1:
         parser.error(f"--seeds takes 1 or {len(args.ipc)} (one per --ipc) values, each at least 1")
-    seeds = dict(zip(args.ipc, args.seeds * len(args.ipc) if len(args.seeds) == 1 else args.seeds))
+    if args.first_seed < 0:
+        parser.error(f"--first-seed must be >= 0, got {args.first_seed}")
+    counts = dict(zip(args.ipc, args.seeds * len(args.ipc) if len(args.seeds) == 1 else args.seeds))
+    seeds = {ipc: range(args.first_seed, args.first_seed + n) for ipc, n in counts.items()}
 
     ds = data.load(args.dataset, args.data_dir)
     problems = {}
@@ -80,7 +86,7 @@ def main() -> None:
         barely change) and Label Solve on the same real start."""
         kernel, ipc = point["kernel"], point["ipc"]
         named = {}
-        for seed in range(seeds[ipc]):
+        for seed in seeds[ipc]:
             folder = f"{args.dataset}-{kernel}{'-zca' if args.zca else ''}-ipc{ipc}-seed{seed}"
             named[f"kip{seed}"] = (folder, run.DistillConfig(
                 dataset=args.dataset, data_dir=args.data_dir, kernel=kernel, ipc=ipc, seed=seed, steps=steps[kernel, ipc],
@@ -92,7 +98,7 @@ def main() -> None:
         return named
 
     def of_seeds(row: dict, cell: str, key: str) -> list:
-        return [row[f"{cell}{seed}"][key] for seed in range(seeds[row["ipc"]])]
+        return [row[f"{cell}{seed}"][key] for seed in seeds[row["ipc"]]]
 
     def uniform_random(row: dict) -> dict:
         """The baseline without class balance: a uniformly random subset of the same size (one per
@@ -103,7 +109,7 @@ def main() -> None:
         problem, evaluate = problems[row["kernel"]]
         n = row["ipc"] * ds.num_classes
         accs, classes = [], []
-        for seed in range(seeds[row["ipc"]]):
+        for seed in seeds[row["ipc"]]:
             idx = np.asarray(jax.random.choice(jax.random.PRNGKey(seed), len(ds.y_train), (n,), replace=False))
             acc = evaluate(problem.x_train[idx], data.one_hot(ds.y_train[idx], ds.num_classes, dtype=problem.dtype))
             accs.append(acc["test_accuracy"])
@@ -122,8 +128,8 @@ def main() -> None:
         table.Column("kernel", lambda r: r["kernel"]), table.Column("images/class", lambda r: str(r["ipc"])),
         table.Column("published KIP-FC", lambda r: f"{r['published']:.1f}" if r["published"] else "-"),
         table.Column("ours: KIP, learned labels", lambda r: f"**{report.percent(of_seeds(r, 'kip', 'test_accuracy'), 2)}**"),
-        table.Column("distillation seeds", lambda r: str(seeds[r["ipc"]])),
-        table.Column("steps", lambda r: str(r["kip0"]["steps"])),
+        table.Column("distillation seeds", lambda r: str(len(seeds[r["ipc"]]))),
+        table.Column("steps", lambda r: str(r[f"kip{seeds[r['ipc']][0]}"]["steps"])),
         table.Column("CPU-s / run", lambda r: f"{np.mean(of_seeds(r, 'kip', 'seconds')):.0f}"),
         table.Column("class-balanced real images (KIP's init)",
                      lambda r: report.percent(of_seeds(r, "kip", "initial_test_accuracy"), 2)),
@@ -131,11 +137,13 @@ def main() -> None:
         table.Column("uniform random real subset", lambda r: report.percent(r["uniform_random"], 2) + (
             f" (as few as {r['uniform_random_classes']} classes)" if r["uniform_random_classes"] < ds.num_classes else "")),
     ]
+    numbers = sorted({s for r in seeds.values() for s in r})
+    here = f" (here seed{'s' * (len(numbers) > 1)} {', '.join(map(str, numbers))})" if args.first_seed else ""
     body = table.markdown(columns, rows) + f"""
 
 {name}, kernels {', '.join(args.kernel)} (NTK, W_std = sqrt 2, b_std = 0.1), {'ZCA' if args.zca else 'standardised'} inputs,
-KRR test accuracy (%) on the full test set ({rows[0]['kip0']['test_size']} images), target batch
-{args.target_batch}, Adam 0.04, {args.precision}; mean ± std over the distillation seeds (each its own
+KRR test accuracy (%) on the full test set ({rows[0][f"kip{seeds[rows[0]['ipc']][0]}"]['test_size']} images), target batch
+{args.target_batch}, Adam 0.04, {args.precision}; mean ± std over the distillation seeds{here} (each its own
 class-balanced real start; KRR trains no network, so there are no network seeds). "CPU-s / run": the
 KIP run's process CPU time (all its threads), which other jobs on the machine barely change.
 Published: Nguyen et al., arXiv 2107.13034, Table 1.
