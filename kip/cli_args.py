@@ -122,9 +122,10 @@ def parser() -> argparse.ArgumentParser:
                    help="how --max-seconds and the snapshots' seconds are counted: elapsed time, or this process's "
                         "CPU time, which other jobs on the machine barely change (default: wall)")
     p.add_argument("--val-size", type=int, default=None,
-                   help="kip, dc / dsa / dm / dd / frepo: training images held out of the real data the run reads (none "
-                        "of the set's sources) and judged by KRR at every evaluation, to choose an lr or a step count on "
-                        "(metrics.json: val_accuracy, best_val; default: 0)")
+                   help="training images held out of the real data the run reads (none of the set's sources; mtt: "
+                        "drawn from those its experts were recorded without, kip trajectories --val-size) and judged by "
+                        "KRR at every evaluation, to choose an lr or a step count on (metrics.json: val_accuracy, "
+                        "best_val; default: 0)")
     p.add_argument("--eval-protocol", default=None, metavar="NAME",
                    help="also train the finite networks of this protocol (kip protocols) on the result, beside random "
                         "real subsets; recorded in metrics.json under 'protocol'")
@@ -199,6 +200,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default=None, help="DSA augmentation per image, or 'none' (default: the dsa protocol's "
                                                     "for the data set)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-size", type=int, default=0, help="training images held out of the experts' data, which "
+                                                           "kip distill --method mtt --val-size may then validate on "
+                                                           "(default: none)")
     p.add_argument("--out", default=None, help="output folder (default: runs/trajectories-DATASET-widthW)")
     p.add_argument("--overwrite", action="store_true", help="replace trajectories of other options in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

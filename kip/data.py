@@ -231,12 +231,20 @@ def validation_split(key: jax.Array, n: int, size: int = DEFAULT_VAL_SIZE, exclu
     return order[:size]
 
 
-def run_validation_rows(seed: int, n: int, size: int, sources: np.ndarray) -> np.ndarray | None:
+def run_validation_rows(seed: int, n: int, size: int, sources: np.ndarray,
+                        pool: np.ndarray | None = None) -> np.ndarray | None:
     """The sorted (size,) training rows a distillation run of `seed` holds out of the real data it
     reads and judges its set on (`--val-size`; None for 0): none of its `sources`, drawn with a key
-    of their own, so the run's start and steps stay as without them."""
+    of their own, so the run's start and steps stay as without them. pool: draw them from these
+    rows only (MTT: the rows its experts never trained on); fewer when sources fall among them."""
     if not size:
         return None
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), 7)
+    if pool is not None:
+        if size > len(pool):
+            raise InputError(f"--val-size must be at most the {len(pool)} training images the experts held out, got {size}")
+        order = np.asarray(pool)[np.asarray(jax.random.permutation(key, len(pool)))]
+        return np.sort(order[~np.isin(order, np.asarray(sources))][:size])
     if size > n // 5:
         raise InputError(f"--val-size must be at most a fifth of the {n} training images ({n // 5}), got {size}")
-    return np.sort(validation_split(jax.random.fold_in(jax.random.PRNGKey(seed), 7), n, size, np.asarray(sources)))
+    return np.sort(validation_split(key, n, size, np.asarray(sources)))

@@ -32,8 +32,8 @@ METHOD_OPTIONS = {"real_batch": ("dc", "dsa", "dm", "dd", "frepo"), "outer_loop"
 # FRePo's pool: 'dc', the methods' ConvNet3 without norm (constant width); 'frepo', FRePo's own Conv
 POOL_NETS = ("dc", "frepo")
 FREPO_WIDTH = 128
-# --val-size holds training rows out of what these read; MTT's experts have seen every one
-VAL_SIZE_METHODS = tuple(m for m in METHODS if m != "mtt")
+# --val-size holds training rows out of what these read (MTT: rows its experts were recorded without)
+VAL_SIZE_METHODS = METHODS
 
 
 def refuse_foreign(method: str, given: dict[str, object], table: dict[str, tuple[str, ...]]) -> None:
@@ -91,9 +91,6 @@ class MethodConfig(run.SteppedRunOptions):
             value = getattr(self, name)
             if value is not None and not (value > 0 and np.isfinite(value)):
                 raise InputError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
-        if self.method not in VAL_SIZE_METHODS and self.val_size:
-            raise InputError("--val-size applies to --method kip / dc / dsa / dm / dd / frepo only: MTT's experts "
-                             "trained on every training image, the held-out ones too")
         if self.method == "mtt" and not self.expert_dir:
             raise InputError("--method mtt needs --expert-dir: a folder of expert trajectories (kip trajectories)")
         if self.pool_net is not None and self.pool_net not in POOL_NETS:
@@ -228,6 +225,18 @@ def prepare_method(config: MethodConfig, settings, images: jax.Array, labels: ja
     return method, model, width
 
 
+def mtt_pool(config: MethodConfig) -> np.ndarray | None:
+    """The rows an MTT run's --val-size draws from: those its experts never trained on (None: not MTT
+    or no --val-size); `InputError` when the experts saw every training image."""
+    if config.method != "mtt" or not config.val_size:
+        return None
+    held = trajectories.held_out(config.expert_dir)
+    if held is None:
+        raise InputError(f"--val-size: the experts in {config.expert_dir} trained on every training image; record "
+                         "them with `kip trajectories --val-size N` to validate MTT")
+    return held
+
+
 def method_run(
     config: MethodConfig,
     out: str,
@@ -243,7 +252,7 @@ def method_run(
     code = report.provenance(allow_dirty=True)  # at the start: the tree may change while it runs
     ds = data.load(config.dataset, config.data_dir)
     real_idx = run.start_indices(config.seed, ds.y_train, ds.num_classes, config.ipc)  # class-sorted
-    val_idx = data.run_validation_rows(config.seed, len(ds.y_train), config.val_size, real_idx)
+    val_idx = data.run_validation_rows(config.seed, len(ds.y_train), config.val_size, real_idx, pool=mtt_pool(config))
     # the rows the method reads (None: all of them, without copying the training set)
     rows = None if val_idx is None else np.setdiff1d(np.arange(len(ds.y_train)), val_idx)
     y_read = ds.y_train if rows is None else ds.y_train[rows]

@@ -5,7 +5,8 @@ trained on the real training set, their parameters recorded after every epoch.
 expert_NNN.npz per expert holding `params` (epochs + 1, P): the flattened float32 parameters at
 the start and after each epoch (one row per epoch: the compact form MTT's distillation reads),
 the test accuracy after each epoch and the seconds its training took so far (elapsed, and this
-process's CPU time: `cpu_seconds`). Each epoch is written atomically as it ends, and its
+process's CPU time: `cpu_seconds`). With `val_size` the experts train without that many training
+rows (meta.json's `held_out`): rows nothing in MTT has seen, which its validation may then use. Each epoch is written atomically as it ends, and its
 randomness comes from (seed, expert, epoch), so an interrupted recording resumes to what an
 uninterrupted one writes. MTT's experts train with plain SGD (no momentum: nothing but the
 parameters carries over between epochs).
@@ -48,11 +49,14 @@ class TrajectoryConfig:
     batch_size: int = BATCH
     strategy: str | None = None  # DSA strategy (None: the dsa card's for the data set; 'none': no augmentation)
     seed: int = 0
+    val_size: int = 0  # training rows held out of the experts' data (meta.json 'held_out'): MTT's validation
 
     def check(self) -> None:
         for name in ("experts", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.val_size < 0:
+            raise InputError(f"--val-size must be >= 0, got {self.val_size}")
         if self.width is not None and self.width < 1:
             raise InputError(f"--width must be at least 1, got {self.width}")
         if not (self.lr > 0 and np.isfinite(self.lr)):
@@ -117,12 +121,16 @@ def record(config: TrajectoryConfig, out: str, overwrite: bool = False, progress
     model = network(config.width, ds.num_classes)
     model.check_input_shape(ds.image_shape)
     prep = preprocess.fit(ds.x_train, "standardize")
-    meta = _meta(config, ds, model, strategy, prep)
+    held = data.run_validation_rows(config.seed, len(ds.y_train), config.val_size, np.zeros(0, np.int64))
+    meta = {**_meta(config, ds, model, strategy, prep), **({} if held is None else {"held_out": held.tolist()})}
     meta_path = os.path.join(out, META)
     if os.path.exists(meta_path):
         stored = io.read_json(meta_path)
-        same = {k: v for k, v in stored.get("config", {}).items() if k not in ("data_dir", "experts", "epochs")} == \
-               {k: v for k, v in meta["config"].items() if k not in ("data_dir", "experts", "epochs")}
+        free = ("data_dir", "experts", "epochs")  # more experts or epochs extend a recording
+        # a recording from before an option existed holds that option's default
+        stored_config = {**dataclasses.asdict(TrajectoryConfig()), **stored.get("config", {})}
+        same = {k: v for k, v in stored_config.items() if k not in free} == \
+               {k: v for k, v in meta["config"].items() if k not in free}
         if not same and not overwrite:
             raise InputError(f"{out} holds trajectories of other options: pass --overwrite to replace them")
         if not same:
@@ -131,8 +139,9 @@ def record(config: TrajectoryConfig, out: str, overwrite: bool = False, progress
                     os.remove(os.path.join(out, f))
     io.write_json(meta_path, meta)
     tconfig = expert_training(config, strategy)
-    x = jnp.asarray(prep.apply(ds.x_train), jnp.float32)
-    y = data.one_hot(ds.y_train, ds.num_classes, centred=False)
+    rows = np.arange(len(ds.y_train)) if held is None else np.setdiff1d(np.arange(len(ds.y_train)), held)
+    x = jnp.asarray(prep.apply(ds.x_train[rows]), jnp.float32)
+    y = data.one_hot(ds.y_train[rows], ds.num_classes, centred=False)
     x_test = jnp.asarray(prep.apply(ds.x_test), jnp.float32)
     epoch = make_epoch(model, tconfig, len(x))
     base = jax.random.PRNGKey(config.seed)
@@ -167,10 +176,20 @@ def record(config: TrajectoryConfig, out: str, overwrite: bool = False, progress
         spent.append(seconds[-1] if seconds else 0.0)
         spent_cpu.append(cpu[-1] if cpu else 0.0)
     bar.close()
-    log(f"kip trajectories: {config.experts} experts x {config.epochs} epochs on {ds.name} (ConvNet width {model.width}, "
+    log(f"kip trajectories: {config.experts} experts x {config.epochs} epochs on {ds.name}"
+        f"{'' if held is None else f' ({len(rows)} training images, {len(held)} held out)'} (ConvNet width {model.width}, "
         f"SGD lr {config.lr}, batch {config.batch_size}, augmentation {strategy or 'none'}); final test accuracy "
         f"{100 * np.mean(finals):.2f}% (mean over experts); {sum(spent) / 60:.1f} minutes of training; wrote {out}/")
     return {**meta, "final_test_accuracy": finals, "seconds": spent, "cpu_seconds": spent_cpu}
+
+
+def held_out(out: str) -> np.ndarray | None:
+    """The sorted training rows the experts in `out` never trained on (`val_size`); None: they saw every row."""
+    meta_path = os.path.join(out, META)
+    if not os.path.exists(meta_path):
+        raise InputError(f"{out} holds no expert trajectories (no {META}): record them with `kip trajectories`")
+    rows = io.read_json(meta_path).get("held_out")
+    return None if rows is None else np.asarray(rows, np.int64)
 
 
 class Trajectories(NamedTuple):

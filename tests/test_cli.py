@@ -298,5 +298,5 @@ def test_val_size_holds_rows_out_of_the_targets_and_judges_the_set_on_them(tmp_p
     assert run_cli("distill", "--out", tmp_path / "big", "--val-size", "100000", *FAST) == 2
     assert not (tmp_path / "big").exists()
     assert run_cli("distill", "--method", "mtt", "--expert-dir", tmp_path, "--out", tmp_path / "mtt", "--val-size", "10",
-                   *FAST) == 2  # MTT's experts saw every training image
+                   *FAST) == 2  # no experts there (tests/test_dd_frepo.py: MTT validates on rows its experts never saw)
     assert not (tmp_path / "mtt").exists()

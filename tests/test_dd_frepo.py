@@ -347,6 +347,37 @@ def test_trajectories_resume_to_the_uninterrupted_recording_and_feed_mtt(tmp_pat
     assert cli.main(TRAJ + ["--experts", "2", "--epochs", "2", "--lr", "0.02", "--out", whole]) == 2
 
 
+def test_mtt_validates_on_rows_its_experts_never_trained_on(tmp_path):
+    """`kip trajectories --val-size` records experts without those rows (and says which); MTT's
+    --val-size draws its validation from them (none of its sources); experts that saw every row
+    are refused for it in one line, before anything is written."""
+    from kip import trajectories
+
+    held, seen = str(tmp_path / "held"), str(tmp_path / "seen")
+    assert cli.main(TRAJ + ["--experts", "1", "--epochs", "2", "--val-size", "250", "--out", held]) == 0
+    assert cli.main(TRAJ + ["--experts", "1", "--epochs", "1", "--out", seen]) == 0
+    rows = trajectories.held_out(held)
+    assert len(rows) == 250 and len(np.unique(rows)) == 250 and trajectories.held_out(seen) is None
+    # the held-out rows change what the experts trained on: the same seed's first epoch differs
+    first = [io.read_npz(os.path.join(d, "expert_000.npz"))["params"] for d in (held, seen)]
+    np.testing.assert_array_equal(first[0][0], first[1][0])  # the same initialisation
+    assert not np.array_equal(first[0][1], first[1][1])
+    run = RUN[:-2] + ["--method", "mtt", "--syn-steps", "2", "--expert-epochs", "1", "--max-start-epoch", "1", "--lr", "10",
+                      "--steps", "2", "--eval-every", "2", "--val-size", "100"]
+    run = [a for a in run if a not in ("--width", "8", "--real-batch")]
+    out = str(tmp_path / "mtt")
+    assert cli.main(run + ["--expert-dir", held, "--out", out]) == 0
+    arrays = _arrays(out)
+    val, sources = arrays["val_indices"], arrays["initial_indices"]
+    assert len(val) == 100 and set(val) <= set(rows) and not set(val) & set(sources)
+    assert 0 <= io.read_json(os.path.join(out, "metrics.json"))["val_accuracy"] <= 1
+    refused = str(tmp_path / "mtt-seen")
+    assert cli.main(run + ["--expert-dir", seen, "--out", refused]) == 2 and not os.path.exists(refused)
+    # more held-out rows than the experts have: refused too
+    too_many = [a if a != "100" else "251" for a in run]
+    assert cli.main(too_many + ["--expert-dir", held, "--out", refused]) == 2 and not os.path.exists(refused)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--method", "mtt"], "--method mtt needs --expert-dir"),
     (["--method", "mtt", "--expert-dir", "/nonexistent"], "holds no expert trajectories"),
