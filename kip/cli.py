@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                 result = transfer.protocol_run(
                     args.distilled, args.dataset, args.data_dir, args.protocol, overrides, args.matched, args.preprocess,
                     args.zca_strength, args.layout, args.seed, args.networks_per_subset, args.cache_dir,
-                    None if args.vectorize is None else args.vectorize == "yes", not args.no_progress)
+                    None if args.vectorize is None else args.vectorize == "yes", not args.no_progress,
+                    val_from_set=bool(args.val_from_set))
         elif args.command == "trajectories":
             from kip import trajectories
 

@@ -326,7 +326,7 @@ EVALUATE_OPTIONS = {
     "baseline_subsets": ("train",), "lr": ("train",), "weight_decay": ("train",), "label_scale": ("train",),
     "batch_size": ("train",), "augment": ("train",), "val_size": ("train",), "val_per_class": ("train",),
     "patience": ("train",), "tune_lr": ("train",), "tune_weight_decay": ("train",), "cache_dir": ("train",),
-    "vectorize": ("train",), "k": ("slapknn",), "seed": ("krr", "train"),
+    "vectorize": ("train",), "val_from_set": ("train",), "k": ("slapknn",), "seed": ("krr", "train"),
 }
 
 
@@ -364,6 +364,9 @@ def _add_evaluate_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--augment", default=None, help="none, flip, crop, flip_crop, dsa:STRATEGY or dc:STRATEGY")
     g.add_argument("--val-size", type=int, default=None, help="validation images (replaces the card's per-class count)")
     g.add_argument("--val-per-class", type=int, default=None)
+    g.add_argument("--val-from-set", action="store_const", const=True, default=None,
+                   help="draw the validation split from the training rows the set's run held out (its val_indices, "
+                        "from kip distill --val-size): images its distillation never read, to choose between sets on")
     g.add_argument("--patience", type=int, default=None, help="early stopping: steps without a better validation accuracy")
     g.add_argument("--tune-lr", type=float, nargs="+", default=None, help="learning rates searched on validation")
     g.add_argument("--tune-weight-decay", type=float, nargs="+", default=None, help="weight decays searched on validation")

@@ -95,6 +95,7 @@ class LoadedSet(NamedTuple):
     note: str  # where the preprocessing came from
     sources: np.ndarray  # (n,) training images the set started from; -1 where unknown
     kernel: str | None  # the kernel it was distilled with, when the file says
+    val_indices: np.ndarray | None = None  # training images its run held out for validation; None if none
 
 
 def load_distilled_for(distilled: str, dataset: str, data_dir: str | None, recipe: str | None = None,
@@ -103,15 +104,15 @@ def load_distilled_for(distilled: str, dataset: str, data_dir: str | None, recip
     that maps real images into the set's space: the file's own, or for a file without one the
     stated `recipe` (`preprocess.RECIPES`; default 'standardize') fitted on the training images."""
     ds = data.load(dataset, data_dir)
-    images, labels, prep, sources, _, kernel = read_set(distilled, ds.image_shape, ds.num_classes, layout)
+    images, labels, prep, sources, val, kernel = read_set(distilled, ds.image_shape, ds.num_classes, layout)
     if prep is not None:
         if recipe is not None and recipe != prep.recipe:
             raise InputError(f"{distilled} records its own preprocessing ({prep.recipe}); --preprocess is for sets without one")
-        return LoadedSet(ds, images, labels, prep, "from file", sources, kernel)
+        return LoadedSet(ds, images, labels, prep, "from file", sources, kernel, val)
     recipe = recipe or "standardize"
     prep = preprocess.fit(ds.x_train, recipe, zca_strength)
     strength = f", strength {zca_strength:g}" if "zca" in recipe else ""
-    return LoadedSet(ds, images, labels, prep, f"stated: {recipe}{strength}, fitted on train", sources, kernel)
+    return LoadedSet(ds, images, labels, prep, f"stated: {recipe}{strength}, fitted on train", sources, kernel, val)
 
 
 def _kernel_beside(distilled: str) -> str | None:

@@ -181,16 +181,21 @@ def random_subsets(key: jax.Array, labels: np.ndarray, num_classes: int, per_cla
 
 
 def validation_indices(key: jax.Array, labels: np.ndarray, num_classes: int, p: protocols.Protocol,
-                       exclude: np.ndarray) -> np.ndarray | None:
+                       exclude: np.ndarray, pool: np.ndarray | None = None) -> np.ndarray | None:
     """The protocol's validation split of the training set (`val_per_class` per class, or
     `val_size` in all), none of it in `exclude` (the set's sources, the random subsets); None
-    when the protocol has no validation."""
+    when the protocol has no validation. pool: drawn from these rows only (e.g. those the set's
+    distillation held out), `InputError` when they are too few."""
     if not (p.val_size or p.val_per_class):
         return None
-    keep = np.setdiff1d(np.arange(len(labels)), exclude)
+    keep = np.setdiff1d(np.arange(len(labels)) if pool is None else np.asarray(pool, np.int64), exclude)
     if p.val_per_class:
         return keep[data.balanced_subset(key, labels[keep], num_classes, p.val_per_class)]
-    return keep[data.validation_split(key, len(keep), p.val_size)]
+    if pool is None:
+        return keep[data.validation_split(key, len(keep), p.val_size)]
+    if p.val_size > len(keep):
+        raise InputError(f"validation: {p.val_size} images asked, the set's held-out rows leave {len(keep)}")
+    return keep[np.asarray(jax.random.permutation(key, len(keep)))[:p.val_size]]
 
 
 def targets_for(p: protocols.Protocol, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -226,6 +231,7 @@ def evaluate_set(
     log: Callable[[str], None] = print,
     ipc: int | None = None,
     val_exclude: np.ndarray | None = None,
+    val_pool: np.ndarray | None = None,
 ) -> dict:
     """A set (images (n, H, W, C) in `prep`'s space, label rows (n, C)) trained on under `protocol`
     (its per-size hyper-parameters applied), beside `protocol.baseline_subsets` class-balanced
@@ -233,8 +239,9 @@ def evaluate_set(
     alike; images None with `ipc`: the random subsets alone. The validation split (for tuning and
     early stopping) excludes `sources` (the set's source images in the training set, when known),
     the subsets' images and `val_exclude` (e.g. the sources of other sets evaluated beside it, so
-    that all share one split and their random subsets' networks). Reports the test accuracy of the final networks, or with `keep_best`
-    of each at its best validation accuracy."""
+    that all share one split and their random subsets' networks); with `val_pool` it is drawn from
+    those rows alone (the rows the set's distillation held out: `val_indices`). Reports the test
+    accuracy of the final networks, or with `keep_best` of each at its best validation accuracy."""
     num_classes = ds.num_classes
     n = ipc * num_classes if images is None else len(images)
     ipc = n // num_classes
@@ -249,7 +256,7 @@ def evaluate_set(
     known = known[known >= 0]
     extra = np.asarray([] if val_exclude is None else val_exclude, np.int64)
     val_idx = validation_indices(jax.random.fold_in(key, 2), ds.y_train, num_classes, p,
-                                 np.concatenate([known, subsets.ravel(), extra[extra >= 0]]).astype(np.int64))
+                                 np.concatenate([known, subsets.ravel(), extra[extra >= 0]]).astype(np.int64), val_pool)
     val = None if val_idx is None else (prep.apply(ds.x_train[val_idx]).astype(np.float32), ds.y_train[val_idx])
     real_labels = np.asarray(data.one_hot(ds.y_train, num_classes, centred=p.labels == "set"))
     sets = [] if images is None else [(np.asarray(images, np.float32), targets_for(p, labels, num_classes))]
@@ -262,8 +269,9 @@ def evaluate_set(
                vectorize=vectorize, progress=progress, log=log)
     log(f"protocol {p.name}: {p.describe()}")
     log(f"  {n} images, {config.steps} steps each; {len(subsets)} random real subsets of the same size; validation: "
-        + ("none" if val is None else f"{len(val[1])} training images, none of the set's {len(known)} known sources "
-                                      "or the subsets' images"))
+        + ("none" if val is None else f"{len(val[1])} training images"
+           + (" (of those the set's distillation held out)" if val_pool is not None else "")
+           + f", none of the set's {len(known)} known sources or the subsets' images"))
 
     # (lr, weight decay in the card's form) per set; a grid search on validation where the card has one
     hparams, grids = [(p.lr, p.weight_decay)] * len(sets), [None] * len(sets)
@@ -298,7 +306,7 @@ def evaluate_set(
                                                   "lr": hparams[-1][0], "weight_decay": hparams[-1][1], "tune_grid": grids[-1]},
         "difference": None if distilled is None or baseline is None else distilled["mean"] - baseline["mean"],
         "validation": {"size": 0 if val is None else int(len(val[1])), "excludes_sources": int(len(known)),
-                       "excludes_subsets": int(subsets.size)},
+                       "excludes_subsets": int(subsets.size), "from_set_held_out": val_pool is not None},
         "published": [dataclasses.asdict(x) for x in p.published if x.dataset == ds.name and x.ipc == ipc],
     }
     pct = lambda s: f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}%"
@@ -344,12 +352,15 @@ def protocol_run(
     progress: bool = True,
     log: Callable[[str], None] = print,
     size_overrides: dict[int, dict] | None = None,
+    val_from_set: bool = False,
 ) -> dict:
     """`kip evaluate --method train`: a distilled set file (ours, the authors' or another
     codebase's, see `kip.release`) trained on under a protocol (a name or a card file) with
     `overrides` (recorded in the result), beside random real subsets (see `evaluate_set`);
     `size_overrides` {images per class: overrides} add to them for a set of that size.
-    matched: train the finite network of the kernel the set was distilled with."""
+    matched: train the finite network of the kernel the set was distilled with. val_from_set: the
+    validation split is drawn from the rows the set's run held out (its `val_indices`): images its
+    distillation never read (for MTT also its experts), on which to choose between sets."""
     from kip.kernels import rf
 
     code = report.provenance(allow_dirty=True)  # at the start: the tree may change while its networks train
@@ -366,12 +377,17 @@ def protocol_run(
                              if arch not in models.PRESETS else f"--matched trains {arch}; leave out --model")
         overrides["model"] = arch
     p, recorded = protocols.with_overrides(card, **overrides)
+    if val_from_set and (loaded.val_indices is None or not (p.val_size or p.val_per_class)):
+        raise InputError(f"--val-from-set: {distilled} holds no held-out rows (val_indices: its run had no --val-size)"
+                         if loaded.val_indices is None else f"--val-from-set: protocol {p.name} has no validation split "
+                                                            "(give --val-size or --val-per-class)")
     if networks_per_subset < 1:
         raise InputError(f"--networks-per-subset must be at least 1, got {networks_per_subset}")
     log(f"{distilled}: {len(loaded.images)} images ({loaded.note}), distilled with {loaded.kernel or 'an unknown kernel'}"
         + (f"; matched transfer to the finite {p.model}" if matched else ""))
     result = evaluate_set(loaded.images, loaded.labels, loaded.dataset, loaded.preprocessing, p, loaded.sources, seed,
-                          networks_per_subset, cache_dir, vectorize, progress, log)
+                          networks_per_subset, cache_dir, vectorize, progress, log,
+                          val_pool=loaded.val_indices if val_from_set else None)
     result.update(method="train", distilled=distilled, overrides=recorded, matched=bool(matched), kernel=loaded.kernel,
                   preprocessing=loaded.note, seed=seed, environment=report.machine(code))
     return result

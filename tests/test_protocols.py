@@ -269,7 +269,31 @@ def test_evaluate_set_keeps_sources_and_subsets_out_of_validation(monkeypatch):
     val_rows = {r.tobytes() for r in seen["val"][0].astype(np.float32)}
     for images, _ in seen["sets"]:  # the set itself and each random subset
         assert not val_rows & {r.tobytes() for r in images.astype(np.float32)}
-    assert result["validation"] == {"size": 200, "excludes_sources": 20, "excludes_subsets": 60}
+    assert result["validation"] == {"size": 200, "excludes_sources": 20, "excludes_subsets": 60, "from_set_held_out": False}
+    # from the rows the set's run held out: only those, still none of its sources or the subsets' images
+    pool = np.setdiff1d(np.arange(0, len(ds.y_train), 2), sources)[:400]
+    result = transfer.evaluate_set(prep.apply(ds.x_train[sources]), np.asarray(data.one_hot(ds.y_train[sources], 10)),
+                                   ds, prep, dataclasses.replace(p, val_per_class=0, val_size=100), sources,
+                                   log=lambda s: None, val_pool=pool)
+    pool_rows = {r.tobytes() for r in prep.apply(ds.x_train[pool]).astype(np.float32)}
+    val_rows = [r.tobytes() for r in seen["val"][0].astype(np.float32)]
+    assert len(val_rows) == 100 and set(val_rows) <= pool_rows
+    for images, _ in seen["sets"]:
+        assert not set(val_rows) & {r.tobytes() for r in images.astype(np.float32)}
+    assert result["validation"]["from_set_held_out"] is True
+
+
+def test_validation_from_held_out_rows_stays_inside_them_and_refuses_more_than_they_hold():
+    ds = data.digits()
+    pool = np.arange(0, 600, 2)
+    exclude = np.arange(0, 100)
+    for fields, size in (({"val_per_class": 5}, 50), ({"val_size": 200}, 200)):
+        p = dataclasses.replace(protocols.load("dc"), **fields)
+        val = transfer.validation_indices(jax.random.PRNGKey(2), ds.y_train, 10, p, exclude, pool)
+        assert len(val) == size and len(set(val)) == size and set(val) <= set(pool) - set(exclude)
+    with pytest.raises(InputError, match="the set's held-out rows leave 250"):
+        transfer.validation_indices(jax.random.PRNGKey(2), ds.y_train, 10,
+                                    dataclasses.replace(protocols.load("dc"), val_size=251), exclude, pool)
 
 
 def test_an_option_of_another_method_is_refused(tmp_path, capsys):

@@ -42,13 +42,26 @@ def test_train_reports_the_set_beside_random_subsets_and_records_the_overrides(r
     assert r["support_size"] == 50 and r["test_size"] == 360 and r["preprocessing"] == "from file"
     assert r["overrides"]["model"] == "fc1" and r["overrides"]["width"] == 64 and r["overrides"]["steps"] == 200
     assert r["card"]["model"] == "fc1" and r["train_config"]["steps"] == 200 and r["protocol"] == "kip"
-    assert r["validation"] == {"size": 100, "excludes_sources": 50, "excludes_subsets": 100}
+    assert r["validation"] == {"size": 100, "excludes_sources": 50, "excludes_subsets": 100, "from_set_held_out": False}
     assert r["environment"]["commit"]
     # run again: every network comes from the cache, the same figures
     again = tmp_path / "again.json"
     assert run_cli("evaluate", "--distilled", real_support, *TRAIN, "--networks", "3", "--cache-dir", tmp_path / "nets",
                    "--out", again) == 0
     assert json.loads(again.read_text())["set"] == r["set"]
+
+
+def test_val_from_set_validates_on_the_rows_the_sets_run_held_out(tmp_path):
+    """(Which rows: tests/test_protocols.py.) The set's file carries its run's val_indices; the
+    evaluation draws its validation from them and says so."""
+    run = tmp_path / "run"
+    assert run_cli("distill", "--out", run, "--steps", "0", "--ipc", "2", "--val-size", "200", "--no-progress") == 0
+    out = tmp_path / "result.json"
+    args = [a if a != "100" else "50" for a in TRAIN]  # --val-size 50 of the 200 (less the random subsets' images)
+    assert run_cli("evaluate", "--distilled", run / "distilled.npz", *args, "--steps", "20", "--val-from-set",
+                   "--cache-dir", tmp_path / "nets", "--out", out) == 0
+    assert json.loads(out.read_text())["validation"] == {"size": 50, "excludes_sources": 20, "excludes_subsets": 40,
+                                                         "from_set_held_out": True}
 
 
 def test_diverged_networks_are_counted_not_averaged(real_support, tmp_path):
@@ -147,6 +160,8 @@ def test_krr_stays_the_default_method(real_support, tmp_path):
         (["--distilled", "{real}", *TRAIN, "--norm", "instance"], "conv nets only"),
         (["--distilled", "{real}", *TRAIN, "--matched", "--model", "fc2"], "leave out --model"),
         (["--distilled", "{real}", "--method", "slapknn", "--k", "0"], "k must be"),
+        (["--distilled", "{real}", *TRAIN, "--val-from-set"], "holds no held-out rows"),
+        (["--distilled", "{real}", "--val-from-set"], "--val-from-set applies to --method train only"),
         (["--distilled", "{real}", "--seed", "1", "--method", "slapknn"], "--seed applies to --method krr / train only"),
     ],
 )
