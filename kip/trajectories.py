@@ -139,9 +139,9 @@ def record(config: TrajectoryConfig, out: str, overwrite: bool = False, progress
                     os.remove(os.path.join(out, f))
     io.write_json(meta_path, meta)
     tconfig = expert_training(config, strategy)
-    rows = np.arange(len(ds.y_train)) if held is None else np.setdiff1d(np.arange(len(ds.y_train)), held)
-    x = jnp.asarray(prep.apply(ds.x_train[rows]), jnp.float32)
-    y = data.one_hot(ds.y_train[rows], ds.num_classes, centred=False)
+    trained_on = np.arange(len(ds.y_train)) if held is None else np.setdiff1d(np.arange(len(ds.y_train)), held)
+    x = jnp.asarray(prep.apply(ds.x_train[trained_on]), jnp.float32)
+    y = data.one_hot(ds.y_train[trained_on], ds.num_classes, centred=False)
     x_test = jnp.asarray(prep.apply(ds.x_test), jnp.float32)
     epoch = make_epoch(model, tconfig, len(x))
     base = jax.random.PRNGKey(config.seed)
@@ -177,7 +177,7 @@ def record(config: TrajectoryConfig, out: str, overwrite: bool = False, progress
         spent_cpu.append(cpu[-1] if cpu else 0.0)
     bar.close()
     log(f"kip trajectories: {config.experts} experts x {config.epochs} epochs on {ds.name}"
-        f"{'' if held is None else f' ({len(rows)} training images, {len(held)} held out)'} (ConvNet width {model.width}, "
+        f"{'' if held is None else f' ({len(trained_on)} training images, {len(held)} held out)'} (ConvNet width {model.width}, "
         f"SGD lr {config.lr}, batch {config.batch_size}, augmentation {strategy or 'none'}); final test accuracy "
         f"{100 * np.mean(finals):.2f}% (mean over experts); {sum(spent) / 60:.1f} minutes of training; wrote {out}/")
     return {**meta, "final_test_accuracy": finals, "seconds": spent, "cpu_seconds": spent_cpu}
