@@ -351,9 +351,9 @@ BUDGET = (10, 100, 1000)  # the stored examples the data-budget row shows
 SIXTY = ("kip_convnet_mnist_60min_rf", "kip_convnet_mnist_60min_finetune")  # the two stages of the one-hour run
 ROWS = [
     Row("KIP-FC, MNIST, 1 / 10 / 50 images per class (KRR test acc.)",
-        "FC3: {kip_fc_mnist_fc3[rows][*][kip][test_accuracy]:.2p}; FC1: {kip_fc_mnist[rows][*][kip][test_accuracy]:.2p}",
+        "FC3: {kip_fc_mnist_fc3[rows][*][kip][test_accuracy]:.2p}; FC1: {kip_fc_mnist[rows][*][kip0][test_accuracy]:.2p}",
         "published {kip_fc_mnist_fc3[rows][*][published]:.1f}", ("kip_fc_mnist_fc3", "kip_fc_mnist")),
-    Row("KIP-FC1, MNIST, 1 / 10 images per class, 3 distillation seeds (KRR test acc., mean ± std)",
+    Row("KIP-FC1, MNIST, 1 / 10 / 50 images per class, 3 distillation seeds (KRR test acc., mean ± std)",
         "{kip:.2p} ({kip_fc_mnist_3seeds[rows][*][kip0][steps]} steps)",
         "published {kip_fc_mnist_3seeds[rows][*][published]:.1f}", ("kip_fc_mnist_3seeds",),
         {"kip": lambda r: [over_seeds(row, "kip", "test_accuracy") for row in r("kip_fc_mnist_3seeds[rows]")]}),
