@@ -185,11 +185,16 @@ def record(config: TrajectoryConfig, out: str, overwrite: bool = False, progress
 
 def held_out(out: str) -> np.ndarray | None:
     """The sorted training rows the experts in `out` never trained on (`val_size`); None: they saw every row."""
+    rows = _read_meta(out).get("held_out")
+    return None if rows is None else np.asarray(rows, np.int64)
+
+
+def _read_meta(out: str) -> dict:
+    """The experts' meta.json in `out`; `InputError` when the folder holds none."""
     meta_path = os.path.join(out, META)
     if not os.path.exists(meta_path):
         raise InputError(f"{out} holds no expert trajectories (no {META}): record them with `kip trajectories`")
-    rows = io.read_json(meta_path).get("held_out")
-    return None if rows is None else np.asarray(rows, np.int64)
+    return io.read_json(meta_path)
 
 
 class Trajectories(NamedTuple):
@@ -204,10 +209,7 @@ def load(out: str, num_classes: int, image_shape: tuple[int, ...], epochs: int |
          im2col: bool = False) -> tuple[Trajectories, models.Network]:
     """The finished experts in `out` (their first `epochs` + 1 rows; None: all) and their network.
     `InputError` when the folder holds none, or experts of another data shape."""
-    meta_path = os.path.join(out, META)
-    if not os.path.exists(meta_path):
-        raise InputError(f"{out} holds no expert trajectories (no {META}): record them with `kip trajectories`")
-    meta = io.read_json(meta_path)
+    meta = _read_meta(out)
     if meta["num_classes"] != num_classes or tuple(meta["image_shape"]) != tuple(image_shape):
         raise InputError(f"{out}: experts of {meta['dataset']} ({meta['num_classes']} classes, images "
                          f"{tuple(meta['image_shape'])}), not of this data set")
